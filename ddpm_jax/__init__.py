@@ -1,0 +1,1 @@
+"""ddpm-jax: Denoising Diffusion Probabilistic Models in JAX and Flax."""

@@ -1,0 +1,119 @@
+"""Checks of a config before any compile or data loading, and the workdir's copy of it."""
+
+import json
+import os
+
+import ml_collections
+
+from ddpm_jax import data, diffusion, nets, sampling, train_state
+
+CONFIG_FILE = 'config.json'
+# Sections whose change makes existing checkpoints meaningless or unloadable.
+MODEL_DEFINING_SECTIONS = ('model', 'diffusion')
+MODEL_DEFINING_DATA_FIELDS = ('image_size', 'num_channels')
+
+
+class ConfigError(ValueError):
+  """A config that cannot work; the message names the field and the fix."""
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used as asked (another run's model, no checkpoint, ...)."""
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def _one_of(value, valid, field: str) -> None:
+  _require(value in valid, f'Unknown {field} {value!r}; valid: {", ".join(map(str, valid))}.')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on unknown names and impossible settings; cheap, runs first."""
+  _one_of(config.data.dataset, data.DATASETS, 'config.data.dataset')
+  _require(config.data.image_size > 0 and config.data.num_channels in (1, 3),
+           'config.data.image_size must be positive and config.data.num_channels 1 or 3.')
+  try:
+    nets.check_model_config(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  d = config.diffusion
+  _one_of(d.schedule, tuple(diffusion.BETA_SCHEDULES), 'config.diffusion.schedule')
+  _one_of(d.model_var_type, diffusion.MODEL_VAR_TYPES, 'config.diffusion.model_var_type')
+  _one_of(d.loss, tuple(diffusion.LOSSES), 'config.diffusion.loss')
+  _require(d.num_timesteps >= 2, f'config.diffusion.num_timesteps must be at least 2, got {d.num_timesteps}.')
+  _require(0 < d.beta_start <= d.beta_end < 1,
+           f'config.diffusion needs 0 < beta_start <= beta_end < 1, got {d.beta_start}, {d.beta_end}.')
+  t = config.training
+  _require(t.batch_size > 0, f'config.training.batch_size must be positive, got {t.batch_size}.')
+  _require(t.num_train_steps > 0 or t.num_epochs > 0,
+           'Set config.training.num_train_steps or config.training.num_epochs to a positive value.')
+  _require(0 <= t.ema_decay < 1, f'config.training.ema_decay must be in [0, 1), got {t.ema_decay}.')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    _require(t[field] > 0, f'config.training.{field} must be positive, got {t[field]}.')
+  _require(t.sample_every_steps >= 0, 'config.training.sample_every_steps must be >= 0 (0 = never).')
+  _require(t.num_preview_samples > 0, 'config.training.num_preview_samples must be positive.')
+  o = config.optim
+  _one_of(o.optimizer, train_state.OPTIMIZERS, 'config.optim.optimizer')
+  _require(o.lr > 0, f'config.optim.lr must be positive, got {o.lr}.')
+  _require(o.warmup_steps >= 0 and o.grad_clip >= 0,
+           'config.optim.warmup_steps and config.optim.grad_clip must be >= 0.')
+  s = config.sampling
+  _one_of(s.sampler, sampling.SAMPLERS, 'config.sampling.sampler')
+  _require(s.num_samples > 0 and s.batch_size > 0,
+           'config.sampling.num_samples and config.sampling.batch_size must be positive.')
+  _require(config.cpu_devices >= 0, 'config.cpu_devices must be >= 0 (0 = one per core).')
+
+
+def check_batch_divides(batch_size: int, num_devices: int, field: str) -> None:
+  _require(batch_size % num_devices == 0,
+           f'{field}={batch_size} does not divide over the {num_devices} devices: '
+           f'use a multiple of {num_devices}.')
+
+
+def _model_defining(config_dict: dict) -> dict:
+  defining = {k: config_dict.get(k) for k in MODEL_DEFINING_SECTIONS}
+  defining['data'] = {k: config_dict.get('data', {}).get(k) for k in MODEL_DEFINING_DATA_FIELDS}
+  return defining
+
+
+def flatten_dict(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten_dict(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON-able data (tuples become lists)."""
+  return json.loads(config.to_json())
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir whose saved config defines a different model or diffusion."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = flatten_dict(_model_defining(json.load(f)))
+  current = flatten_dict(_model_defining(config_to_dict(config)))
+  changed = [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}'
+             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+  if changed:
+    raise WorkdirError(
+        f'{workdir} holds a run with a different model ({"; ".join(changed)}). '
+        f'Use a new --workdir, or the config that run was made with.')
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the resolved config to workdir/config.json, atomically."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)

@@ -1,0 +1,274 @@
+"""Training loop, checkpoints, resume and sampling from a workdir.
+
+One code path for 1 or N devices: a 1-D `data` mesh, the global batch sharded
+over it, the train state replicated; `jax.jit` compiles the global computation
+(batch norm statistics and gradients over the whole batch, whatever the device
+count). Every random key derives from config.seed and the step, so a resumed run
+repeats the uninterrupted one exactly.
+"""
+
+import os
+import time
+from typing import Callable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ddpm_jax import configuration, data, diffusion, nets, sampling, viz
+from ddpm_jax.train_state import TrainState, apply_gradients, create_train_state, learning_rate_schedule, make_optimizer
+
+CHECKPOINT_DIR = 'checkpoints'
+SAMPLES_DIR = 'samples'
+
+
+# ---------------------------------------------------------------------------
+# Keys and devices.
+
+def root_keys(seed: int) -> dict[str, jax.Array]:
+  """The independent key streams of a run, all from config.seed."""
+  init, train, sample = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return {'init': init, 'train': train, 'sample': sample}
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec('data'))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Places this host's share of a global batch on the mesh, split along the batch axis."""
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), array)
+
+
+# ---------------------------------------------------------------------------
+# Compiled steps.
+
+def model_fn_for(model, params, batch_stats) -> diffusion.ModelFn:
+  """model_fn(x_t, t) -> eps in inference mode (batch norm uses its running statistics)."""
+  return lambda x, t: model.apply({'params': params, 'batch_stats': batch_stats}, x, t, train=False)
+
+
+def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, train_key: jax.Array) -> Callable:
+  """train_step(state, uint8 images) -> (state, metrics); the step's keys come from state.step."""
+  loss_terms = diffusion.LOSSES[config.diffusion.loss]
+  lr_schedule = learning_rate_schedule(config.optim)
+
+  def train_step(state: TrainState, images: jax.Array):
+    flip_key, t_key, noise_key = jax.random.split(jax.random.fold_in(train_key, state.step), 3)
+    x0 = data.preprocess(images, flip_key, config.data.random_flip)
+    t = diffusion.sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)
+    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+
+    def loss_fn(params):
+      new_stats = {}
+
+      def model_fn(x, t):
+        out, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats}, x, t,
+                                   train=True, mutable=['batch_stats'])
+        new_stats.update(mutated)  # Carried out of the loss as aux; traced, so pure.
+        return out
+
+      loss = jnp.mean(loss_terms(schedule, model_fn, x0, t, noise))
+      return loss, new_stats.get('batch_stats', state.batch_stats)
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+               'learning_rate': lr_schedule(state.step)}
+    return apply_gradients(state, grads, batch_stats, tx, config.training.ema_decay), metrics
+
+  return train_step
+
+
+def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
+                 frame_steps=(), progress: bool = False) -> Callable:
+  """sample(params, batch_stats, x_T, key) -> (x_0, frames): the whole reverse process compiled."""
+  every = config.sampling.progress_every if progress else 0
+  num_steps = schedule.num_timesteps
+
+  def report(steps_done):
+    logging.info('  reverse step %d/%d', int(steps_done), num_steps)
+
+  def sample(params, batch_stats, x_T, key):
+    return sampling.ancestral_sample(
+        schedule, model_fn_for(model, params, batch_stats), x_T, key,
+        config.diffusion.model_var_type, config.diffusion.clip_denoised, frame_steps,
+        progress_fn=report if every else None, progress_every=every)
+
+  return jax.jit(sample)
+
+
+def generate(sample_fn: Callable, params, batch_stats, num_samples: int, batch_size: int,
+             image_shape: tuple, key: jax.Array, mesh: Mesh) -> np.ndarray:
+  """num_samples uint8 images in batches; batch i starts from noise drawn with fold_in(key, i)."""
+  batches = []
+  num_batches = -(-num_samples // batch_size)
+  for i in range(num_batches):
+    start = time.time()
+    batch_key = jax.random.fold_in(key, i)
+    x_T = jax.random.normal(jax.random.fold_in(batch_key, 0), (batch_size,) + image_shape)
+    x_T = jax.device_put(x_T, batch_sharding(mesh))
+    x_0, _ = sample_fn(params, batch_stats, x_T, jax.random.fold_in(batch_key, 1))
+    batches.append(data.to_uint8(x_0))
+    logging.info('Sampled batch %d/%d (%d images) in %.1fs.', i + 1, num_batches, batch_size,
+                 time.time() - start)
+  return np.concatenate(batches)[:num_samples]
+
+
+# ---------------------------------------------------------------------------
+# State, checkpoints.
+
+def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
+  if config.training.num_train_steps > 0:
+    return config.training.num_train_steps
+  per_epoch = data.steps_per_epoch(num_examples, config.training.batch_size)
+  return max(1, int(round(config.training.num_epochs * per_epoch)))
+
+
+def initial_state(model, config: ml_collections.ConfigDict, tx, mesh: Mesh) -> TrainState:
+  init = jax.jit(lambda key: create_train_state(nets.init_variables(model, config, key), tx),
+                 out_shardings=replicated(mesh))
+  return init(root_keys(config.seed)['init'])
+
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.training.keep_checkpoints, create=True))
+
+
+def restore_state(manager: ocp.CheckpointManager, template: TrainState, step: int) -> TrainState:
+  """Restores the checkpoint of `step` into the shapes, dtypes and shardings of template."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def save_samples(images: np.ndarray, path_stem: str) -> None:
+  """images as path_stem.npz (uint8 'images') and a PNG grid path_stem.png."""
+  os.makedirs(os.path.dirname(path_stem), exist_ok=True)
+  with open(path_stem + '.npz.tmp', 'wb') as f:
+    np.savez(f, images=images)
+  os.replace(path_stem + '.npz.tmp', path_stem + '.npz')
+  viz.save_png(viz.image_grid(images), path_stem + '.png')
+
+
+# ---------------------------------------------------------------------------
+# Entry points.
+
+def _setup(config: ml_collections.ConfigDict):
+  """Checks, mesh, network, schedule and optimizer shared by training and sampling."""
+  configuration.validate_config(config)
+  mesh = make_mesh()
+  configuration.check_batch_divides(config.training.batch_size, mesh.size, 'config.training.batch_size')
+  configuration.check_batch_divides(config.sampling.batch_size, mesh.size, 'config.sampling.batch_size')
+  configuration.check_batch_divides(config.training.num_preview_samples, mesh.size,
+                                    'config.training.num_preview_samples')
+  model = nets.get_model(config)
+  schedule = diffusion.schedule_from_config(config.diffusion)
+  tx = make_optimizer(config.optim)
+  return mesh, model, schedule, tx
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains in workdir, resuming from its latest checkpoint; returns the final state."""
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+
+  mesh, model, schedule, tx = _setup(config)
+  configuration.check_workdir_config(config, workdir)
+  dataset = data.load_dataset(config.data, config.data.train_split)
+  total_steps = num_train_steps(config, len(dataset.images))
+  configuration.save_config(config, workdir)
+
+  keys = root_keys(config.seed)
+  state = initial_state(model, config, tx, mesh)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  manager = checkpoint_manager(workdir, config)
+  start_step = manager.latest_step() or 0
+  if start_step:
+    state = restore_state(manager, state, start_step)
+    logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
+  logging.info('%s: %d params on %d device(s); %d examples; steps %d -> %d.', config.model.name,
+               num_params, mesh.size, len(dataset.images), start_step, total_steps)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({'num_params': num_params, 'num_devices': mesh.size,
+                          **{k: v for k, v in configuration.flatten_dict(configuration.config_to_dict(config)).items()
+                             if isinstance(v, (int, float, str, bool))}})
+  train_step = jax.jit(make_train_step(model, schedule, tx, config, keys['train']),
+                       out_shardings=replicated(mesh), donate_argnums=0)
+  sample_fn = make_sampler(model, schedule, config)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+  t = config.training
+
+  pending = []
+  for step in range(start_step, total_steps):
+    batch = data.get_batch(dataset, t.batch_size, step, config.seed)
+    state, metrics = train_step(state, shard_batch(batch.images, mesh))
+    pending.append(metrics)
+    done = step + 1
+    report_progress(done)
+    last = done == total_steps
+    if done % t.log_every_steps == 0 or last:
+      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+      pending = []
+      if not np.isfinite(summary['loss']):
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f'The loss is {summary["loss"]} at step {done}; the last good checkpoint '
+            f'(step {manager.latest_step()}) is kept in {workdir}. Lower config.optim.lr or set '
+            f'config.optim.grad_clip.')
+      writer.write_scalars(done, {**summary, 'epoch': done / data.steps_per_epoch(
+          len(dataset.images), t.batch_size)})
+      logging.info('step %d/%d: loss %.5f', done, total_steps, summary['loss'])
+    if t.sample_every_steps and (done % t.sample_every_steps == 0 or last):
+      images = generate(sample_fn, state.ema_params, state.batch_stats, t.num_preview_samples,
+                        t.num_preview_samples, image_shape, keys['sample'], mesh)
+      save_samples(images, os.path.join(workdir, SAMPLES_DIR, f'preview_{done:08d}'))
+      writer.write_images(done, {'samples': viz.image_grid(images)[None]})
+    if done % t.checkpoint_every_steps == 0 or last:
+      manager.save(done, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  writer.flush()
+  return state
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes config.sampling.num_samples images from the latest checkpoint's EMA params.
+
+  Returns the path stem of the files written (.npz and .png).
+  """
+  mesh, model, schedule, tx = _setup(config)
+  configuration.check_workdir_config(config, workdir)
+  manager = checkpoint_manager(workdir, config)
+  step = manager.latest_step()
+  if step is None:
+    raise configuration.WorkdirError(
+        f'No checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}: train first with --mode=train '
+        f'and the same --workdir.')
+  state = restore_state(manager, initial_state(model, config, tx, mesh), step)
+  s = config.sampling
+  logging.info('Sampling %d images from the EMA params of step %d (%d reverse steps).',
+               s.num_samples, step, schedule.num_timesteps)
+  sample_fn = make_sampler(model, schedule, config, progress=True)
+  image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+  images = generate(sample_fn, state.ema_params, state.batch_stats, s.num_samples, s.batch_size,
+                    image_shape, jax.random.fold_in(root_keys(config.seed)['sample'], step), mesh)
+  stem = os.path.join(workdir, SAMPLES_DIR, f'samples_{step:08d}_{s.num_samples}')
+  save_samples(images, stem)
+  logging.info('Wrote %s.npz and %s.png.', stem, stem)
+  return stem
