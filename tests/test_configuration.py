@@ -1,0 +1,74 @@
+"""Config validation and the workdir's saved config."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from configs import default
+from ddpm_jax import configuration
+
+CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+    os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')) if not p.endswith('__init__.py'))
+
+
+@pytest.mark.parametrize('name', CONFIG_NAMES)
+def test_every_shipped_config_is_valid(name):
+  configuration.validate_config(importlib.import_module(f'configs.{name}').get_config())
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('data.dataset', 'imagenet', 'valid: mnist, fashion_mnist'),
+    ('model.name', 'resnet', 'valid: unet_simple'),
+    ('diffusion.schedule', 'cosine2', 'valid: linear'),
+    ('diffusion.model_var_type', 'learned', 'valid: fixedlarge, fixedsmall'),
+    ('diffusion.loss', 'l1', 'valid: simple'),
+    ('optim.optimizer', 'sgd', 'valid: adam'),
+    ('sampling.sampler', 'ddim', 'valid: ancestral'),
+    ('data.image_size', 30, 'divisible by 4'),
+    ('data.num_channels', 2, 'num_channels 1 or 3'),
+    ('optim.lr', 0.0, 'lr must be positive'),
+    ('optim.lr', -1e-3, 'lr must be positive'),
+    ('training.batch_size', 0, 'batch_size must be positive'),
+    ('training.ema_decay', 1.0, 'ema_decay'),
+    ('diffusion.num_timesteps', 1, 'at least 2'),
+    ('diffusion.beta_end', 1.5, 'beta_start <= beta_end < 1'),
+    ('training.checkpoint_every_steps', 0, 'checkpoint_every_steps must be positive'),
+    ('sampling.num_samples', 0, 'num_samples'),
+])
+def test_bad_values_name_the_field_and_the_valid_choices(field, value, message):
+  config = default.get_config()
+  section, key = field.split('.')
+  config[section][key] = value
+  with pytest.raises(configuration.ConfigError, match=message):
+    configuration.validate_config(config)
+
+
+def test_training_length_must_be_set():
+  config = default.get_config()
+  config.training.num_train_steps, config.training.num_epochs = 0, 0.0
+  with pytest.raises(configuration.ConfigError, match='num_train_steps or config.training.num_epochs'):
+    configuration.validate_config(config)
+
+
+def test_batch_must_divide_over_devices():
+  configuration.check_batch_divides(64, 8, 'config.training.batch_size')
+  with pytest.raises(configuration.ConfigError, match='multiple of 8'):
+    configuration.check_batch_divides(60, 8, 'config.training.batch_size')
+
+
+def test_workdir_refuses_a_different_model_but_not_other_changes(tmp_path):
+  config = default.get_config()
+  configuration.save_config(config, str(tmp_path))
+  configuration.check_workdir_config(config, str(tmp_path))
+  config.optim.lr = 1e-3
+  config.training.num_train_steps = 10
+  configuration.check_workdir_config(config, str(tmp_path))
+  config.model.widths = (8, 16, 16, 8, 8)
+  with pytest.raises(configuration.WorkdirError, match=r'model.widths: \[64, 128, 128, 64, 32\] -> \[8, 16'):
+    configuration.check_workdir_config(config, str(tmp_path))
+
+
+def test_check_workdir_accepts_a_new_workdir(tmp_path):
+  configuration.check_workdir_config(default.get_config(), str(tmp_path / 'new'))

@@ -1,0 +1,99 @@
+"""Network registry and Unet-Simple."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default
+from ddpm_jax import nets
+from ddpm_jax.nets import layers, unet_simple
+
+
+def tiny_config(image_size=28, channels=1, widths=(8, 16, 16, 8, 8)):
+  config = default.get_config()
+  config.data.image_size, config.data.num_channels = image_size, channels
+  config.model.widths = widths
+  config.model.time_embed_dim = 16
+  return config
+
+
+def init(model, config):
+  return jax.jit(lambda key: nets.init_variables(model, config, key))(jax.random.key(0, impl='rbg'))
+
+
+def test_timestep_embedding_closed_form():
+  emb = layers.timestep_embedding(jnp.array([0, 3]), 8)
+  assert emb.shape == (2, 8)
+  np.testing.assert_allclose(emb[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
+  freqs = np.exp(-np.log(10000.0) * np.arange(4) / 3)
+  np.testing.assert_allclose(emb[1], np.concatenate([np.sin(3 * freqs), np.cos(3 * freqs)]), rtol=1e-5)
+  with pytest.raises(ValueError, match='even'):
+    layers.timestep_embedding(jnp.array([1]), 7)
+
+
+def test_upsample_nearest_repeats_pixels():
+  x = jnp.arange(4.0).reshape(1, 2, 2, 1)
+  up = layers.upsample_nearest(x)
+  np.testing.assert_array_equal(up[0, :, :, 0], [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+
+
+@pytest.mark.parametrize('size,channels', [(28, 1), (32, 3)])
+def test_unet_simple_shapes_and_batch_stats(size, channels):
+  config = tiny_config(size, channels)
+  model = nets.get_model(config)
+  variables = init(model, config)
+  assert set(variables) == {'params', 'batch_stats'}
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, size, size, channels))
+  t = jnp.array([0, 10, 500, 999])
+  out, updates = jax.jit(lambda v: model.apply(v, x, t, train=True, mutable=['batch_stats']))(variables)
+  assert out.shape == x.shape
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), variables['batch_stats'], updates['batch_stats'])
+  assert all(jax.tree.leaves(changed))
+
+
+def test_eval_mode_uses_running_statistics():
+  """In eval mode an image's output does not depend on the rest of the batch."""
+  config = tiny_config()
+  model = nets.get_model(config)
+  variables = init(model, config)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  t = jnp.array([1, 2, 3, 4])
+  evaluate = jax.jit(lambda x, t: model.apply(variables, x, t, train=False))
+  train_mode = jax.jit(lambda x, t: model.apply(variables, x, t, train=True, mutable=['batch_stats'])[0])
+  full = evaluate(x, t)
+  np.testing.assert_allclose(evaluate(x[:1], t[:1]), full[:1], atol=1e-5)
+  train_full, train_one = train_mode(x, t), train_mode(x[:1], t[:1])
+  assert not np.allclose(train_one, train_full[:1], atol=1e-3)
+
+
+def test_output_depends_on_timestep():
+  config = tiny_config()
+  model = nets.get_model(config)
+  variables = init(model, config)
+  x = jnp.ones((2, 28, 28, 1))
+  out = jax.jit(lambda v: model.apply(v, x, jnp.array([0, 900]), train=False))(variables)
+  assert not np.allclose(out[0], out[1], atol=1e-4)
+
+
+def test_report_widths_build_for_mnist_and_cifar():
+  for size, channels, widths in [(28, 1, (64, 128, 128, 64, 32)), (32, 3, (128, 256, 256, 128, 64))]:
+    config = tiny_config(size, channels, widths)
+    config.model.time_embed_dim = 128
+    shapes = jax.eval_shape(lambda k: nets.init_variables(nets.get_model(config), config, k),
+                            jax.random.PRNGKey(0))
+    kernels = [p.shape for p in jax.tree.leaves(shapes['params']) if len(p.shape) == 4]
+    assert max(k[-1] for k in kernels) == max(widths)
+    assert kernels[0][2] == channels
+
+
+def test_registry_errors_name_the_problem():
+  config = tiny_config()
+  config.model.name = 'unet_huge'
+  with pytest.raises(ValueError, match='valid: unet_simple'):
+    nets.get_model(config)
+  with pytest.raises(ValueError, match='divisible by 4'):
+    nets.get_model(tiny_config(image_size=30))
+  with pytest.raises(ValueError, match='5 widths'):
+    nets.get_model(tiny_config(widths=(8, 16)))
