@@ -182,10 +182,20 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int
   return max(1, int(round(config.training.num_epochs * per_epoch)))
 
 
+def _init_fn(model, config: ml_collections.ConfigDict, tx) -> Callable[[jax.Array], TrainState]:
+  return lambda key: create_train_state(nets.init_variables(model, config, key), tx)
+
+
 def initial_state(model, config: ml_collections.ConfigDict, tx, mesh: Mesh) -> TrainState:
-  init = jax.jit(lambda key: create_train_state(nets.init_variables(model, config, key), tx),
-                 out_shardings=replicated(mesh))
+  """The step-0 state, replicated over the mesh."""
+  init = jax.jit(_init_fn(model, config, tx), out_shardings=replicated(mesh))
   return init(root_keys(config)['init'])
+
+
+def abstract_state(model, config: ml_collections.ConfigDict, tx, mesh: Mesh) -> TrainState:
+  """Shapes, dtypes and shardings of the state, without computing it (a restore target)."""
+  shapes = jax.eval_shape(_init_fn(model, config, tx), root_keys(config)['init'])
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -194,9 +204,8 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.C
       options=ocp.CheckpointManagerOptions(max_to_keep=config.training.keep_checkpoints, create=True))
 
 
-def restore_state(manager: ocp.CheckpointManager, template: TrainState, step: int) -> TrainState:
-  """Restores the checkpoint of `step` into the shapes, dtypes and shardings of template."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+def restore_state(manager: ocp.CheckpointManager, abstract: TrainState, step: int) -> TrainState:
+  """Restores the checkpoint of `step` into the shapes, dtypes and shardings of `abstract`."""
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
@@ -249,15 +258,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   configuration.save_config(config, workdir)
 
   keys = root_keys(config)
-  state = initial_state(model, config, tx, mesh)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
   manager = checkpoint_manager(workdir, config)
   start_step = manager.latest_step() or 0
   if start_step:
-    state = restore_state(manager, state, start_step)
+    state = restore_state(manager, abstract_state(model, config, tx, mesh), start_step)
     logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
+  else:
+    state = initial_state(model, config, tx, mesh)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('%s: %d params on %d device(s); %d examples; steps %d -> %d.', config.model.name,
                num_params, mesh.size, len(dataset.images), start_step, total_steps)
+  if start_step >= total_steps:
+    logging.info('Training is already complete at step %d; raise config.training.num_train_steps '
+                 '(or num_epochs) to train on, or use --mode=sample.', start_step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
@@ -324,7 +337,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   if step is None:
     raise configuration.WorkdirError(
         f'No checkpoint in {checkpoint_dir}: train first with --mode=train and the same --workdir.')
-  state = restore_state(manager, initial_state(model, config, tx, mesh), step)
+  state = restore_state(manager, abstract_state(model, config, tx, mesh), step)
   s = config.sampling
   logging.info('Sampling %d images from the EMA params of step %d (%d reverse steps).',
                s.num_samples, step, schedule.num_timesteps)

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax.nets import unet_simple
+from ddpm_jax.nets import ddpm_unet, layers, unet_conv, unet_resnet, unet_simple
 
 
 def _unet_simple(config) -> nn.Module:
@@ -26,9 +26,98 @@ def _check_unet_simple(config) -> None:
         f'{unet_simple.SIZE_DIVISOR}; got {config.data.image_size}.')
 
 
+def _level_unet_fields(config, attention: bool) -> dict:
+  """The fields of a layers.LevelUNet that come from the config (attention ones if it has any)."""
+  m = config.model
+  fields = dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks, dropout=m.dropout,
+                norm_groups=m.norm_groups, norm_eps=m.norm_eps, time_embed_dim=m.time_embed_dim,
+                time_mlp_dim=m.time_mlp_dim, out_channels=config.data.num_channels)
+  if attention:
+    fields.update(attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads)
+  return fields
+
+
+def level_sides(image_size: int, num_levels: int) -> list[int]:
+  """Feature-map side at each level of a level UNet (the image side halves between levels)."""
+  return [image_size // 2 ** level for level in range(num_levels)]
+
+
+def _check_level_unet(config, name: str, attention: bool) -> None:
+  """Settings every level UNet needs; raises ValueError naming the field and the fix."""
+  m, size = config.model, config.data.image_size
+  mults = tuple(m.ch_mult)
+  if m.ch <= 0 or not mults or min(mults) <= 0:
+    raise ValueError(f'{name} needs config.model.ch > 0 and a non-empty config.model.ch_mult of '
+                     f'positive multipliers; got ch={m.ch}, ch_mult={mults}.')
+  if m.num_res_blocks < 1:
+    raise ValueError(f'config.model.num_res_blocks must be at least 1, got {m.num_res_blocks}.')
+  halvings = len(mults) - 1
+  if size % 2 ** halvings:
+    raise ValueError(
+        f'{name} halves the image {halvings} times (len(config.model.ch_mult) = {len(mults)} levels), '
+        f'so config.data.image_size must be divisible by {2 ** halvings}; got {size}. '
+        f'Use fewer levels in config.model.ch_mult or an image size divisible by {2 ** halvings}.')
+  widths = [m.ch * mult for mult in mults]
+  if m.norm_groups <= 0 or any(w % m.norm_groups for w in widths):
+    raise ValueError(f'config.model.norm_groups={m.norm_groups} must divide every level width '
+                     f'config.model.ch * ch_mult = {tuple(widths)}; change norm_groups or ch.')
+  if m.norm_eps <= 0:
+    raise ValueError(f'config.model.norm_eps must be positive, got {m.norm_eps}.')
+  if m.time_embed_dim <= 0 or m.time_embed_dim % 2:
+    raise ValueError(f'config.model.time_embed_dim must be positive and even, got {m.time_embed_dim}.')
+  if m.time_mlp_dim <= 0:
+    raise ValueError(f'config.model.time_mlp_dim must be positive, got {m.time_mlp_dim}.')
+  if not 0 <= m.dropout < 1:
+    raise ValueError(f'config.model.dropout must be in [0, 1), got {m.dropout}.')
+  if m.upsample not in layers.UPSAMPLE_METHODS:
+    raise ValueError(f'Unknown config.model.upsample {m.upsample!r}; '
+                     f'valid: {", ".join(layers.UPSAMPLE_METHODS)}.')
+  if attention:
+    sides = level_sides(size, len(mults))
+    never = [r for r in m.attn_resolutions if r not in sides]
+    if never:
+      raise ValueError(f'config.model.attn_resolutions {tuple(m.attn_resolutions)}: {name} never reaches '
+                       f'side(s) {never} on {size}x{size} images; its levels have sides {sides}.')
+    attn_widths = {w for w, side in zip(widths, sides) if side in m.attn_resolutions} | {widths[-1]}
+    if m.num_heads <= 0 or any(w % m.num_heads for w in attn_widths):
+      raise ValueError(f'config.model.num_heads={m.num_heads} must divide the width of every level with '
+                       f'attention (and the middle): {tuple(sorted(attn_widths))}.')
+
+
+def _unet_conv(config) -> nn.Module:
+  return unet_conv.UNetConv(**_level_unet_fields(config, attention=False), upsample=config.model.upsample)
+
+
+def _check_unet_conv(config) -> None:
+  _check_level_unet(config, 'unet_conv', attention=False)
+
+
+def _unet_resnet(config) -> nn.Module:
+  return unet_resnet.UNetResnet(**_level_unet_fields(config, attention=True), upsample=config.model.upsample)
+
+
+def _check_unet_resnet(config) -> None:
+  _check_level_unet(config, 'unet_resnet', attention=True)
+
+
+def _ddpm(config) -> nn.Module:
+  return ddpm_unet.DDPMUNet(**_level_unet_fields(config, attention=True))
+
+
+def _check_ddpm(config) -> None:
+  _check_level_unet(config, 'ddpm', attention=True)
+  if config.model.upsample != 'nearest':
+    raise ValueError(f'ddpm is the official architecture and upsamples by nearest + conv: set '
+                     f'config.model.upsample to nearest (got {config.model.upsample!r}), or use unet_resnet.')
+
+
 # name -> (builder(config) -> module, check(config) raising ValueError on impossible settings).
+# The first is listed first in error messages.
 MODELS: dict[str, tuple[Callable, Callable]] = {
     'unet_simple': (_unet_simple, _check_unet_simple),
+    'unet_conv': (_unet_conv, _check_unet_conv),
+    'unet_resnet': (_unet_resnet, _check_unet_resnet),
+    'ddpm': (_ddpm, _check_ddpm),
 }
 
 
@@ -36,7 +125,7 @@ def check_model_config(config) -> None:
   """Raises ValueError naming the problem when the network cannot be built from config."""
   if config.model.name not in MODELS:
     raise ValueError(f'Unknown model {config.model.name!r} (config.model.name); '
-                     f'valid: {", ".join(sorted(MODELS))}.')
+                     f'valid: {", ".join(MODELS)}.')
   MODELS[config.model.name][1](config)
 
 

@@ -1,7 +1,9 @@
-"""Blocks shared by the networks."""
+"""Blocks shared by the networks, and the UNet skeleton of DDPM that three of them share."""
 
 import math
+from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -23,3 +25,196 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
 def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
   """Nearest-neighbour upsampling of an NHWC batch by an integer factor."""
   return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+# ---------------------------------------------------------------------------
+# Blocks of the level-structured UNets (Unet-Conv, Unet-Resnet, the official DDPM UNet).
+
+# DDPM's initialiser for every kernel (TF variance_scaling(1, fan_avg, uniform)); biases start at 0.
+default_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+zero_init = nn.initializers.zeros
+DOWNSAMPLE_METHODS = ('conv', 'maxpool')
+UPSAMPLE_METHODS = ('nearest', 'transpose')
+
+
+def conv3x3(features: int, name: str, strides: int = 1, kernel_init=default_init) -> nn.Conv:
+  """3x3 convolution with TF 'SAME' padding (for stride 2 on an even side: pad 0 before, 1 after)."""
+  return nn.Conv(features, (3, 3), strides=(strides, strides), padding='SAME',
+                 kernel_init=kernel_init, name=name)
+
+
+def group_norm(groups: int, eps: float, name: str) -> nn.GroupNorm:
+  """GroupNorm with the two-pass variance, which matches PyTorch's to float32 rounding."""
+  return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, name=name)
+
+
+def add_timestep(h: jax.Array, temb: jax.Array) -> jax.Array:
+  """h + dense(swish(temb)) over channels, the same at every position: how each block sees t.
+
+  Call inside a compact module; the dense layer is its 'temb_proj'.
+  """
+  projection = nn.Dense(h.shape[-1], kernel_init=default_init, name='temb_proj')(nn.swish(temb))
+  return h + projection[:, None, None, :]
+
+
+class TimestepMLP(nn.Module):
+  """Sinusoidal embedding of t (embed_dim) -> dense -> swish -> dense: (batch,) -> (batch, mlp_dim)."""
+  embed_dim: int
+  mlp_dim: int
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    h = timestep_embedding(t, self.embed_dim)
+    h = nn.Dense(self.mlp_dim, kernel_init=default_init, name='dense_0')(h)
+    return nn.Dense(self.mlp_dim, kernel_init=default_init, name='dense_1')(nn.swish(h))
+
+
+class ResnetBlock(nn.Module):
+  """DDPM's ResNet block: [GN, swish, conv, + dense(swish(temb)), GN, swish, dropout, conv] + shortcut.
+
+  The last conv starts at zero, so a fresh block is the identity (up to the 1x1 shortcut
+  that matches channels when they change).
+  """
+  features: int
+  dropout: float
+  norm_groups: int
+  norm_eps: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
+    h = conv3x3(self.features, 'conv_0')(nn.swish(group_norm(self.norm_groups, self.norm_eps, 'norm_0')(x)))
+    h = add_timestep(h, temb)
+    h = nn.swish(group_norm(self.norm_groups, self.norm_eps, 'norm_1')(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = conv3x3(self.features, 'conv_1', kernel_init=zero_init)(h)
+    if x.shape[-1] != self.features:
+      x = nn.Conv(self.features, (1, 1), kernel_init=default_init, name='shortcut')(x)
+    return x + h
+
+
+class SelfAttention(nn.Module):
+  """Self-attention over the H*W positions of an NHWC map, with GN before and a residual around.
+
+  q, k, v and the output projection are dense layers over channels (1x1 convs); the output
+  projection starts at zero. num_heads=1 is DDPM's single head (scale C**-0.5).
+  """
+  num_heads: int
+  norm_groups: int
+  norm_eps: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, height, width, c = x.shape
+    if c % self.num_heads:
+      raise ValueError(f'attention: {c} channels do not split into {self.num_heads} heads '
+                       f'(config.model.num_heads).')
+    head_dim = c // self.num_heads
+    h = group_norm(self.norm_groups, self.norm_eps, 'norm')(x)
+
+    def project(name):
+      y = nn.Dense(c, kernel_init=default_init, name=name)(h)
+      return y.reshape(b, height * width, self.num_heads, head_dim)
+
+    q, k, v = project('q'), project('k'), project('v')
+    weights = jnp.einsum('bqhd,bkhd->bhqk', q, k) * head_dim ** -0.5
+    weights = jax.nn.softmax(weights, axis=-1)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, height, width, c)
+    return x + nn.Dense(c, kernel_init=zero_init, name='proj_out')(out)
+
+
+class Downsample(nn.Module):
+  """Halves H and W: 'conv' (3x3 stride-2 conv, TF 'SAME' padding, as DDPM) or 'maxpool' (2x2)."""
+  method: str
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.method == 'conv':
+      return conv3x3(x.shape[-1], 'conv', strides=2)(x)
+    if self.method == 'maxpool':
+      return nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+    raise ValueError(f'Unknown downsampling {self.method!r}; valid: {", ".join(DOWNSAMPLE_METHODS)}.')
+
+
+class Upsample(nn.Module):
+  """Doubles H and W: 'nearest' (nearest neighbour, then a 3x3 conv, as DDPM) or 'transpose'
+  (a 2x2 stride-2 transposed conv)."""
+  method: str
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    if self.method == 'nearest':
+      return conv3x3(c, 'conv')(upsample_nearest(x))
+    if self.method == 'transpose':
+      return nn.ConvTranspose(c, (2, 2), strides=(2, 2), padding='VALID', kernel_init=default_init,
+                              name='conv')(x)
+    raise ValueError(f'Unknown upsampling {self.method!r} (config.model.upsample); '
+                     f'valid: {", ".join(UPSAMPLE_METHODS)}.')
+
+
+class LevelUNet(nn.Module):
+  """The UNet skeleton of DDPM, shared by Unet-Conv, Unet-Resnet and the official DDPM UNet.
+
+  conv_in; per level (width ch * ch_mult[level], side halving between levels) num_res_blocks
+  blocks, each followed by self-attention where the side is in attn_resolutions, every output
+  kept as a skip; a middle (block, [attention], block); the mirror path with num_res_blocks + 1
+  blocks per level, each on [h, skip] concatenated; GN, swish and a zero-initialised conv_out.
+  `block` is the block class, built as block(features=, dropout=, norm_groups=, norm_eps=) and
+  called as block(x, temb, train) (layers.ResnetBlock, unet_conv.ConvBlock).
+  Parameter names follow the levels (down_1_attn_0, up_2_upsample, ...) so converters can map them.
+  """
+  # Defaults: the official DDPM CIFAR-10 network (35,746,307 params on 32x32x3).
+  block: Any = ResnetBlock
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  mid_attention: bool = True
+  num_heads: int = 1
+  dropout: float = 0.1
+  norm_groups: int = 32
+  norm_eps: float = 1e-6
+  time_embed_dim: int = 128
+  time_mlp_dim: int = 512
+  downsample: str = 'conv'
+  upsample: str = 'nearest'
+  out_channels: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    temb = TimestepMLP(embed_dim=self.time_embed_dim, mlp_dim=self.time_mlp_dim, name='temb')(t)
+    block = lambda features, name: self.block(
+        features=features, dropout=self.dropout, norm_groups=self.norm_groups, norm_eps=self.norm_eps, name=name)
+    attention = lambda name: SelfAttention(num_heads=self.num_heads, norm_groups=self.norm_groups,
+                                           norm_eps=self.norm_eps, name=name)
+    last = len(self.ch_mult) - 1
+
+    h = conv3x3(self.ch, 'conv_in')(x)
+    skips = [h]
+    for level, mult in enumerate(self.ch_mult):
+      for i in range(self.num_res_blocks):
+        h = block(self.ch * mult, f'down_{level}_block_{i}')(h, temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attention(f'down_{level}_attn_{i}')(h)
+        skips.append(h)
+      if level != last:
+        h = Downsample(method=self.downsample, name=f'down_{level}_downsample')(h)
+        skips.append(h)
+
+    h = block(h.shape[-1], 'mid_block_0')(h, temb, train)
+    if self.mid_attention:
+      h = attention('mid_attn')(h)
+    h = block(h.shape[-1], 'mid_block_1')(h, temb, train)
+
+    for level in reversed(range(len(self.ch_mult))):
+      for i in range(self.num_res_blocks + 1):
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = block(self.ch * self.ch_mult[level], f'up_{level}_block_{i}')(h, temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attention(f'up_{level}_attn_{i}')(h)
+      if level != 0:
+        h = Upsample(method=self.upsample, name=f'up_{level}_upsample')(h)
+
+    h = nn.swish(group_norm(self.norm_groups, self.norm_eps, 'norm_out')(h))
+    return conv3x3(self.out_channels, 'conv_out', kernel_init=zero_init)(h)
+

@@ -1,0 +1,357 @@
+"""Official DDPM weights in the diffusers `UNet2DModel` format -> a ddpm-jax workdir.
+
+The official CIFAR-10 DDPM (google/ddpm-cifar10-32) is published as a diffusers
+folder: config.json and diffusion_pytorch_model.safetensors (or .bin). This module
+
+  (a) maps such a state dict (name -> numpy array) onto the parameters of our `ddpm`
+      network, transposing convolutions OIHW -> HWIO and linear layers (out, in) ->
+      (in, out), and refuses a missing or unused key or a wrong shape;
+  (b) checks the diffusers config.json against our config, naming any field that differs;
+  (c) writes a workdir that `main.py --mode=sample` loads directly:
+
+  python -m ddpm_jax.nets.convert_diffusers --model_dir=DIR --workdir=OUT [--config=configs/cifar10_ddpm.py]
+  python main.py --config=configs/cifar10_ddpm.py --workdir=OUT --mode=sample
+
+Reading .safetensors needs the `safetensors` package (numpy only); a .bin file needs torch.
+"""
+
+import json
+import os
+import re
+import sys
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ddpm_jax import nets
+
+CONFIG_FILE = 'config.json'
+WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')
+
+# Attention parameter names of diffusers before 0.14 -> today's (diffusers converts them on load too).
+LEGACY_ATTENTION_NAMES = {'query': 'to_q', 'key': 'to_k', 'value': 'to_v', 'proj_attn': 'to_out.0'}
+
+# Our sub-module names -> diffusers', per kind of module.
+_RESNET_NAMES = {'norm_0': 'norm1', 'conv_0': 'conv1', 'temb_proj': 'time_emb_proj', 'norm_1': 'norm2',
+                 'conv_1': 'conv2', 'shortcut': 'conv_shortcut'}
+_ATTENTION_NAMES = {'norm': 'group_norm', 'q': 'to_q', 'k': 'to_k', 'v': 'to_v', 'proj_out': 'to_out.0'}
+_RESAMPLE_NAMES = {'conv': 'conv'}
+_TEMB_NAMES = {'dense_0': 'linear_1', 'dense_1': 'linear_2'}
+_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+
+# diffusers' UNet2DModel defaults, for config.json fields that older files leave out.
+DIFFUSERS_DEFAULTS = {
+    '_class_name': 'UNet2DModel', 'sample_size': None, 'in_channels': 3, 'out_channels': 3,
+    'center_input_sample': False, 'time_embedding_type': 'positional', 'time_embedding_dim': None,
+    'freq_shift': 0, 'flip_sin_to_cos': True,
+    'down_block_types': ['DownBlock2D', 'AttnDownBlock2D', 'AttnDownBlock2D', 'AttnDownBlock2D'],
+    'mid_block_type': 'UNetMidBlock2D',
+    'up_block_types': ['AttnUpBlock2D', 'AttnUpBlock2D', 'AttnUpBlock2D', 'UpBlock2D'],
+    'block_out_channels': [224, 448, 672, 896], 'layers_per_block': 2, 'mid_block_scale_factor': 1,
+    'downsample_padding': 1, 'downsample_type': 'conv', 'upsample_type': 'conv', 'act_fn': 'silu',
+    'attention_head_dim': 8, 'norm_num_groups': 32, 'attn_norm_num_groups': None, 'norm_eps': 1e-5,
+    'resnet_time_scale_shift': 'default', 'add_attention': True, 'class_embed_type': None,
+    'num_class_embeds': None,
+}
+
+
+class ConversionError(ValueError):
+  """The diffusers model does not fit the config or our network; the message names what differs."""
+
+
+# ---------------------------------------------------------------------------
+# (a) State dict -> params.
+
+def rename_legacy_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Renames pre-0.14 attention keys (query, key, value, proj_attn) to to_q, to_k, to_v, to_out.0."""
+  pattern = re.compile(r'\.(' + '|'.join(LEGACY_ATTENTION_NAMES) + r')\.(weight|bias)$')
+  return {pattern.sub(lambda m: f'.{LEGACY_ATTENTION_NAMES[m.group(1)]}.{m.group(2)}', k): v
+          for k, v in state_dict.items()}
+
+
+def _module_prefix(name: str, num_levels: int) -> tuple[str, dict[str, str]]:
+  """Our top-level module name -> (its diffusers prefix, the sub-module renames inside it)."""
+  fixed = {'conv_in': ('conv_in', {}), 'conv_out': ('conv_out', {}), 'norm_out': ('conv_norm_out', {}),
+           'temb': ('time_embedding', _TEMB_NAMES), 'mid_attn': ('mid_block.attentions.0', _ATTENTION_NAMES)}
+  if name in fixed:
+    return fixed[name]
+  if m := re.fullmatch(r'mid_block_(\d+)', name):
+    return f'mid_block.resnets.{m[1]}', _RESNET_NAMES
+  m = re.fullmatch(r'(down|up)_(\d+)_(block|attn|downsample|upsample)(?:_(\d+))?', name)
+  if not m:
+    raise ConversionError(f'No diffusers counterpart for our module {name!r}.')
+  path, level, kind, index = m.groups()
+  # diffusers numbers up blocks from the lowest resolution; we number both paths by level.
+  block = int(level) if path == 'down' else num_levels - 1 - int(level)
+  prefix = f'{path}_blocks.{block}'
+  if kind == 'block':
+    return f'{prefix}.resnets.{index}', _RESNET_NAMES
+  if kind == 'attn':
+    return f'{prefix}.attentions.{index}', _ATTENTION_NAMES
+  return f'{prefix}.{kind}rs.0', _RESAMPLE_NAMES
+
+
+def diffusers_key(path: tuple[str, ...], num_levels: int) -> str:
+  """The diffusers state-dict key of one of our parameters, e.g.
+  ('up_1_attn_2', 'proj_out', 'kernel') -> 'up_blocks.2.attentions.2.to_out.0.weight' (4 levels)."""
+  prefix, renames = _module_prefix(path[0], num_levels)
+  parts = [prefix] + [renames.get(p, p) for p in path[1:-1]] + [_LEAF_NAMES.get(path[-1], path[-1])]
+  return '.'.join(parts)
+
+
+def torch_to_flax(array: np.ndarray) -> np.ndarray:
+  """A PyTorch weight in our layout: conv OIHW -> HWIO, linear (out, in) -> (in, out), vectors as is."""
+  array = np.asarray(array, np.float32)
+  if array.ndim == 4:
+    array = array.transpose(2, 3, 1, 0)
+  elif array.ndim == 2:
+    array = array.T
+  return np.ascontiguousarray(array)
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], template: Mapping, num_levels: int) -> dict:
+  """Our params (the nested dict of `template`, arrays or shape structs) from a diffusers state dict.
+
+  Every template leaf must find its key with the right shape, and every key must be used.
+  """
+  state_dict = rename_legacy_keys(state_dict)
+  params, missing, wrong_shape, used = {}, [], [], set()
+  for path, leaf in traverse_util.flatten_dict(template).items():
+    key = diffusers_key(path, num_levels)
+    if key not in state_dict:
+      missing.append(key)
+      continue
+    used.add(key)
+    value = torch_to_flax(state_dict[key])
+    if value.shape != tuple(leaf.shape):
+      wrong_shape.append(f'{key}: {tuple(np.shape(state_dict[key]))} -> {value.shape}, '
+                         f'but {"/".join(path)} needs {tuple(leaf.shape)}')
+    params[path] = value
+  unused = sorted(set(state_dict) - used)
+  problems = []
+  if missing:
+    problems.append(f'{len(missing)} missing key(s): {", ".join(missing[:8])}')
+  if unused:
+    problems.append(f'{len(unused)} unused key(s): {", ".join(unused[:8])}')
+  if wrong_shape:
+    problems.append(f'{len(wrong_shape)} wrong shape(s): {"; ".join(wrong_shape[:8])}')
+  if problems:
+    raise ConversionError('The state dict does not fit the ddpm network of this config: '
+                          + '; '.join(problems) + '. Check the config (--config) against config.json.')
+  return traverse_util.unflatten_dict(params)
+
+
+def param_template(config) -> dict:
+  """Shapes of our network's params for this config, without initialising them."""
+  model = nets.get_model(config)
+  shapes = jax.eval_shape(lambda key: nets.init_variables(model, config, key), jax.random.PRNGKey(0))
+  return shapes['params']
+
+
+# ---------------------------------------------------------------------------
+# (b) config.json against our config.
+
+def expected_diffusers_config(config) -> dict[str, tuple[Any, str]]:
+  """field -> (the value our config needs, where that comes from) for a diffusers config.json."""
+  m, size = config.model, config.data.image_size
+  widths = [m.ch * mult for mult in m.ch_mult]
+  sides = nets.level_sides(size, len(widths))
+  attention = [side in tuple(m.attn_resolutions) for side in sides]
+  ours = 'our ddpm network'
+  expected = {
+      '_class_name': ('UNet2DModel', 'the converter (a diffusers UNet2DModel config.json)'),
+      'sample_size': (size, 'config.data.image_size'),
+      'in_channels': (config.data.num_channels, 'config.data.num_channels'),
+      'out_channels': (config.data.num_channels, 'config.data.num_channels'),
+      'block_out_channels': (widths, 'config.model.ch * config.model.ch_mult'),
+      'layers_per_block': (m.num_res_blocks, 'config.model.num_res_blocks'),
+      'down_block_types': (['AttnDownBlock2D' if a else 'DownBlock2D' for a in attention],
+                           f'config.model.attn_resolutions on sides {sides}'),
+      'up_block_types': (['AttnUpBlock2D' if a else 'UpBlock2D' for a in reversed(attention)],
+                         f'config.model.attn_resolutions on sides {sides}'),
+      'norm_num_groups': (m.norm_groups, 'config.model.norm_groups'),
+      'norm_eps': (m.norm_eps, 'config.model.norm_eps'),
+      'time_embedding_dim': (m.time_mlp_dim, 'config.model.time_mlp_dim'),
+      'mid_block_type': ('UNetMidBlock2D', ours), 'add_attention': (True, ours),
+      'act_fn': ('silu', ours), 'time_embedding_type': ('positional', ours),
+      'flip_sin_to_cos': (False, ours + ' (sines first)'), 'freq_shift': (1, ours + ' (log(10000)/(half-1))'),
+      'downsample_type': ('conv', ours), 'upsample_type': ('conv', ours),
+      'downsample_padding': (0, ours + ' (TF SAME padding of the stride-2 conv)'),
+      'center_input_sample': (False, ours), 'mid_block_scale_factor': (1, ours),
+      'resnet_time_scale_shift': ('default', ours), 'class_embed_type': (None, ours),
+      'num_class_embeds': (None, ours), 'attn_norm_num_groups': (m.norm_groups, 'config.model.norm_groups'),
+  }
+  return expected
+
+
+def _normalise(field: str, value: Any, diffusers_config: Mapping[str, Any]) -> Any:
+  """A config.json value in the form expected_diffusers_config compares (lists, resolved Nones)."""
+  if isinstance(value, tuple):
+    value = list(value)
+  widths = diffusers_config.get('block_out_channels', DIFFUSERS_DEFAULTS['block_out_channels'])
+  if field == 'time_embedding_dim' and value is None:
+    return 4 * widths[0]
+  if field == 'attn_norm_num_groups' and value is None:
+    return diffusers_config.get('norm_num_groups', DIFFUSERS_DEFAULTS['norm_num_groups'])
+  if field == 'sample_size' and isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
+    return value[0]
+  return value
+
+
+def _heads_problem(diffusers_config: Mapping[str, Any], config) -> str | None:
+  """diffusers splits attention into width // attention_head_dim heads (None: one head)."""
+  head_dim = diffusers_config.get('attention_head_dim', DIFFUSERS_DEFAULTS['attention_head_dim'])
+  m = config.model
+  widths = [m.ch * mult for mult in m.ch_mult]
+  sides = nets.level_sides(config.data.image_size, len(widths))
+  attn_widths = sorted({w for w, s in zip(widths, sides) if s in tuple(m.attn_resolutions)} | {widths[-1]})
+  heads = {w: 1 if head_dim is None else w // head_dim for w in attn_widths}
+  if any(h != m.num_heads for h in heads.values()):
+    return (f'attention_head_dim is {head_dim!r}, which gives {heads} heads (width: heads), but '
+            f'config.model.num_heads is {m.num_heads}')
+  return None
+
+
+def require_ddpm(config) -> None:
+  """Converted weights fill only the ddpm network."""
+  if config.model.name != 'ddpm':
+    raise ConversionError(f'Converted weights are for the ddpm network; config.model.name is '
+                          f'{config.model.name!r}. Use --config=configs/cifar10_ddpm.py.')
+
+
+def check_diffusers_config(diffusers_config: Mapping[str, Any], config) -> None:
+  """Raises ConversionError naming every config.json field that our config does not reproduce.
+
+  dropout is not compared: it does not change the network at sampling time.
+  """
+  require_ddpm(config)
+  problems = []
+  for field, (want, source) in expected_diffusers_config(config).items():
+    got = _normalise(field, diffusers_config.get(field, DIFFUSERS_DEFAULTS[field]), diffusers_config)
+    numbers = isinstance(want, float) and isinstance(got, (int, float))
+    same = np.isclose(got, want, rtol=1e-6, atol=0) if numbers else got == want
+    if not same:
+      problems.append(f'{field} is {got!r} but {source} needs {want!r}')
+  if problem := _heads_problem(diffusers_config, config):
+    problems.append(problem)
+  widths = diffusers_config.get('block_out_channels', DIFFUSERS_DEFAULTS['block_out_channels'])
+  if widths and widths[0] != config.model.time_embed_dim:
+    problems.append(f'block_out_channels[0] is {widths[0]}, the size of diffusers\' sinusoidal timestep '
+                    f'embedding, but config.model.time_embed_dim is {config.model.time_embed_dim}')
+  if problems:
+    raise ConversionError('config.json does not match the config: ' + '; '.join(problems) + '.')
+
+
+# ---------------------------------------------------------------------------
+# (c) Files in, workdir out.
+
+def load_model_dir(model_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """(config.json as a dict, state dict as numpy arrays) of a diffusers UNet2DModel folder.
+
+  Accepts the model folder itself or a pipeline folder with the model in unet/.
+  """
+  if not os.path.exists(os.path.join(model_dir, CONFIG_FILE)) and os.path.exists(
+      os.path.join(model_dir, 'unet', CONFIG_FILE)):
+    model_dir = os.path.join(model_dir, 'unet')
+  config_path = os.path.join(model_dir, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise ConversionError(f'No {CONFIG_FILE} in {model_dir}: pass the folder of a diffusers UNet2DModel '
+                          f'(e.g. a download of google/ddpm-cifar10-32).')
+  with open(config_path) as f:
+    diffusers_config = json.load(f)
+  safetensors_path, bin_path = (os.path.join(model_dir, name) for name in WEIGHT_FILES)
+  if os.path.exists(safetensors_path):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return diffusers_config, dict(load_file(safetensors_path))
+  if os.path.exists(bin_path):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ConversionError(f'{bin_path} is a PyTorch pickle and needs torch; install torch, or use '
+                            f'the .safetensors file of the model instead.') from None
+    state = torch.load(bin_path, map_location='cpu', weights_only=True)
+    return diffusers_config, {k: v.float().numpy() for k, v in state.items()}
+  raise ConversionError(f'No weights in {model_dir}: expected {" or ".join(WEIGHT_FILES)}.')
+
+
+def convert(diffusers_config: Mapping[str, Any], state_dict: Mapping[str, Any], config) -> dict:
+  """Checked params of our ddpm network for `config` from a diffusers config and state dict."""
+  check_diffusers_config(diffusers_config, config)
+  return convert_state_dict(state_dict, param_template(config), len(config.model.ch_mult))
+
+
+def default_step(config) -> int:
+  """The step to file converted weights under: the recipe's length (800k for DDPM CIFAR-10), else 1.
+
+  Not 0: a workdir's latest checkpoint must be a trained one, and train.sample() reads step > 0.
+  """
+  return config.training.num_train_steps if config.training.num_train_steps > 0 else 1
+
+
+def write_workdir(params: dict, config, workdir: str, step: int) -> str:
+  """Saves params as both params and EMA params of a TrainState at `step`, as train.py would.
+
+  Returns the checkpoint directory. Refuses a workdir that already holds checkpoints.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import configuration, train  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.train_state import create_train_state, make_optimizer  # pylint: disable=g-import-not-at-top
+
+  if step <= 0:
+    raise ValueError(f'The checkpoint step must be positive, got {step}.')
+  configuration.validate_config(config)
+  configuration.check_workdir_config(config, workdir)
+  checkpoint_dir = os.path.join(workdir, train.CHECKPOINT_DIR)
+  if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
+    raise configuration.WorkdirError(
+        f'{checkpoint_dir} already holds checkpoints; convert into a new --workdir.')
+  mesh = train.make_mesh()
+  state = create_train_state({'params': jax.tree.map(jnp.asarray, params)}, make_optimizer(config.optim))
+  state = jax.device_put(state.replace(step=jnp.asarray(step, jnp.int32)), train.replicated(mesh))
+  configuration.save_config(config, workdir)
+  manager = train.checkpoint_manager(workdir, config)
+  manager.save(step, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  return os.path.join(checkpoint_dir, str(step))
+
+
+def main(argv) -> None:
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import configuration  # pylint: disable=g-import-not-at-top
+
+  if len(argv) > 1:
+    raise SystemExit(f'Unexpected arguments: {" ".join(argv[1:])}')
+  flags_ = flags.FLAGS
+  config = flags_.config
+  step = flags_.step if flags_.step > 0 else default_step(config)
+  try:
+    configuration.validate_config(config)
+    require_ddpm(config)
+    diffusers_config, state_dict = load_model_dir(flags_.model_dir)
+    params = convert(diffusers_config, state_dict, config)
+    path = write_workdir(params, config, flags_.workdir, step)
+  except (ConversionError, configuration.ConfigError, configuration.WorkdirError) as e:
+    sys.exit(f'error: {e}')
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  logging.info('Wrote %d converted params as step %d to %s.', num_params, step, path)
+  config_file = config_flags.get_config_filename(flags_['config'])
+  print(f'Wrote {num_params:,} params as step {step} to {path}. Sample with:\n'
+        f'  python main.py --config={config_file} --workdir={flags_.workdir} --mode=sample')
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file('config', 'configs/cifar10_ddpm.py', 'Config of the ddpm network to fill.',
+                                  lock_config=True)
+  flags.DEFINE_string('model_dir', None, 'Folder of a diffusers UNet2DModel: config.json and weights.')
+  flags.DEFINE_string('workdir', None, 'Workdir to write: config.json and checkpoints/<step>/.')
+  flags.DEFINE_integer('step', 0, 'Step to save the checkpoint as; '
+                       '0 = config.training.num_train_steps, or 1 if that is 0.')
+  flags.mark_flags_as_required(['model_dir', 'workdir'])
+  app.run(main)

@@ -1,0 +1,262 @@
+"""Official DDPM weights from the diffusers UNet2DModel format: mapping, checks, parity, workdir."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+
+from configs import cifar10_ddpm
+from ddpm_jax import configuration, nets, train
+from ddpm_jax.nets import convert_diffusers as cd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# config.json of google/ddpm-cifar10-32 (the fields diffusers writes; older files omit some).
+OFFICIAL_DIFFUSERS_CONFIG = {
+    '_class_name': 'UNet2DModel', '_diffusers_version': '0.16.0.dev0', 'act_fn': 'silu',
+    'add_attention': True, 'attention_head_dim': None, 'block_out_channels': [128, 256, 256, 256],
+    'center_input_sample': False, 'class_embed_type': None,
+    'down_block_types': ['DownBlock2D', 'AttnDownBlock2D', 'DownBlock2D', 'DownBlock2D'],
+    'downsample_padding': 0, 'flip_sin_to_cos': False, 'freq_shift': 1, 'in_channels': 3,
+    'layers_per_block': 2, 'mid_block_scale_factor': 1, 'norm_eps': 1e-06, 'norm_num_groups': 32,
+    'num_class_embeds': None, 'out_channels': 3, 'resnet_time_scale_shift': 'default', 'sample_size': 32,
+    'time_embedding_type': 'positional', 'up_block_types': ['UpBlock2D', 'UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D'],
+}
+
+# A two-level DDPM UNet on 32x32x3 with attention at 16x16, as our overrides and as diffusers' config.
+TINY_OVERRIDES = {'model.ch': 8, 'model.ch_mult': (1, 2), 'model.num_res_blocks': 1, 'model.norm_groups': 4,
+                  'model.time_embed_dim': 8, 'model.time_mlp_dim': 32, 'diffusion.num_timesteps': 10,
+                  'sampling.num_samples': 2, 'sampling.batch_size': 2}
+TINY_DIFFUSERS_CONFIG = dict(OFFICIAL_DIFFUSERS_CONFIG, block_out_channels=[8, 16], layers_per_block=1,
+                             norm_num_groups=4, down_block_types=['DownBlock2D', 'AttnDownBlock2D'],
+                             up_block_types=['AttnUpBlock2D', 'UpBlock2D'])
+
+
+def tiny_config():
+  config = cifar10_ddpm.get_config()
+  for field, value in TINY_OVERRIDES.items():
+    section, key = field.split('.')
+    config[section][key] = value
+  return config
+
+
+def fake_state_dict(config, seed=0):
+  """(diffusers-layout state dict of random numpy arrays, the params they should convert to)."""
+  rng = np.random.default_rng(seed)
+  template = traverse_util.flatten_dict(cd.param_template(config))
+  state_dict, expected = {}, {}
+  for path, leaf in template.items():
+    value = rng.standard_normal(leaf.shape).astype(np.float32)
+    torch_layout = {4: (3, 2, 0, 1), 2: (1, 0), 1: (0,)}[value.ndim]
+    state_dict[cd.diffusers_key(path, len(config.model.ch_mult))] = np.ascontiguousarray(value.transpose(torch_layout))
+    expected[path] = value
+  return state_dict, traverse_util.unflatten_dict(expected)
+
+
+def assert_trees_equal(a, b):
+  flat_a, flat_b = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
+  assert flat_a.keys() == flat_b.keys()
+  for key in flat_a:
+    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=str(key))
+
+
+# ---------------------------------------------------------------------------
+# The mapping, in numpy only.
+
+@pytest.mark.parametrize('path,key', [
+    (('conv_in', 'kernel'), 'conv_in.weight'),
+    (('temb', 'dense_1', 'bias'), 'time_embedding.linear_2.bias'),
+    (('down_0_block_1', 'norm_0', 'scale'), 'down_blocks.0.resnets.1.norm1.weight'),
+    (('down_1_block_0', 'shortcut', 'kernel'), 'down_blocks.1.resnets.0.conv_shortcut.weight'),
+    (('down_1_attn_1', 'proj_out', 'kernel'), 'down_blocks.1.attentions.1.to_out.0.weight'),
+    (('down_2_downsample', 'conv', 'bias'), 'down_blocks.2.downsamplers.0.conv.bias'),
+    (('mid_block_1', 'temb_proj', 'kernel'), 'mid_block.resnets.1.time_emb_proj.weight'),
+    (('mid_attn', 'norm', 'bias'), 'mid_block.attentions.0.group_norm.bias'),
+    (('up_3_block_2', 'conv_1', 'kernel'), 'up_blocks.0.resnets.2.conv2.weight'),
+    (('up_1_attn_2', 'q', 'kernel'), 'up_blocks.2.attentions.2.to_q.weight'),
+    (('up_1_upsample', 'conv', 'kernel'), 'up_blocks.2.upsamplers.0.conv.weight'),
+    (('norm_out', 'scale'), 'conv_norm_out.weight'),
+])
+def test_diffusers_key_of_each_kind_of_parameter(path, key):
+  assert cd.diffusers_key(path, num_levels=4) == key
+
+
+def test_torch_layouts_become_flax_layouts():
+  conv = np.arange(2 * 3 * 5 * 7, dtype=np.float32).reshape(7, 5, 3, 2)  # O, I, H, W.
+  np.testing.assert_array_equal(cd.torch_to_flax(conv)[1, 0, 4, 6], conv[6, 4, 1, 0])
+  linear = np.arange(6, dtype=np.float32).reshape(3, 2)  # (out, in).
+  np.testing.assert_array_equal(cd.torch_to_flax(linear), linear.T)
+  np.testing.assert_array_equal(cd.torch_to_flax(np.ones(4)), np.ones(4))
+
+
+def test_state_dict_converts_exactly_and_legacy_attention_names_too():
+  config = tiny_config()
+  state_dict, expected = fake_state_dict(config)
+  assert_trees_equal(cd.convert(TINY_DIFFUSERS_CONFIG, state_dict, config), expected)
+  legacy = {k.replace('to_q', 'query').replace('to_k', 'key').replace('to_v', 'value')
+             .replace('to_out.0', 'proj_attn'): v for k, v in state_dict.items()}
+  assert 'down_blocks.1.attentions.0.proj_attn.weight' in legacy
+  assert_trees_equal(cd.convert(TINY_DIFFUSERS_CONFIG, legacy, config), expected)
+
+
+def test_missing_unused_and_misshapen_keys_are_refused():
+  config = tiny_config()
+  template = cd.param_template(config)
+  state_dict, _ = fake_state_dict(config)
+  missing = dict(state_dict)
+  del missing['mid_block.attentions.0.to_k.bias']
+  with pytest.raises(cd.ConversionError, match=r'1 missing key\(s\): mid_block.attentions.0.to_k.bias'):
+    cd.convert_state_dict(missing, template, 2)
+  extra = dict(state_dict, **{'down_blocks.0.resnets.1.conv1.weight': np.zeros((8, 8, 3, 3), np.float32)})
+  with pytest.raises(cd.ConversionError, match=r'1 unused key\(s\): down_blocks.0.resnets.1.conv1.weight'):
+    cd.convert_state_dict(extra, template, 2)
+  wrong = dict(state_dict, **{'conv_out.weight': np.zeros((3, 16, 3, 3), np.float32)})
+  with pytest.raises(cd.ConversionError, match=r'wrong shape.*conv_out.weight: \(3, 16, 3, 3\) -> \(3, 3, 16, 3\), '
+                                               r'but conv_out/kernel needs \(3, 3, 8, 3\)'):
+    cd.convert_state_dict(wrong, template, 2)
+
+
+# ---------------------------------------------------------------------------
+# config.json against our config.
+
+def test_the_official_config_json_matches_the_cifar10_ddpm_config():
+  cd.check_diffusers_config(OFFICIAL_DIFFUSERS_CONFIG, cifar10_ddpm.get_config())
+  cd.check_diffusers_config(TINY_DIFFUSERS_CONFIG, tiny_config())
+  # Older files omit fields whose defaults are the official values.
+  trimmed = {k: v for k, v in OFFICIAL_DIFFUSERS_CONFIG.items()
+             if k not in ('add_attention', 'class_embed_type', 'resnet_time_scale_shift', 'num_class_embeds')}
+  cd.check_diffusers_config(trimmed, cifar10_ddpm.get_config())
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('block_out_channels', [128, 256, 256, 512], r'block_out_channels is \[128, 256, 256, 512\] but config.model.ch'),
+    ('layers_per_block', 3, 'layers_per_block is 3 but config.model.num_res_blocks needs 2'),
+    ('up_block_types', ['UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D', 'UpBlock2D'], 'up_block_types is'),
+    ('down_block_types', ['DownBlock2D'] * 4, 'down_block_types is'),
+    ('norm_num_groups', 16, 'norm_num_groups is 16 but config.model.norm_groups needs 32'),
+    ('norm_eps', 1e-5, 'norm_eps is 1e-05 but config.model.norm_eps needs 1e-06'),
+    ('sample_size', 64, 'sample_size is 64 but config.data.image_size needs 32'),
+    ('in_channels', 1, 'in_channels is 1 but config.data.num_channels needs 3'),
+    ('attention_head_dim', 64, 'attention_head_dim is 64, which gives'),
+    ('flip_sin_to_cos', True, 'flip_sin_to_cos is True'),
+    ('freq_shift', 0, 'freq_shift is 0'),
+    ('downsample_padding', 1, 'downsample_padding is 1'),
+    ('resnet_time_scale_shift', 'scale_shift', 'resnet_time_scale_shift is'),
+    ('_class_name', 'UNetModel', "_class_name is 'UNetModel'"),
+])
+def test_a_mismatched_config_json_is_refused_naming_the_field(field, value, message):
+  with pytest.raises(cd.ConversionError, match=message):
+    cd.check_diffusers_config(dict(OFFICIAL_DIFFUSERS_CONFIG, **{field: value}), cifar10_ddpm.get_config())
+
+
+def test_only_the_ddpm_network_takes_converted_weights():
+  config = cifar10_ddpm.get_config()
+  config.model.name = 'unet_resnet'
+  with pytest.raises(cd.ConversionError, match='for the ddpm network'):
+    cd.check_diffusers_config(OFFICIAL_DIFFUSERS_CONFIG, config)
+
+
+def test_a_model_dir_without_files_is_refused(tmp_path):
+  with pytest.raises(cd.ConversionError, match='No config.json'):
+    cd.load_model_dir(str(tmp_path))
+  (tmp_path / 'config.json').write_text('{}')
+  with pytest.raises(cd.ConversionError, match='No weights'):
+    cd.load_model_dir(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# The command and the workdir it writes.
+
+def test_command_writes_a_workdir_that_sampling_loads(tmp_path):
+  safetensors_numpy = pytest.importorskip('safetensors.numpy')
+  config = tiny_config()
+  state_dict, expected = fake_state_dict(config, seed=1)
+  model_dir, workdir = tmp_path / 'model', str(tmp_path / 'workdir')
+  model_dir.mkdir()
+  (model_dir / 'config.json').write_text(json.dumps(TINY_DIFFUSERS_CONFIG))
+  safetensors_numpy.save_file(state_dict, str(model_dir / 'diffusion_pytorch_model.safetensors'))
+  overrides = [f'--config.{k}={v}'.replace(' ', '') for k, v in TINY_OVERRIDES.items()]
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  result = subprocess.run(
+      [sys.executable, '-m', 'ddpm_jax.nets.convert_diffusers', f'--model_dir={model_dir}', f'--workdir={workdir}',
+       '--config=configs/cifar10_ddpm.py', *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert 'as step 800000' in result.stdout and '--mode=sample' in result.stdout
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['800000']
+  saved = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '800000', 'default'))
+  assert int(saved['step']) == 800000
+  assert_trees_equal(saved['params'], expected)
+  assert_trees_equal(saved['ema_params'], expected)
+  stem = train.sample(config, workdir)  # What `main.py --mode=sample` runs.
+  images = np.load(stem + '.npz')['images']
+  assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+  assert os.path.basename(stem) == 'samples_00800000_2'
+
+  with pytest.raises(configuration.WorkdirError, match='already holds checkpoints'):
+    cd.write_workdir(expected, config, workdir, 800000)
+
+
+def test_a_different_model_in_the_workdir_is_refused(tmp_path):
+  config = tiny_config()
+  _, params = fake_state_dict(config)
+  other = tiny_config()
+  other.model.ch, other.model.time_embed_dim = 16, 16
+  configuration.save_config(other, str(tmp_path))
+  with pytest.raises(configuration.WorkdirError, match='different model'):
+    cd.write_workdir(params, config, str(tmp_path), 1)
+
+
+# ---------------------------------------------------------------------------
+# Parity with the reference implementation (torch and diffusers: test dependencies).
+
+@pytest.fixture(scope='module')
+def official_diffusers_model():
+  """A randomly initialised diffusers UNet2DModel with the official CIFAR-10 configuration."""
+  torch = pytest.importorskip('torch')
+  diffusers = pytest.importorskip('diffusers')
+  torch.manual_seed(0)
+  fields = {k: v for k, v in OFFICIAL_DIFFUSERS_CONFIG.items() if not k.startswith('_')}
+  model = diffusers.UNet2DModel(**fields, dropout=0.1).eval()
+  with torch.no_grad():  # Norm scales and biases away from 1 and 0, so the mapping of each one counts.
+    for name, p in model.named_parameters():
+      if 'norm' in name:
+        p.add_(0.2 * torch.randn_like(p))
+  return model
+
+
+def test_parity_with_diffusers_on_the_official_configuration(official_diffusers_model, tmp_path):
+  torch = pytest.importorskip('torch')
+  model = official_diffusers_model
+  assert sum(p.numel() for p in model.parameters()) == 35_746_307
+  model.save_pretrained(str(tmp_path))  # config.json + diffusion_pytorch_model.safetensors.
+  diffusers_config, state_dict = cd.load_model_dir(str(tmp_path))
+  config = cifar10_ddpm.get_config()
+  params = cd.convert(diffusers_config, state_dict, config)
+
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
+  t = np.array([7, 913])
+  with torch.no_grad():
+    reference = model(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t)).sample.numpy()
+  ours = jax.jit(lambda p: nets.get_model(config).apply({'params': p}, x, t, train=False))(params)
+  ours = np.asarray(ours).transpose(0, 3, 1, 2)
+  assert np.abs(reference).max() > 0.1
+  assert np.abs(ours - reference).max() <= 1e-4, np.abs(ours - reference).max()
+
+
+def test_bin_weights_load_like_safetensors(tmp_path):
+  torch = pytest.importorskip('torch')
+  config = tiny_config()
+  state_dict, expected = fake_state_dict(config, seed=2)
+  (tmp_path / 'config.json').write_text(json.dumps(TINY_DIFFUSERS_CONFIG))
+  torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()},
+             str(tmp_path / 'diffusion_pytorch_model.bin'))
+  diffusers_config, loaded = cd.load_model_dir(str(tmp_path))
+  assert_trees_equal(cd.convert(diffusers_config, loaded, config), expected)

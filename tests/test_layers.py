@@ -1,0 +1,200 @@
+"""Shared blocks of the level UNets: timestep MLP, ResNet block, attention, down/up-sampling, skeleton."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax.nets import layers
+
+
+# Compiling initialisers on threefry keys takes seconds per layer on the CPU; the 'rbg'
+# generator draws from the same distributions and compiles several times faster.
+INIT_KEY = jax.random.key(0, impl='rbg')
+
+
+def normal(shape, seed=0) -> jnp.ndarray:
+  """Standard-normal test input from numpy (jax.random would compile a generator per shape)."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def init_apply(module, *args):
+  """(variables, output) of a freshly initialised module, each compiled whole.
+
+  Only tests about initial values use a real init; the others draw parameters with
+  random_variables.
+  """
+  variables = jax.jit(lambda key: module.init(key, *args))(INIT_KEY)
+  return variables, jax.jit(lambda v: module.apply(v, *args))(variables)
+
+
+def random_variables(module, *args, seed=1, scale=0.3):
+  """Variables of the module's shapes drawn with numpy (no init compiled), every layer live."""
+  shapes = jax.eval_shape(lambda key: module.init(key, *args), jax.random.PRNGKey(0))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), shapes)
+
+
+def test_timestep_mlp_shapes_and_dependence_on_t():
+  mlp, t = layers.TimestepMLP(embed_dim=8, mlp_dim=32), jnp.array([0, 1, 999])
+  variables = random_variables(mlp, t)
+  out = jax.jit(mlp.apply)(variables, t)
+  assert out.shape == (3, 32)
+  assert set(variables['params']) == {'dense_0', 'dense_1'}
+  assert variables['params']['dense_0']['kernel'].shape == (8, 32)
+  assert not np.allclose(out[0], out[2])
+
+
+def test_group_norm_matches_numpy():
+  x = normal((2, 4, 4, 8), 0) * 3 + 1
+  norm = layers.group_norm(groups=4, eps=1e-6, name=None)
+  out = jax.jit(norm.apply)({'params': {'scale': jnp.ones(8), 'bias': jnp.zeros(8)}}, x)
+  g = np.asarray(x).reshape(2, 4, 4, 4, 2)
+  mean, var = g.mean(axis=(1, 2, 4), keepdims=True), g.var(axis=(1, 2, 4), keepdims=True)
+  np.testing.assert_allclose(out, ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape), atol=1e-5)
+
+
+def test_resnet_block_starts_as_identity_and_projects_channels():
+  x = normal((2, 8, 8, 8), 0)
+  temb = normal((2, 16), 1)
+  block = layers.ResnetBlock(features=8, dropout=0.0, norm_groups=4, norm_eps=1e-6)
+  variables, out = init_apply(block, x, temb, False)
+  np.testing.assert_allclose(out, x, atol=1e-6)  # Last conv is zero: identity at init.
+  assert 'shortcut' not in variables['params']
+  wider = layers.ResnetBlock(features=16, dropout=0.0, norm_groups=4, norm_eps=1e-6)
+  variables = jax.eval_shape(lambda key: wider.init(key, x, temb, False), jax.random.PRNGKey(0))
+  assert jax.eval_shape(lambda v: wider.apply(v, x, temb, False), variables).shape == (2, 8, 8, 16)
+  assert variables['params']['shortcut']['kernel'].shape == (1, 1, 8, 16)
+  assert set(variables['params']) == {'norm_0', 'conv_0', 'temb_proj', 'norm_1', 'conv_1', 'shortcut'}
+
+
+def test_resnet_block_dropout_only_in_training_and_timestep_matters():
+  x = normal((2, 8, 8, 8), 0)
+  temb = normal((2, 16), 1)
+  block = layers.ResnetBlock(features=8, dropout=0.5, norm_groups=4, norm_eps=1e-6)
+  variables = random_variables(block, x, temb, False)
+  run = jax.jit(lambda seed, train, temb: block.apply(variables, x, temb, train,
+                                                      rngs={'dropout': jax.random.PRNGKey(seed)}),
+                static_argnums=1)
+  evaluate = jax.jit(lambda temb: block.apply(variables, x, temb, False))  # No rng: deterministic.
+  np.testing.assert_array_equal(evaluate(temb), run(0, False, temb))
+  assert not np.allclose(run(0, True, temb), run(1, True, temb))
+  np.testing.assert_array_equal(run(0, True, temb), run(0, True, temb))
+  assert not np.allclose(evaluate(temb), evaluate(-temb))
+
+
+def naive_attention(params, x, num_heads, groups):
+  """Multi-head self-attention over positions, written with a loop over heads in numpy."""
+  b, h, w, c = x.shape
+  g = np.asarray(x).reshape(b, h, w, groups, c // groups)
+  mean, var = g.mean(axis=(1, 2, 4), keepdims=True), g.var(axis=(1, 2, 4), keepdims=True)
+  normed = ((g - mean) / np.sqrt(var + 1e-6)).reshape(b, h * w, c)
+  normed = normed * np.asarray(params['norm']['scale']) + np.asarray(params['norm']['bias'])
+  dense = lambda name, v: v @ np.asarray(params[name]['kernel']) + np.asarray(params[name]['bias'])
+  q, k, v = dense('q', normed), dense('k', normed), dense('v', normed)
+  d = c // num_heads
+  heads = []
+  for i in range(num_heads):
+    s = slice(i * d, (i + 1) * d)
+    logits = q[..., s] @ k[..., s].transpose(0, 2, 1) / np.sqrt(d)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    heads.append((weights / weights.sum(-1, keepdims=True)) @ v[..., s])
+  return np.asarray(x) + dense('proj_out', np.concatenate(heads, -1)).reshape(b, h, w, c)
+
+
+def test_attention_starts_as_identity():
+  x = normal((2, 4, 4, 8), 0)
+  _, out = init_apply(layers.SelfAttention(num_heads=1, norm_groups=4, norm_eps=1e-6), x)
+  np.testing.assert_allclose(out, x, atol=1e-6)  # Zero output projection.
+
+
+@pytest.mark.parametrize('num_heads', [1, 2])
+def test_attention_matches_naive(num_heads):
+  x = normal((2, 4, 4, 8), 0)
+  attention = layers.SelfAttention(num_heads=num_heads, norm_groups=4, norm_eps=1e-6)
+  variables = random_variables(attention, x)
+  np.testing.assert_allclose(jax.jit(attention.apply)(variables, x),
+                             naive_attention(variables['params'], x, num_heads, 4), atol=1e-4)
+
+
+def test_attention_is_equivariant_to_permuting_positions():
+  x = normal((1, 4, 4, 8), 0)
+  attention = layers.SelfAttention(num_heads=1, norm_groups=4, norm_eps=1e-6)
+  variables = random_variables(attention, x)
+  perm = np.random.default_rng(0).permutation(16)
+  shuffle = lambda a: a.reshape(1, 16, 8)[:, perm].reshape(1, 4, 4, 8)
+  apply = jax.jit(attention.apply)
+  np.testing.assert_allclose(apply(variables, shuffle(x)), shuffle(apply(variables, x)), atol=1e-5)
+
+
+def test_attention_refuses_heads_that_do_not_split_channels():
+  attention = layers.SelfAttention(num_heads=3, norm_groups=4, norm_eps=1e-6)
+  with pytest.raises(ValueError, match='num_heads'):
+    jax.eval_shape(attention.init, jax.random.PRNGKey(0), jnp.ones((1, 2, 2, 8)))
+
+
+def test_strided_conv_downsample_pads_like_tensorflow_same():
+  """Stride 2 on an even side pads 0 before and 1 after, as DDPM's TF code (and diffusers' padding=0)."""
+  x = normal((1, 8, 8, 4), 0)
+  down = layers.Downsample('conv')
+  variables = random_variables(down, x)
+  out = jax.jit(down.apply)(variables, x)
+  assert out.shape == (1, 4, 4, 4)
+  p = variables['params']['conv']
+  expected = jax.lax.conv_general_dilated(x, p['kernel'], (2, 2), ((0, 1), (0, 1)),
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + p['bias']
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_maxpool_downsample_takes_the_max_of_each_2x2_block():
+  x = normal((2, 6, 6, 3), 0)
+  down = layers.Downsample('maxpool')
+  assert jax.eval_shape(down.init, jax.random.PRNGKey(0), x) == {}
+  np.testing.assert_array_equal(down.apply({}, x), np.asarray(x).reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4)))
+
+
+@pytest.mark.parametrize('method,kernel', [('nearest', (3, 3, 4, 4)), ('transpose', (2, 2, 4, 4))])
+def test_upsample_doubles_the_side(method, kernel):
+  up, x = layers.Upsample(method), jnp.ones((2, 3, 3, 4))
+  variables = jax.eval_shape(up.init, jax.random.PRNGKey(0), x)
+  assert jax.eval_shape(up.apply, variables, x).shape == (2, 6, 6, 4)
+  assert variables['params']['conv']['kernel'].shape == kernel
+
+
+def test_nearest_upsample_repeats_then_convolves():
+  x = normal((1, 3, 3, 2), 0)
+  up = layers.Upsample('nearest')
+  variables = random_variables(up, x)
+  p = variables['params']['conv']
+  expected = jax.lax.conv_general_dilated(layers.upsample_nearest(x), p['kernel'], (1, 1), 'SAME',
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + p['bias']
+  np.testing.assert_allclose(up.apply(variables, x), expected, atol=1e-5)
+
+
+def test_unknown_resampling_names_the_valid_choices():
+  with pytest.raises(ValueError, match='valid: nearest, transpose'):
+    jax.eval_shape(layers.Upsample('bilinear').init, jax.random.PRNGKey(0), jnp.ones((1, 2, 2, 1)))
+  with pytest.raises(ValueError, match='valid: conv, maxpool'):
+    jax.eval_shape(layers.Downsample('avgpool').init, jax.random.PRNGKey(0), jnp.ones((1, 2, 2, 1)))
+
+
+def test_level_unet_skeleton_names_levels_and_keeps_shapes():
+  net = layers.LevelUNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
+                         norm_groups=4, time_embed_dim=8, time_mlp_dim=16, out_channels=2)
+  x, t = jnp.ones((1, 8, 8, 2)), jnp.array([3])
+  shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), x, t)
+  assert set(shapes['params']) == {
+      'temb', 'conv_in', 'down_0_block_0', 'down_0_downsample', 'down_1_block_0', 'down_1_attn_0',
+      'mid_block_0', 'mid_attn', 'mid_block_1', 'up_1_block_0', 'up_1_attn_0', 'up_1_block_1', 'up_1_attn_1',
+      'up_1_upsample', 'up_0_block_0', 'up_0_block_1', 'norm_out', 'conv_out'}
+  assert jax.eval_shape(net.apply, shapes, x, t).shape == (1, 8, 8, 2)
+  # Up blocks take [h, skip]: level 1's first block sees 16 + 16 channels, level 0's last 8 + 8.
+  assert shapes['params']['up_1_block_0']['conv_0']['kernel'].shape == (3, 3, 32, 16)
+  assert shapes['params']['up_0_block_1']['conv_0']['kernel'].shape == (3, 3, 16, 8)
+
+
+def test_level_unet_output_starts_at_zero():
+  net = layers.LevelUNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+                         norm_groups=4, time_embed_dim=8, time_mlp_dim=16, out_channels=1)
+  _, out = init_apply(net, normal((1, 4, 4, 1), 1), jnp.array([3]))
+  np.testing.assert_array_equal(out, 0.0)
