@@ -67,7 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.upsample = 'nearest'
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
-  # Variance schedule name (linear) and its end points; T steps.
+  # Variance schedule over T steps: linear | quad (sqrt linear, squared) | sigmoid | const (all
+  # beta_end) use beta_start/beta_end; cosine (Nichol & Dhariwal) | jsd (1/T, ..., 1/2, 0.999) ignore them.
   diffusion.schedule = 'linear'
   diffusion.beta_start = 1e-4
   diffusion.beta_end = 0.02
@@ -109,8 +110,14 @@ def get_config() -> ml_collections.ConfigDict:
   optim.grad_clip = 1.0
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  # Sampler (ancestral: the DDPM reverse process, T steps).
+  # Sampler: ancestral (the DDPM reverse process, T steps) | ddim (DDIM, ddim_steps steps).
   sampling.sampler = 'ancestral'
+  # DDIM: number of steps, 1 to diffusion.num_timesteps.
+  sampling.ddim_steps = 50
+  # DDIM: noise scale eta >= 0 (0 = deterministic, 1 = DDPM-like posterior noise).
+  sampling.ddim_eta = 0.0
+  # DDIM: timesteps visited, uniform (0, k, 2k, ...) | quad (quadratic, dense near t = 0).
+  sampling.ddim_spacing = 'uniform'
   # --mode=sample: how many images, generated in batches of batch_size.
   sampling.num_samples = 64
   sampling.batch_size = 64

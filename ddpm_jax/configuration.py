@@ -65,6 +65,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            'config.optim.warmup_steps and config.optim.grad_clip must be >= 0.')
   s = config.sampling
   _one_of(s.sampler, sampling.SAMPLERS, 'config.sampling.sampler')
+  if s.sampler == 'ddim':  # Only then: short test schedules (T < 50) keep the default ddim_steps.
+    _require(1 <= s.ddim_steps <= d.num_timesteps,
+             f'config.sampling.ddim_steps={s.ddim_steps} must be between 1 and '
+             f'config.diffusion.num_timesteps={d.num_timesteps}: set ddim_steps in that range.')
+    _require(s.ddim_eta >= 0, f'config.sampling.ddim_eta must be >= 0, got {s.ddim_eta}.')
+    _one_of(s.ddim_spacing, sampling.DDIM_SPACINGS, 'config.sampling.ddim_spacing')
   _require(s.num_samples > 0 and s.batch_size > 0,
            'config.sampling.num_samples and config.sampling.batch_size must be positive.')
   _require(config.cpu_devices >= 0, 'config.cpu_devices must be >= 0 (0 = one per core).')

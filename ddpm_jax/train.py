@@ -139,18 +139,26 @@ def make_bn_calibration(model, schedule: diffusion.Schedule, config: ml_collecti
 
 def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
                  frame_steps=(), progress: bool = False) -> Callable:
-  """sample(params, batch_stats, x_T, key) -> (x_0, frames): the whole reverse process compiled."""
-  every = config.sampling.progress_every if progress else 0
-  num_steps = schedule.num_timesteps
+  """sample(params, batch_stats, x_T, key) -> (x_0, frames): the whole reverse process compiled,
+  with the sampler named by config.sampling.sampler."""
+  s = config.sampling
+  every = s.progress_every if progress else 0
+  num_steps = s.ddim_steps if s.sampler == 'ddim' else schedule.num_timesteps
 
   def report(steps_done):
     logging.info('  reverse step %d/%d', int(steps_done), num_steps)
 
   def sample(params, batch_stats, x_T, key):
+    model_fn = model_fn_for(model, params, batch_stats)
+    progress_fn = report if every else None
+    if s.sampler == 'ddim':
+      return sampling.ddim_sample(
+          schedule, model_fn, x_T, key, s.ddim_steps, s.ddim_eta, s.ddim_spacing,
+          config.diffusion.clip_denoised, frame_steps, progress_fn=progress_fn, progress_every=every)
     return sampling.ancestral_sample(
-        schedule, model_fn_for(model, params, batch_stats), x_T, key,
+        schedule, model_fn, x_T, key,
         config.diffusion.model_var_type, config.diffusion.clip_denoised, frame_steps,
-        progress_fn=report if every else None, progress_every=every)
+        progress_fn=progress_fn, progress_every=every)
 
   return jax.jit(sample)
 
@@ -339,8 +347,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
         f'No checkpoint in {checkpoint_dir}: train first with --mode=train and the same --workdir.')
   state = restore_state(manager, abstract_state(model, config, tx, mesh), step)
   s = config.sampling
-  logging.info('Sampling %d images from the EMA params of step %d (%d reverse steps).',
-               s.num_samples, step, schedule.num_timesteps)
+  logging.info('Sampling %d images from the EMA params of step %d (%s sampler, %d steps).',
+               s.num_samples, step, s.sampler,
+               s.ddim_steps if s.sampler == 'ddim' else schedule.num_timesteps)
   sample_fn = make_sampler(model, schedule, config, progress=True)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   images = generate(sample_fn, state.ema_params, state.ema_batch_stats, s.num_samples, s.batch_size,

@@ -25,7 +25,8 @@ def test_every_shipped_config_is_valid(name):
     ('diffusion.model_var_type', 'learned', 'valid: fixedlarge, fixedsmall'),
     ('diffusion.loss', 'l1', 'valid: simple'),
     ('optim.optimizer', 'sgd', 'valid: adam'),
-    ('sampling.sampler', 'ddim', 'valid: ancestral'),
+    ('sampling.sampler', 'ddpm', 'valid: ancestral, ddim'),
+    ('diffusion.schedule', 'squaredcos', 'valid: linear, quad, cosine, sigmoid, const, jsd'),
     ('data.image_size', 30, 'divisible by 4'),
     ('data.num_channels', 2, 'num_channels 1 or 3'),
     ('optim.lr', 0.0, 'lr must be positive'),
@@ -43,6 +44,30 @@ def test_bad_values_name_the_field_and_the_valid_choices(field, value, message):
   config[section][key] = value
   with pytest.raises(configuration.ConfigError, match=message):
     configuration.validate_config(config)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('ddim_steps', 0, 'ddim_steps=0 must be between 1 and config.diffusion.num_timesteps=1000'),
+    ('ddim_steps', 1001, 'set ddim_steps in that range'),
+    ('ddim_eta', -0.5, 'ddim_eta must be >= 0'),
+    ('ddim_spacing', 'linear', 'valid: uniform, quad'),
+])
+def test_bad_ddim_knobs_are_refused_when_ddim_samples(field, value, message):
+  config = default.get_config()
+  config.sampling.sampler = 'ddim'
+  configuration.validate_config(config)
+  config.sampling[field] = value
+  with pytest.raises(configuration.ConfigError, match=message):
+    configuration.validate_config(config)
+  config.sampling.sampler = 'ancestral'
+  configuration.validate_config(config)
+
+
+@pytest.mark.parametrize('schedule', ['linear', 'quad', 'cosine', 'sigmoid', 'const', 'jsd'])
+def test_every_schedule_name_is_accepted(schedule):
+  config = default.get_config()
+  config.diffusion.schedule = schedule
+  configuration.validate_config(config)
 
 
 def test_training_length_must_be_set():

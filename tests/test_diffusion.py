@@ -147,3 +147,167 @@ def test_sample_timesteps_cover_the_range_uniformly():
   t = np.asarray(diffusion.sample_timesteps(jax.random.PRNGKey(4), 100_000, 10))
   assert t.min() == 0 and t.max() == 9
   np.testing.assert_allclose(np.bincount(t) / len(t), 0.1, atol=0.005)
+
+
+# ---------------------------------------------------------------------------
+# Named schedules: closed forms, and refusals.
+
+
+@pytest.mark.parametrize('name', sorted(diffusion.BETA_SCHEDULES))
+def test_every_named_schedule_builds_a_valid_schedule(name):
+  betas = diffusion.BETA_SCHEDULES[name](T, 1e-4, 0.02)
+  assert betas.dtype == np.float64 and betas.shape == (T,)
+  s = diffusion.make_schedule(betas)
+  assert np.all(np.diff(np.asarray(s.alphas_cumprod)) < 0) and float(s.alphas_cumprod[-1]) > 0
+  assert np.all(np.isfinite(np.asarray(s.sqrt_recip_alphas_cumprod)))
+
+
+def test_quad_const_sigmoid_closed_forms():
+  quad = diffusion.quad_betas(T, 1e-4, 0.02)
+  np.testing.assert_allclose(quad[[0, -1]], [1e-4, 0.02], rtol=1e-12)
+  np.testing.assert_allclose(np.diff(np.sqrt(quad)), (np.sqrt(0.02) - np.sqrt(1e-4)) / (T - 1), rtol=1e-9)
+  np.testing.assert_array_equal(diffusion.const_betas(T, 1e-4, 0.02), np.full(T, 0.02))
+  sigmoid = diffusion.sigmoid_betas(T, 1e-4, 0.02)
+  np.testing.assert_allclose(sigmoid[[0, -1]], 1e-4 + 0.0199 / (1 + np.exp([6.0, -6.0])), rtol=1e-12)
+  np.testing.assert_allclose(sigmoid + sigmoid[::-1], 1e-4 + 0.02, rtol=1e-12)  # Odd about the middle.
+
+
+def test_jsd_is_one_over_steps_left_capped_below_one():
+  jsd = diffusion.jsd_betas(T, 1e-4, 0.02)
+  np.testing.assert_allclose(jsd[:-1], 1.0 / np.arange(T, 1, -1), rtol=1e-15)
+  assert jsd[0] == 1.0 / T and jsd[-1] == diffusion.MAX_BETA
+  # alphas_cumprod telescopes: prod_{s<=t} (1 - 1/(T-s)) = (T-1-t)/T before the cap.
+  s = diffusion.make_schedule(jsd)
+  np.testing.assert_allclose(s.alphas_cumprod[:-1], (T - 1 - np.arange(T - 1)) / T, rtol=1e-5)
+
+
+def test_cosine_follows_the_squared_cosine_and_ignores_endpoints():
+  betas = diffusion.cosine_betas(T, 1e-4, 0.02)
+  np.testing.assert_array_equal(betas, diffusion.cosine_betas(T, 0.3, 0.4))
+  f = np.cos((np.arange(T + 1) / T + 0.008) / 1.008 * np.pi / 2) ** 2
+  alphas_cumprod = np.cumprod(1.0 - betas)
+  uncapped = betas < diffusion.MAX_BETA
+  assert not uncapped[-1] and uncapped[:-1].all()
+  np.testing.assert_allclose(alphas_cumprod[:-1], (f[1:] / f[0])[:-1], rtol=1e-10)
+
+
+def test_make_schedule_refuses_non_decreasing_alphas_cumprod():
+  with pytest.raises(ValueError, match='alphas_cumprod must strictly decrease'):
+    diffusion.make_schedule(diffusion.const_betas(T, 0.0, 1e-17))  # 1 - beta == 1 in float64.
+  with pytest.raises(ValueError, match='underflows'):
+    diffusion.make_schedule(diffusion.const_betas(1100, 0.0, 0.5))  # 0.5 ** 1075 == 0.
+
+
+# ---------------------------------------------------------------------------
+# Parity with diffusers' schedulers (PyTorch).
+
+
+def _theirs(scheduler_cls, beta_schedule, **kwargs):
+  return scheduler_cls(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule=beta_schedule,
+                       prediction_type='epsilon', clip_sample=True, **kwargs)
+
+
+def _float64(scheduler, betas: np.ndarray):
+  """diffusers keeps its schedule in float32, where 1 - abar_t / abar_{t-1} (its beta) loses ~3
+  digits for beta ~ 1e-4; its own code run on our exact float64 schedule isolates the maths."""
+  torch = pytest.importorskip('torch')
+  scheduler.betas = torch.from_numpy(betas)
+  scheduler.alphas = torch.from_numpy(1.0 - betas)
+  scheduler.alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - betas))
+  scheduler.one = scheduler.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+  return scheduler
+
+
+@pytest.mark.parametrize('ours,theirs', [('linear', 'linear'), ('cosine', 'squaredcos_cap_v2'),
+                                         ('quad', 'scaled_linear'), ('sigmoid', 'sigmoid')])
+def test_schedules_match_diffusers(ours, theirs):
+  diffusers = pytest.importorskip('diffusers')
+  ref = _theirs(diffusers.DDPMScheduler, theirs)
+  betas = diffusion.BETA_SCHEDULES[ours](T, 1e-4, 0.02)
+  # To float32 rounding (quad and sigmoid round in float32 before squaring / scaling: ~3 ulp).
+  np.testing.assert_allclose(betas, ref.betas.double().numpy(), rtol=4e-7)
+  ref_cumprod = ref.alphas_cumprod.double().numpy()
+  # Our float32 schedule. Cosine's last beta (0.999) rounded to float32 moves its 1 - beta by
+  # 1.3e-5 relative, so that entry is compared from float32-rounded betas.
+  np.testing.assert_allclose(diffusion.make_schedule(betas).alphas_cumprod[:-1], ref_cumprod[:-1], rtol=1e-6)
+  rounded = diffusion.make_schedule(betas.astype(np.float32))
+  np.testing.assert_allclose(rounded.alphas_cumprod, ref_cumprod, rtol=1e-6)
+
+
+def test_posterior_variance_matches_diffusers_fixed_small(schedule):
+  diffusers = pytest.importorskip('diffusers')
+  betas = diffusion.linear_betas(T, 1e-4, 0.02)
+  ref = _float64(_theirs(diffusers.DDPMScheduler, 'linear', variance_type='fixed_small'), betas)
+  theirs = np.array([float(ref._get_variance(t, variance_type='fixed_small')) for t in range(1, T)])
+  np.testing.assert_allclose(schedule.posterior_variance[1:], theirs, rtol=1e-6)
+  as_shipped = _theirs(diffusers.DDPMScheduler, 'linear', variance_type='fixed_small')
+  theirs32 = np.array([float(as_shipped._get_variance(t)) for t in range(1, T)])
+  np.testing.assert_allclose(schedule.posterior_variance[1:], theirs32, rtol=1e-3)  # float32 cancellation.
+
+
+def _step_inputs(t_value, dtype):
+  torch = pytest.importorskip('torch')
+  rng = np.random.default_rng(t_value)
+  x_t = rng.normal(size=(2, 4, 4, 3)) * 1.5  # Predicted x_0 leaves [-1, 1]: clipping is exercised.
+  eps = rng.normal(size=x_t.shape)
+  exact = lambda a: torch.from_numpy(a.astype(np.float32).astype(dtype))  # Same values on both sides.
+  return exact(x_t), exact(eps)
+
+
+def _tolerance(schedule, t_value: int) -> float:
+  """1e-5 in x_t's units: predicting x_0 multiplies x_t by 1 / sqrt(abar_t) (~150 at t = T - 1),
+  and float32 rounding of that product is the floor of what our float32 step can match."""
+  return 1e-5 * float(schedule.sqrt_recip_alphas_cumprod[t_value])
+
+
+@pytest.mark.parametrize('t_value', [0, 1, 10, 500, 999])
+def test_ddpm_step_matches_diffusers(schedule, t_value):
+  diffusers = pytest.importorskip('diffusers')
+  torch = pytest.importorskip('torch')
+  ref = _float64(_theirs(diffusers.DDPMScheduler, 'linear', variance_type='fixed_small'),
+                 diffusion.linear_betas(T, 1e-4, 0.02))
+  x_t, eps = _step_inputs(t_value, np.float64)
+  out = ref.step(eps, t_value, x_t, generator=torch.Generator().manual_seed(t_value))
+  # diffusers draws its noise with torch.randn from the generator: the same draw, replayed.
+  noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t_value), dtype=torch.float64)
+  f32 = lambda a: jnp.asarray(a.numpy(), jnp.float32)
+  x_prev, pred_x0 = diffusion.p_sample(schedule, lambda x, t: f32(eps), f32(x_t), jnp.full((2,), t_value),
+                                       f32(noise), 'fixedsmall', clip_denoised=True)
+  atol = _tolerance(schedule, t_value)
+  np.testing.assert_allclose(pred_x0, out.pred_original_sample.numpy(), atol=atol)
+  np.testing.assert_allclose(x_prev, out.prev_sample.numpy(), atol=atol)
+
+
+@pytest.mark.parametrize('eta', [0.0, 1.0])
+@pytest.mark.parametrize('num_steps', [10, 50])
+def test_ddim_step_matches_diffusers(schedule, eta, num_steps):
+  diffusers = pytest.importorskip('diffusers')
+  torch = pytest.importorskip('torch')
+  ref = _float64(_theirs(diffusers.DDIMScheduler, 'linear', set_alpha_to_one=True, steps_offset=0,
+                         timestep_spacing='leading'), diffusion.linear_betas(T, 1e-4, 0.02))
+  ref.set_timesteps(num_steps)
+  timesteps = ref.timesteps.numpy()
+  f32 = lambda a: jnp.asarray(a.numpy(), jnp.float32)
+  for i in (0, 1, num_steps // 2, num_steps - 1):
+    t_value = int(timesteps[i])
+    x_t, eps = _step_inputs(t_value, np.float64)
+    noise = np.random.default_rng(i).normal(size=x_t.shape).astype(np.float32)
+    noise = torch.from_numpy(noise.astype(np.float64))
+    out = ref.step(eps, t_value, x_t, eta=eta, variance_noise=noise)
+    t_prev = int(timesteps[i + 1]) if i + 1 < num_steps else -1
+    x_prev, pred_x0 = diffusion.ddim_step(
+        schedule, lambda x, t: f32(eps), f32(x_t), jnp.full((2,), t_value), jnp.full((2,), t_prev),
+        f32(noise), eta, clip_denoised=True)
+    atol = _tolerance(schedule, t_value)
+    np.testing.assert_allclose(pred_x0, out.pred_original_sample.numpy(), atol=atol)
+    np.testing.assert_allclose(x_prev, out.prev_sample.numpy(), atol=atol)
+
+
+def test_ddim_step_with_eta_one_and_adjacent_steps_is_the_ddpm_step(schedule):
+  x_t = jax.random.normal(jax.random.PRNGKey(5), (3, 4, 4, 1))
+  noise = jax.random.normal(jax.random.PRNGKey(6), x_t.shape)
+  model = lambda x, t: 0.3 * x
+  t = jnp.array([1, 400, 999])
+  ddim, _ = diffusion.ddim_step(schedule, model, x_t, t, t - 1, noise, 1.0, clip_denoised=False)
+  ddpm, _ = diffusion.p_sample(schedule, model, x_t, t, noise, 'fixedsmall', clip_denoised=False)
+  np.testing.assert_allclose(ddim, ddpm, atol=2e-5)

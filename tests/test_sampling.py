@@ -79,3 +79,116 @@ def test_progress_is_reported_from_inside_the_loop(schedule):
                             progress_every=50)
   jax.effects_barrier()
   assert sorted(set(seen)) == [50, 100, 150, 200]
+
+
+# ---------------------------------------------------------------------------
+# DDIM.
+
+
+@pytest.mark.parametrize('spacing', sampling.DDIM_SPACINGS)
+@pytest.mark.parametrize('num_steps', [1, 2, 7, 29, 50, 199, 200])
+def test_ddim_timesteps_are_strictly_decreasing_in_range(spacing, num_steps):
+  steps = sampling.ddim_timesteps(200, num_steps, spacing)
+  assert steps.shape == (num_steps,)
+  assert steps[-1] == 0 and steps[0] < 200
+  assert np.all(np.diff(steps) < 0)
+
+
+def test_ddim_timesteps_follow_the_reference_sequences():
+  np.testing.assert_array_equal(sampling.ddim_timesteps(1000, 3), [666, 333, 0])  # diffusers 'leading'.
+  np.testing.assert_array_equal(sampling.ddim_timesteps(10, 10), np.arange(10)[::-1])
+  for n in (2, 10, 29):  # The DDIM code's quadratic sequence, where it has no repeats.
+    reference = [int(s) for s in np.linspace(0, np.sqrt(800), n) ** 2]
+    np.testing.assert_array_equal(sampling.ddim_timesteps(1000, n, 'quad')[::-1], reference)
+
+
+def test_ddim_timesteps_refuse_bad_requests():
+  with pytest.raises(ValueError, match='between 1 and'):
+    sampling.ddim_timesteps(200, 201)
+  with pytest.raises(ValueError, match='between 1 and'):
+    sampling.ddim_timesteps(200, 0)
+  with pytest.raises(ValueError, match='valid: uniform, quad'):
+    sampling.ddim_timesteps(200, 10, 'linear')
+  with pytest.raises(ValueError, match='fewer DDIM steps'):
+    short = diffusion.make_schedule(diffusion.linear_betas(10, 1e-4, 0.05))
+    sampling.ddim_sample(short, lambda x, t: x, jnp.zeros((1, 2, 2, 1)),
+                         jax.random.PRNGKey(0), num_steps=11)
+
+
+@pytest.mark.parametrize('spacing', sampling.DDIM_SPACINGS)
+@pytest.mark.parametrize('eta', [0.0, 1.0])
+def test_ddim_oracle_sampler_lands_on_the_data_point(schedule, eta, spacing):
+  target = jnp.linspace(-0.9, 0.9, 16).reshape(1, 4, 4, 1)
+  x_T = jax.random.normal(jax.random.PRNGKey(0), (6, 4, 4, 1))
+  x_0, frames = sampling.ddim_sample(schedule, oracle_for_point(schedule, target), x_T,
+                                     jax.random.PRNGKey(1), num_steps=20, eta=eta, spacing=spacing)
+  assert frames is None
+  np.testing.assert_allclose(x_0, jnp.broadcast_to(target, x_0.shape), atol=1e-4)
+
+
+def test_ddim_with_eta_zero_is_deterministic_in_x_T(schedule):
+  x_T = jax.random.normal(jax.random.PRNGKey(4), (2, 4, 4, 1))
+  model = lambda x, t: 0.5 * x
+  run = jax.jit(lambda x, k, eta: sampling.ddim_sample(schedule, model, x, k, 25, eta)[0])
+  a, b = run(x_T, jax.random.PRNGKey(5), 0.0), run(x_T, jax.random.PRNGKey(6), 0.0)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, run(2 * x_T, jax.random.PRNGKey(5), 0.0))
+  assert not np.allclose(run(x_T, jax.random.PRNGKey(5), 1.0), run(x_T, jax.random.PRNGKey(6), 1.0))
+
+
+def test_ddim_with_eta_one_and_every_step_is_the_ancestral_sampler(schedule):
+  """eta = 1 over all T timesteps is DDPM with the posterior variance (the DDIM paper's eq. 16)."""
+  x_T = jax.random.normal(jax.random.PRNGKey(7), (2, 4, 4, 1))
+  model = lambda x, t: 0.2 * x
+  key = jax.random.PRNGKey(8)
+  ddim, _ = sampling.ddim_sample(schedule, model, x_T, key, 200, 1.0, clip_denoised=False)
+  ddpm, _ = sampling.ancestral_sample(schedule, model, x_T, key, 'fixedsmall', clip_denoised=False)
+  np.testing.assert_allclose(ddim, ddpm, atol=1e-4)
+
+
+def test_ddim_is_one_loop_tracing_the_model_once(schedule):
+  calls = []
+
+  def model_fn(x, t):
+    calls.append(1)
+    return jnp.zeros_like(x)
+
+  jaxpr = jax.make_jaxpr(lambda x, k: sampling.ddim_sample(schedule, model_fn, x, k, 37, 0.5, 'quad'))(
+      jnp.zeros((2, 4, 4, 1)), jax.random.PRNGKey(0))
+  assert len(calls) == 1
+  loops = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ('scan', 'while')]
+  assert len(loops) == 1 and loops[0].params.get('length', 37) == 37
+
+
+def test_ddim_frames_and_progress(schedule):
+  x_T = jax.random.normal(jax.random.PRNGKey(2), (3, 4, 4, 1))
+  seen = []
+  x_0, frames = sampling.ddim_sample(schedule, lambda x, t: 0.1 * x, x_T, jax.random.PRNGKey(3), 10,
+                                     frame_steps=(10, 5, 0), progress_fn=lambda n: seen.append(int(n)),
+                                     progress_every=5)
+  jax.effects_barrier()
+  assert sorted(set(seen)) == [5, 10]
+  assert frames.shape == (3,) + x_T.shape
+  np.testing.assert_array_equal(frames[0], x_T)
+  np.testing.assert_array_equal(frames[2], x_0)
+  assert not np.allclose(frames[1], frames[0]) and not np.allclose(frames[1], frames[2])
+
+
+@pytest.mark.parametrize('eta', [0.0, 1.0])
+def test_ddim_sampler_matches_a_diffusers_ddim_loop(eta):
+  """The whole loop against DDIMScheduler ('leading' spacing) fed the same per-step noise."""
+  diffusers = pytest.importorskip('diffusers')
+  torch = pytest.importorskip('torch')
+  schedule = diffusion.make_schedule(diffusion.linear_betas(1000, 1e-4, 0.02))
+  ref = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                                beta_schedule='linear', clip_sample=True, set_alpha_to_one=True,
+                                steps_offset=0, prediction_type='epsilon', timestep_spacing='leading')
+  ref.set_timesteps(20)
+  x_T = jax.random.normal(jax.random.PRNGKey(9), (2, 4, 4, 1))
+  key = jax.random.PRNGKey(10)
+  ours, _ = sampling.ddim_sample(schedule, lambda x, t: 0.3 * x, x_T, key, 20, eta)
+  x = torch.from_numpy(np.array(x_T))
+  for t in ref.timesteps.tolist():
+    noise = torch.from_numpy(np.array(jax.random.normal(jax.random.fold_in(key, t), x_T.shape)))
+    x = ref.step(0.3 * x, t, x, eta=eta, variance_noise=noise).prev_sample
+  np.testing.assert_allclose(ours, x.numpy(), atol=1e-4)
