@@ -1,30 +1,13 @@
 """The report's Unet-Conv on CIFAR-10: group-normalised conv blocks, max-pool down, no attention.
 
-Same levels and widths as configs/cifar10_resnet.py, trained like the report's CIFAR-10
-Unet-Simple run (batch 64, lr 1e-3, 50 epochs).
+configs/cifar10_resnet.py with plain conv blocks instead of ResNet blocks and attention.
 """
 
-from configs import default
+from configs import cifar10_resnet
 
 
 def get_config():
-  config = default.get_config()
-  config.data.dataset = 'cifar10'
-  config.data.image_size = 32
-  config.data.num_channels = 3
-  config.data.random_flip = True
-  m = config.model
-  m.name = 'unet_conv'
-  m.ch = 64
-  m.ch_mult = (1, 2, 2, 2)
-  m.num_res_blocks = 2
-  m.attn_resolutions = ()
-  m.dropout = 0.1
-  m.norm_groups = 32
-  m.time_embed_dim = 64
-  m.time_mlp_dim = 256
-  m.upsample = 'nearest'
-  config.training.batch_size = 64
-  config.training.num_epochs = 50.0
-  config.optim.lr = 1e-3
+  config = cifar10_resnet.get_config()
+  config.model.name = 'unet_conv'
+  config.model.attn_resolutions = ()
   return config

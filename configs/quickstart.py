@@ -11,11 +11,11 @@ def get_config():
   config.model.widths = (32, 64, 64, 32, 32)
   config.model.time_embed_dim = 64
   config.training.batch_size = 32
-  config.training.num_train_steps = 2000
+  config.training.num_train_steps = 1800
   config.training.ema_decay = 0.995
   config.training.log_every_steps = 50
   config.training.checkpoint_every_steps = 250
-  config.training.sample_every_steps = 2000
+  config.training.sample_every_steps = 1800
   config.training.num_preview_samples = 64
   config.optim.lr = 2e-3
   config.optim.warmup_steps = 100
