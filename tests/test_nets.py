@@ -2,13 +2,12 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from configs import default
 from ddpm_jax import nets
-from ddpm_jax.nets import layers, unet_simple
+from ddpm_jax.nets import layers
 
 
 def tiny_config(image_size=28, channels=1, widths=(8, 16, 16, 8, 8)):

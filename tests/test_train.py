@@ -33,7 +33,6 @@ def tiny_config():
 
 def test_loss_decreases_on_a_tiny_dataset():
   config = tiny_config()
-  rng = np.random.default_rng(0)
   images = np.zeros((32, 8, 8, 1), np.uint8)
   images[:16, :4] = 255  # Two patterns: top half bright, or left half bright.
   images[16:, :, :4] = 255

@@ -1,6 +1,5 @@
 """Optimizer, learning-rate schedule and EMA."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
