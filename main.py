@@ -1,7 +1,8 @@
-"""ddpm-jax entry point: parses flags and dispatches to training or sampling.
+"""ddpm-jax entry point: parses flags and dispatches to training, sampling or evaluation.
 
   python main.py --config=configs/quickstart.py --workdir=workdirs/quickstart
   python main.py --config=configs/quickstart.py --workdir=workdirs/quickstart --mode=sample
+  python main.py --config=configs/quickstart.py --workdir=workdirs/quickstart --mode=eval
 
 Any config field can be overridden: --config.optim.lr=1e-3. Rerunning the same
 command with the same --workdir resumes from the latest checkpoint.
@@ -16,7 +17,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory holding the run: config, checkpoints, events, samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample'], 'train: train (or resume); sample: write samples.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'],
+                  'train: train (or resume); sample: write samples; eval: metrics of the latest checkpoint.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -70,10 +72,8 @@ def main(argv):
     hide_gpus_from_tensorflow()
     quiet_library_info_logs()
     from ddpm_jax import train  # pylint: disable=g-import-not-at-top
-    if FLAGS.mode == 'train':
-      train.train_and_evaluate(config, FLAGS.workdir)
-    else:
-      train.sample(config, FLAGS.workdir)
+    run = {'train': train.train_and_evaluate, 'sample': train.sample, 'eval': train.evaluate}[FLAGS.mode]
+    run(config, FLAGS.workdir)
   except user_errors as e:
     sys.exit(f'error: {e}')
 

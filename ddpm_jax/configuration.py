@@ -34,17 +34,20 @@ def _one_of(value, valid, field: str) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on unknown names and impossible settings; cheap, runs first."""
   _one_of(config.rng_impl, RNG_IMPLS, 'config.rng_impl')
-  _one_of(config.data.dataset, data.DATASETS, 'config.data.dataset')
-  _require(config.data.image_size > 0 and config.data.num_channels in (1, 3),
-           'config.data.image_size must be positive and config.data.num_channels 1 or 3.')
+  try:
+    data.check_data_config(config.data)
+  except data.DataError as e:
+    raise ConfigError(str(e)) from None
   try:
     nets.check_model_config(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   d = config.diffusion
   _one_of(d.schedule, tuple(diffusion.BETA_SCHEDULES), 'config.diffusion.schedule')
+  _one_of(d.model_mean_type, diffusion.MODEL_MEAN_TYPES, 'config.diffusion.model_mean_type')
   _one_of(d.model_var_type, diffusion.MODEL_VAR_TYPES, 'config.diffusion.model_var_type')
-  _one_of(d.loss, tuple(diffusion.LOSSES), 'config.diffusion.loss')
+  _one_of(d.loss, diffusion.LOSS_NAMES, 'config.diffusion.loss')
+  _check_loss(config)
   _require(d.num_timesteps >= 2, f'config.diffusion.num_timesteps must be at least 2, got {d.num_timesteps}.')
   _require(0 < d.beta_start <= d.beta_end < 1,
            f'config.diffusion needs 0 < beta_start <= beta_end < 1, got {d.beta_start}, {d.beta_end}.')
@@ -58,6 +61,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(t.bn_calibration_batches >= 0, 'config.training.bn_calibration_batches must be >= 0.')
   _require(t.sample_every_steps >= 0, 'config.training.sample_every_steps must be >= 0 (0 = never).')
   _require(t.num_preview_samples > 0, 'config.training.num_preview_samples must be positive.')
+  _one_of(t.timestep_sampler, diffusion.TIMESTEP_SAMPLERS, 'config.training.timestep_sampler')
+  if t.timestep_sampler == 'importance':
+    _require(t.importance_history >= 1, 'config.training.importance_history must be at least 1.')
+    _require(0 <= t.importance_uniform_prob <= 1, 'config.training.importance_uniform_prob must be in [0, 1].')
+    _require(d.loss != 'mmd', 'config.training.timestep_sampler=importance reweights per-example losses, '
+             'but the MMD of loss=mmd is a batch statistic: use timestep_sampler=uniform with loss=mmd.')
   o = config.optim
   _one_of(o.optimizer, train_state.OPTIMIZERS, 'config.optim.optimizer')
   _require(o.lr > 0, f'config.optim.lr must be positive, got {o.lr}.')
@@ -74,6 +83,31 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(s.num_samples > 0 and s.batch_size > 0,
            'config.sampling.num_samples and config.sampling.batch_size must be positive.')
   _require(config.cpu_devices >= 0, 'config.cpu_devices must be >= 0 (0 = one per core).')
+  e = config.eval
+  _require(e.bpd_num_examples >= 0 and e.bpd_batch_size > 0,
+           'config.eval.bpd_num_examples must be >= 0 (0 = skip bits/dim) and config.eval.bpd_batch_size positive.')
+
+
+def _check_loss(config: ml_collections.ConfigDict) -> None:
+  """Losses whose settings cannot train what the config asks for."""
+  d = config.diffusion
+  learned = d.model_var_type == 'learned_range'
+  _require(not (learned and d.loss in ('simple', 'mmd')),
+           f'config.diffusion.model_var_type=learned_range needs a loss that trains the variance '
+           f'(kl or hybrid); loss={d.loss} leaves it untrained. Set config.diffusion.loss=hybrid, or a '
+           f'fixed model_var_type (fixedlarge, fixedsmall).')
+  _require(d.loss != 'hybrid' or learned,
+           'config.diffusion.loss=hybrid adds a bound term that only trains a learned variance: set '
+           'config.diffusion.model_var_type=learned_range, or use loss=simple (hybrid equals it here).')
+  if d.loss == 'hybrid':
+    _require(d.hybrid_lambda > 0, f'config.diffusion.hybrid_lambda must be positive, got {d.hybrid_lambda}.')
+  if d.loss == 'mmd':
+    _require(d.mmd_weight > 0 and d.mmd_simple_weight >= 0,
+             'config.diffusion.mmd_weight must be positive and mmd_simple_weight >= 0 (0 = MMD alone).')
+    _require(len(d.mmd_bandwidths) > 0 and min(d.mmd_bandwidths) > 0,
+             f'config.diffusion.mmd_bandwidths must be non-empty and positive, got {tuple(d.mmd_bandwidths)}.')
+    _require(config.training.batch_size >= 2, 'loss=mmd compares samples within a batch: '
+             'config.training.batch_size must be at least 2.')
 
 
 def check_batch_divides(batch_size: int, num_devices: int, field: str) -> None:

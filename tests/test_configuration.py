@@ -28,7 +28,7 @@ def test_every_shipped_config_is_valid(name):
     ('sampling.sampler', 'ddpm', 'valid: ancestral, ddim'),
     ('diffusion.schedule', 'squaredcos', 'valid: linear, quad, cosine, sigmoid, const, jsd'),
     ('data.image_size', 30, 'divisible by 4'),
-    ('data.num_channels', 2, 'num_channels 1 or 3'),
+    ('data.num_channels', 2, r'num_channels must be 1 \(greyscale\) or 3'),
     ('optim.lr', 0.0, 'lr must be positive'),
     ('optim.lr', -1e-3, 'lr must be positive'),
     ('training.batch_size', 0, 'batch_size must be positive'),

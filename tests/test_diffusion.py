@@ -133,13 +133,17 @@ def test_p_sample_adds_noise_except_at_t0(schedule):
   np.testing.assert_allclose(x_prev[1], mean[1] + np.exp(0.5 * log_var[1]), rtol=1e-6)
 
 
+def simple_loss(schedule, model_fn, x0, t, noise):
+  return diffusion.training_loss(diffusion.LossSpec(), schedule, model_fn, x0, t, noise).per_example
+
+
 def test_simple_loss_is_noise_mse(schedule):
   x0 = jnp.zeros((4, 3, 3, 1))
   noise = jax.random.normal(jax.random.PRNGKey(3), x0.shape)
   t = jnp.array([0, 10, 100, 999])
-  perfect = diffusion.simple_loss(schedule, lambda x, tt: noise, x0, t, noise)
+  perfect = simple_loss(schedule, lambda x, tt: noise, x0, t, noise)
   np.testing.assert_allclose(perfect, 0.0, atol=1e-12)
-  zero = diffusion.simple_loss(schedule, lambda x, tt: jnp.zeros_like(x), x0, t, noise)
+  zero = simple_loss(schedule, lambda x, tt: jnp.zeros_like(x), x0, t, noise)
   np.testing.assert_allclose(zero, np.mean(np.asarray(noise) ** 2, axis=(1, 2, 3)), rtol=1e-6)
 
 
@@ -311,3 +315,231 @@ def test_ddim_step_with_eta_one_and_adjacent_steps_is_the_ddpm_step(schedule):
   ddim, _ = diffusion.ddim_step(schedule, model, x_t, t, t - 1, noise, 1.0, clip_denoised=False)
   ddpm, _ = diffusion.p_sample(schedule, model, x_t, t, noise, 'fixedsmall', clip_denoised=False)
   np.testing.assert_allclose(ddim, ddpm, atol=2e-5)
+
+
+# ---------------------------------------------------------------------------
+# Model parameterizations: mean types and the learned variance.
+
+
+def _oracle_inputs(schedule):
+  x0 = jnp.linspace(-0.9, 0.9, 24).reshape(3, 2, 2, 2)
+  noise = jax.random.normal(jax.random.PRNGKey(12), x0.shape)
+  t = jnp.array([3, 250, 800])
+  return x0, noise, t, diffusion.q_sample(schedule, x0, t, noise)
+
+
+@pytest.mark.parametrize('mean_type', diffusion.MODEL_MEAN_TYPES)
+def test_every_mean_type_with_its_true_target_gives_the_posterior(schedule, mean_type):
+  x0, noise, t, x_t = _oracle_inputs(schedule)
+  posterior_mean, _, _ = diffusion.q_posterior_mean_variance(schedule, x0, x_t, t)
+  target = {'eps': noise, 'x0': x0, 'xprev': posterior_mean}[mean_type]
+  mean, _, _, pred_x0 = diffusion.p_mean_variance(schedule, lambda x, tt: target, x_t, t, 'fixedsmall',
+                                                  False, mean_type)
+  np.testing.assert_allclose(pred_x0, x0, atol=5e-4)
+  np.testing.assert_allclose(mean, posterior_mean, atol=5e-4)
+  np.testing.assert_allclose(diffusion.mse_target(schedule, x0, x_t, t, noise, mean_type), target)
+  eps, x0_again = diffusion.eps_and_x0(schedule, target, x_t, t, mean_type)
+  np.testing.assert_allclose(eps, noise, atol=2e-3)  # eps from x0 divides by sqrt(1 - abar) (~0.03 at t=3).
+  np.testing.assert_allclose(x0_again, x0, atol=5e-4)
+
+
+def test_learned_range_interpolates_log_variance_between_posterior_and_beta(schedule):
+  t = jnp.array([1, 10, 999])
+  for values, expected in ((-1.0, schedule.posterior_log_variance_clipped[t]), (1.0, np.log(schedule.betas[t]))):
+    _, log_var = diffusion.model_variance(schedule, t, 4, 'learned_range', jnp.full((3, 2, 2, 1), values))
+    np.testing.assert_allclose(log_var[:, 0, 0, 0], expected, rtol=1e-6)
+  _, middle = diffusion.model_variance(schedule, t, 4, 'learned_range', jnp.zeros((3, 2, 2, 1)))
+  np.testing.assert_allclose(middle[:, 0, 0, 0], 0.5 * (schedule.posterior_log_variance_clipped[t]
+                                                        + np.log(schedule.betas[t])), rtol=1e-6)
+  assert diffusion.output_channels(3, 'learned_range') == 6 and diffusion.output_channels(3, 'fixedlarge') == 3
+
+
+@pytest.mark.parametrize('t_value', [1, 10, 500, 999])
+def test_learned_range_step_matches_diffusers(schedule, t_value):
+  diffusers = pytest.importorskip('diffusers')
+  torch = pytest.importorskip('torch')
+  ref = _float64(_theirs(diffusers.DDPMScheduler, 'linear', variance_type='learned_range'),
+                 diffusion.linear_betas(T, 1e-4, 0.02))
+  rng = np.random.default_rng(t_value)
+  x_t = (rng.normal(size=(2, 4, 4, 3)) * 1.5).astype(np.float32)
+  output = np.concatenate([rng.normal(size=x_t.shape), rng.uniform(-1, 1, x_t.shape)], -1).astype(np.float32)
+  nchw = lambda a: torch.from_numpy(a.astype(np.float64).transpose(0, 3, 1, 2))
+  out = ref.step(nchw(output), t_value, nchw(x_t), generator=torch.Generator().manual_seed(t_value))
+  # diffusers draws its noise (NCHW, float64) with torch.randn from the generator: replayed here.
+  noise = torch.randn((2, 3, 4, 4), generator=torch.Generator().manual_seed(t_value), dtype=torch.float64)
+  x_prev, pred_x0 = diffusion.p_sample(
+      schedule, lambda x, t: jnp.asarray(output), jnp.asarray(x_t), jnp.full((2,), t_value),
+      jnp.asarray(noise.numpy().transpose(0, 2, 3, 1), jnp.float32), 'learned_range', True)
+  atol = _tolerance(schedule, t_value)
+  np.testing.assert_allclose(pred_x0, out.pred_original_sample.numpy().transpose(0, 2, 3, 1), atol=atol)
+  np.testing.assert_allclose(x_prev, out.prev_sample.numpy().transpose(0, 2, 3, 1), atol=atol)
+
+
+@pytest.mark.parametrize('t_value', [0, 10, 999])
+def test_x0_prediction_step_matches_diffusers(schedule, t_value):
+  diffusers = pytest.importorskip('diffusers')
+  torch = pytest.importorskip('torch')
+  ref = _float64(diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
+                                         beta_schedule='linear', prediction_type='sample', clip_sample=True,
+                                         variance_type='fixed_small'), diffusion.linear_betas(T, 1e-4, 0.02))
+  x_t, x0_pred = _step_inputs(t_value, np.float64)
+  out = ref.step(x0_pred, t_value, x_t, generator=torch.Generator().manual_seed(t_value))
+  noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t_value), dtype=torch.float64)
+  f32 = lambda a: jnp.asarray(a.numpy(), jnp.float32)
+  x_prev, pred_x0 = diffusion.p_sample(schedule, lambda x, t: f32(x0_pred), f32(x_t), jnp.full((2,), t_value),
+                                       f32(noise), 'fixedsmall', True, 'x0')
+  np.testing.assert_allclose(pred_x0, out.pred_original_sample.numpy(), atol=1e-6)
+  np.testing.assert_allclose(x_prev, out.prev_sample.numpy(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Likelihood terms.
+
+
+def test_normal_kl_matches_numerical_integration():
+  grid = np.linspace(-30, 30, 600_001)
+  for m1, v1, m2, v2 in ((0.3, 0.5, -0.2, 2.0), (1.0, 0.01, 0.9, 0.02), (0.0, 1.0, 0.0, 1.0)):
+    p = np.exp(-(grid - m1) ** 2 / (2 * v1)) / np.sqrt(2 * np.pi * v1)
+    log_p = -(grid - m1) ** 2 / (2 * v1) - 0.5 * np.log(2 * np.pi * v1)
+    log_q = -(grid - m2) ** 2 / (2 * v2) - 0.5 * np.log(2 * np.pi * v2)
+    numeric = np.trapezoid(p * (log_p - log_q), grid)
+    ours = float(diffusion.normal_kl(jnp.float32(m1), jnp.log(jnp.float32(v1)), jnp.float32(m2),
+                                     jnp.log(jnp.float32(v2))))
+    np.testing.assert_allclose(ours, numeric, atol=1e-5)
+
+
+def test_discretized_gaussian_likelihood_is_the_bin_mass_and_normalised():
+  from math import erf, sqrt
+  levels = np.arange(256) / 127.5 - 1.0
+  for mean, scale in ((0.1, 0.05), (-0.95, 0.01), (0.99, 0.3)):
+    cdf = lambda z: 0.5 * (1 + erf(z / sqrt(2)))
+    edges_low = [-np.inf] + list(levels[1:] - 1 / 255)
+    edges_high = list(levels[:-1] + 1 / 255) + [np.inf]
+    exact = np.array([cdf((hi - mean) / scale) - cdf((lo - mean) / scale) for lo, hi in zip(edges_low, edges_high)])
+    ours = np.exp(np.asarray(diffusion.discretized_gaussian_log_likelihood(
+        jnp.asarray(levels, jnp.float32), jnp.float32(mean), jnp.log(jnp.float32(scale)))))
+    np.testing.assert_allclose(ours.sum(), 1.0, atol=2e-3)  # The tanh CDF errs by < 3e-4 per edge.
+    big = exact > 1e-2
+    np.testing.assert_allclose(ours[big], exact[big], rtol=2e-2, atol=5e-4)
+
+
+def test_prior_term_is_near_zero_for_the_linear_schedule(schedule):
+  x0 = jnp.linspace(-1, 1, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
+  prior = diffusion.prior_bpd(schedule, x0)
+  assert np.all(np.asarray(prior) >= 0) and np.all(np.asarray(prior) < 1e-4)
+
+
+def test_bound_terms_vanish_for_the_true_posterior_and_sum_to_the_total():
+  short = diffusion.make_schedule(diffusion.linear_betas(20, 1e-3, 0.2))
+  x0 = jnp.round(jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 4, 1), minval=-1, maxval=1) * 127.5) / 127.5
+  key = jax.random.PRNGKey(1)
+  oracle_noise = lambda t: jax.random.normal(jax.random.fold_in(key, t), x0.shape)
+  # An x0 model that knows x_0 has p = q posterior exactly with fixedsmall: every KL term is 0.
+  bound = jax.jit(lambda: diffusion.bound_bpd(short, lambda x, t: x0, x0, key, 'x0', 'fixedsmall'))()
+  np.testing.assert_allclose(bound.terms[1:], 0.0, atol=1e-5)
+  assert np.all(np.asarray(bound.terms[0]) > 0)  # The decoder's NLL of a discrete image.
+  np.testing.assert_allclose(bound.total, bound.terms.sum(0) + bound.prior, rtol=1e-6)
+  wrong = diffusion.bound_bpd(short, lambda x, t: jnp.zeros_like(x), x0, key, 'eps', 'fixedlarge')
+  assert np.all(np.asarray(wrong.total) > np.asarray(bound.total))
+  t = jnp.array([0, 7])
+  at = diffusion.vlb_terms_at(short, lambda x, tt: jnp.zeros_like(x), x0, t, jnp.stack(
+      [oracle_noise(0)[0], oracle_noise(7)[1]]), 'eps', 'fixedlarge')
+  np.testing.assert_allclose(at, [wrong.terms[0, 0], wrong.terms[7, 1]], rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Losses.
+
+
+def test_mmd_closed_form_for_two_gaussians():
+  dim, s = 4, 0.7
+  mu1, mu2, v1, v2 = 0.0, 0.5, 0.3, 0.6
+  sigma2 = s ** 2 * dim  # The kernel works on mean squared differences.
+  e = lambda v, delta2: (sigma2 / (sigma2 + v)) ** (dim / 2) * np.exp(-delta2 / (2 * (sigma2 + v)))
+  closed = e(2 * v1, 0.0) + e(2 * v2, 0.0) - 2 * e(v1 + v2, dim * (mu1 - mu2) ** 2)
+  mmd = jax.jit(lambda k: diffusion.gaussian_kernel_mmd2(
+      mu1 + np.sqrt(v1) * jax.random.normal(jax.random.fold_in(k, 0), (64, dim)),
+      mu2 + np.sqrt(v2) * jax.random.normal(jax.random.fold_in(k, 1), (48, dim)), (s,)))
+  draws = np.array([mmd(jax.random.PRNGKey(i)) for i in range(300)])
+  np.testing.assert_allclose(draws.mean(), closed, rtol=0.05)
+
+
+def test_mmd_is_unbiased_zero_for_one_distribution():
+  mmd = jax.jit(lambda k: diffusion.gaussian_kernel_mmd2(
+      jax.random.normal(jax.random.fold_in(k, 0), (16, 3, 3, 1)),
+      jax.random.normal(jax.random.fold_in(k, 1), (16, 3, 3, 1)), (0.5, 1.0, 2.0)))
+  draws = np.array([mmd(jax.random.PRNGKey(i)) for i in range(400)])
+  assert np.any(draws < 0)  # Unbiased, so individual estimates straddle 0.
+  assert abs(draws.mean()) < 3 * draws.std() / np.sqrt(len(draws))
+
+
+def _loss_inputs():
+  schedule = diffusion.make_schedule(diffusion.linear_betas(50, 1e-3, 0.05))
+  x0 = jax.random.uniform(jax.random.PRNGKey(0), (6, 4, 4, 1), minval=-1, maxval=1)
+  noise = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
+  t = jnp.array([0, 1, 5, 20, 40, 49])
+  return schedule, x0, noise, t
+
+
+def test_kl_loss_is_T_times_the_bound_term():
+  schedule, x0, noise, t = _loss_inputs()
+  model = lambda x, tt: 0.2 * x
+  spec = diffusion.LossSpec('kl', 'eps', 'fixedlarge')
+  terms = diffusion.training_loss(spec, schedule, model, x0, t, noise)
+  expected = 50 * diffusion.vlb_terms_at(schedule, model, x0, t, noise, 'eps', 'fixedlarge')
+  np.testing.assert_allclose(terms.per_example, expected, rtol=1e-6)
+  assert float(terms.batch_term) == 0.0
+
+
+def test_hybrid_loss_trains_the_mean_only_through_the_mse():
+  schedule, x0, noise, t = _loss_inputs()
+
+  def model(params):
+    return lambda x, tt: jnp.concatenate([params['mean'] * x, jnp.tanh(params['var']) * jnp.ones_like(x)], -1)
+
+  params = {'mean': jnp.float32(0.3), 'var': jnp.float32(0.2)}
+  loss = lambda name: lambda p: jnp.mean(diffusion.training_loss(
+      diffusion.LossSpec(name, 'eps', 'learned_range', hybrid_lambda=0.5), schedule, model(p), x0, t,
+      noise).per_example)
+  hybrid, simple = jax.grad(loss('hybrid'))(params), jax.grad(loss('simple'))(params)
+  np.testing.assert_allclose(hybrid['mean'], simple['mean'], rtol=1e-6)
+  assert float(simple['var']) == 0.0 and abs(float(hybrid['var'])) > 1e-4
+  kl = jax.grad(loss('kl'))(params)
+  assert abs(float(kl['mean'])) > 1e-4  # The plain bound trains the mean too.
+
+
+def test_mmd_loss_adds_weighted_mse():
+  schedule, x0, noise, t = _loss_inputs()
+  model = lambda x, tt: 0.1 * x
+  spec = diffusion.LossSpec('mmd', mmd_weight=2.0, mmd_simple_weight=0.5, mmd_bandwidths=(1.0,))
+  terms = diffusion.training_loss(spec, schedule, model, x0, t, noise)
+  x_t = diffusion.q_sample(schedule, x0, t, noise)
+  pred_x0 = diffusion.predict_x0_from_eps(schedule, x_t, t, model(x_t, t))
+  np.testing.assert_allclose(terms.batch_term, 2.0 * diffusion.gaussian_kernel_mmd2(pred_x0, x0, (1.0,)), rtol=1e-6)
+  np.testing.assert_allclose(terms.per_example, 0.5 * diffusion.mean_flat((model(x_t, t) - noise) ** 2), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Importance sampling of timesteps.
+
+
+def test_loss_history_appends_in_batch_order_and_drops_the_oldest():
+  history = diffusion.init_loss_history(4, 3)
+  t = jnp.array([1, 1, 2, 1, 1])
+  history = jax.jit(diffusion.update_loss_history)(history, t, jnp.array([1.0, 2.0, 5.0, 3.0, 4.0]))
+  np.testing.assert_array_equal(history.counts, [0, 3, 1, 0])
+  np.testing.assert_array_equal(history.values[1], [2.0, 3.0, 4.0])
+  np.testing.assert_array_equal(history.values[2], [5.0, 0.0, 0.0])
+
+
+def test_importance_sampling_is_uniform_until_full_then_unbiased():
+  history = diffusion.init_loss_history(4, 2)
+  np.testing.assert_allclose(diffusion.importance_probs(history, 0.0), 0.25)
+  losses = jnp.array([[1.0, 1.0], [4.0, 4.0], [2.0, 2.0], [1.0, 1.0]])
+  full = diffusion.LossHistory(losses, jnp.full((4,), 2, jnp.int32))
+  probs = np.asarray(diffusion.importance_probs(full, 0.1))
+  np.testing.assert_allclose(probs, 0.9 * np.array([1, 4, 2, 1]) / 8 + 0.1 / 4, rtol=1e-6)
+  t, weights = diffusion.sample_importance_timesteps(jax.random.PRNGKey(0), 200_000, full, 0.1)
+  np.testing.assert_allclose(np.bincount(np.asarray(t), minlength=4) / 200_000, probs, atol=4e-3)
+  per_t = np.array([1.0, 4.0, 2.0, 1.0])
+  np.testing.assert_allclose(np.mean(np.asarray(weights) * per_t[np.asarray(t)]), per_t.mean(), rtol=1e-2)

@@ -1,5 +1,6 @@
 """main.py end to end in fresh processes: train, resume bitwise, sample, and user errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,16 @@ def test_train_resume_equals_uninterrupted_and_sample(tmp_path):
   images = np.load(os.path.join(split, 'samples', 'samples_00000007_6.npz'))['images']
   assert images.shape == (6, 28, 28, 1) and images.dtype == np.uint8
   assert os.path.getsize(os.path.join(split, 'samples', 'samples_00000007_6.png')) > 0
+
+  run_main(f'--workdir={split}', '--mode=eval', '--config.eval.bpd_num_examples=4',
+           '--config.eval.bpd_batch_size=4')
+  with open(os.path.join(split, 'eval', 'metrics.json')) as f:
+    metrics = json.load(f)
+  assert metrics['step'] == 7 and metrics['bpd_num_examples'] == 4 and len(metrics['bpd_terms']) == 20
+  assert np.isfinite(metrics['bpd']) and metrics['bpd'] > 0
+  with open(os.path.join(split, 'run_info.json')) as f:
+    run_info = json.load(f)
+  assert run_info['step'] == 7 and run_info['num_params'] > 1000 and run_info['wall_time_s'] > 0
 
 
 def _leaves(tree):

@@ -6,14 +6,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax import diffusion
 from ddpm_jax.nets import ddpm_unet, layers, unet_conv, unet_resnet, unet_simple
+
+
+def output_channels(config) -> int:
+  """The network's output channels: the image's, doubled when the variance is learned."""
+  return diffusion.output_channels(config.data.num_channels, config.diffusion.model_var_type)
 
 
 def _unet_simple(config) -> nn.Module:
   return unet_simple.UNetSimple(
       widths=tuple(config.model.widths),
       time_embed_dim=config.model.time_embed_dim,
-      out_channels=config.data.num_channels,
+      out_channels=output_channels(config),
       batch_norm_momentum=config.model.batch_norm_momentum)
 
 
@@ -31,7 +37,7 @@ def _level_unet_fields(config, attention: bool) -> dict:
   m = config.model
   fields = dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks, dropout=m.dropout,
                 norm_groups=m.norm_groups, norm_eps=m.norm_eps, time_embed_dim=m.time_embed_dim,
-                time_mlp_dim=m.time_mlp_dim, out_channels=config.data.num_channels)
+                time_mlp_dim=m.time_mlp_dim, out_channels=output_channels(config))
   if attention:
     fields.update(attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads)
   return fields
