@@ -85,6 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
   # stride-2 transposed conv). ddpm is always nearest; downsampling is fixed per network
   # (unet_conv, unet_resnet: 2x2 max-pool; ddpm: 3x3 stride-2 conv).
   model.upsample = 'nearest'
+  # Class-conditional generation: the number of classes of config.data (a learned class
+  # embedding joins the timestep embedding, plus a null class for classifier-free guidance);
+  # 0 = unconditional.
+  model.num_classes = 0
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   # Variance schedule over T steps: linear | quad (sqrt linear, squared) | sigmoid | const (all
@@ -125,6 +129,9 @@ def get_config() -> ml_collections.ConfigDict:
   # importance_history losses at each t, losses reweighted by 1/(T p(t)); uniform until every t
   # has a full history; meant for loss=kl).
   training.timestep_sampler = 'uniform'
+  # Class-conditional networks: probability of replacing a label by the null class, so that one
+  # network learns the conditional and the unconditional model (classifier-free guidance).
+  training.cond_drop_prob = 0.1
   training.importance_history = 10
   # importance: probability mass spread uniformly over all t, so no t is starved.
   training.importance_uniform_prob = 0.001
@@ -138,6 +145,18 @@ def get_config() -> ml_collections.ConfigDict:
   # Sample a preview grid every this many steps (and at the last step); 0 = never.
   training.sample_every_steps = 5000
   training.num_preview_samples = 64
+  # Pre-training: '' = start from random init; else another run's workdir (its latest
+  # checkpoint) or one checkpoint folder WORKDIR/checkpoints/<step>, whose params (and batch
+  # statistics) start a NEW run at step 0 with a fresh optimizer; the network must match.
+  # Ignored when the run resumes from its own checkpoint. See ddpm_jax/pretrain.py.
+  training.init_from = ''
+  # init_from: also take its EMA params and EMA batch statistics; False = the EMA starts
+  # equal to the loaded params, as in any new run.
+  training.init_ema = True
+  # FID during training on fid_num_samples samples (config.eval's feature networks and reference)
+  # every this many steps, logged as a curve; 0 = never.
+  training.fid_every_steps = 0
+  training.fid_num_samples = 1000
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = 'adam'
@@ -164,6 +183,20 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.batch_size = 64
   # Print sampling progress every this many reverse steps; 0 = silent.
   sampling.progress_every = 100
+  # Class-conditional networks: the classes to draw (() = every class in turn), one grid row per
+  # class in --mode=sample, and the guidance scale w: eps = (1 + w) eps(class) - w eps(null).
+  sampling.classes = ()
+  sampling.guidance_scale = 0.0
+  # --mode=eval of a class-conditional network: FID and the offline classifier's accuracy on
+  # conditional samples for each of these guidance scales.
+  sampling.eval_guidance_scales = (0.0, 1.0, 3.0)
+
+  config.figures = figures = ml_collections.ConfigDict()
+  # --mode=figures (ddpm_jax/figures.py): images (rows) of the reverse- and forward-process
+  # figures and of the reverse-process GIF.
+  figures.num_images = 8
+  # Timesteps shown (columns, GIF frames), evenly spaced from T (ddim: its first step) down to 0.
+  figures.num_frames = 11
 
   config.eval = evaluation = ml_collections.ConfigDict()
   # --mode=eval: the data split the likelihood is measured on.
@@ -172,4 +205,28 @@ def get_config() -> ml_collections.ConfigDict:
   # examples of the split (capped at its size; each costs T network evaluations); 0 = skip.
   evaluation.bpd_num_examples = 10000
   evaluation.bpd_batch_size = 100
+  # Sample quality: FID (+ IS, KID) of num_samples images from the EMA params (0 = skip), made
+  # with config.sampling's sampler in batches of sample_batch_size, kept in the workdir's eval/
+  # folder so a killed evaluation continues where it stopped.
+  evaluation.num_samples = 50000
+  evaluation.sample_batch_size = 500
+  # Feature networks: inception (pytorch-fid's; comparable with published FIDs; convert its
+  # weights once: python -m ddpm_jax.nets.convert_inception) | classifier (trained here on the
+  # train split and cached: works offline; its FIDs compare only with each other).
+  evaluation.feature_nets = ('inception',)
+  # Converted Inception weights ('' = ~/.cache/ddpm-jax/inception/pt_inception-2015-12-05.npz).
+  evaluation.inception_weights = ''
+  evaluation.feature_batch_size = 100
+  # Reference statistics of this split of config.data, cached in stats_dir (pytorch-fid's .npz).
+  evaluation.reference_split = 'train'
+  evaluation.stats_dir = '~/.cache/ddpm-jax/stats'
+  # KID: subsets of subset_size (capped by the sample counts) against up to kid_reference_size
+  # reference features; IS: splits of the samples.
+  evaluation.kid_subsets = 100
+  evaluation.kid_subset_size = 1000
+  evaluation.kid_reference_size = 10000
+  evaluation.is_splits = 10
+  # The offline classifier: its cache, and its training steps (0 = the preset for the image shape).
+  evaluation.classifier_dir = '~/.cache/ddpm-jax/classifiers'
+  evaluation.classifier_steps = 0
   return config

@@ -211,6 +211,30 @@ def split_output(output: jax.Array, model_var_type: str):
   return output, None
 
 
+def guided_model_fn(model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], labels: jax.Array,
+                    null_label: int, guidance_scale, model_var_type: str = 'fixedlarge') -> ModelFn:
+  """Classifier-free guidance (Ho & Salimans, 2022) as a plain model_fn(x_t, t).
+
+  model_fn(x, t, labels) is a class-conditional network; the mean output becomes
+  (1 + w) * out(labels) - w * out(null_label), from one call on the doubled batch (for eps,
+  x0 and xprev alike: each is affine in the others given x_t). A learned variance is the
+  conditional one. w = 0 (a Python number) calls the conditional model alone.
+  """
+  if isinstance(guidance_scale, (int, float)) and guidance_scale == 0:
+    return lambda x, t: model_fn(x, t, labels)
+
+  def guided(x: jax.Array, t: jax.Array) -> jax.Array:
+    both = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                    jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
+    conditional, unconditional = jnp.split(both, 2, axis=0)
+    mean_c, var_values = split_output(conditional, model_var_type)
+    mean_u, _ = split_output(unconditional, model_var_type)
+    mean = (1.0 + guidance_scale) * mean_c - guidance_scale * mean_u
+    return mean if var_values is None else jnp.concatenate([mean, var_values], axis=-1)
+
+  return guided
+
+
 def model_variance(schedule: Schedule, t: jax.Array, ndim: int, model_var_type: str,
                    var_values: jax.Array | None = None):
   """Variance and log variance of p(x_{t-1} | x_t).

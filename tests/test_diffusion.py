@@ -543,3 +543,37 @@ def test_importance_sampling_is_uniform_until_full_then_unbiased():
   np.testing.assert_allclose(np.bincount(np.asarray(t), minlength=4) / 200_000, probs, atol=4e-3)
   per_t = np.array([1.0, 4.0, 2.0, 1.0])
   np.testing.assert_allclose(np.mean(np.asarray(weights) * per_t[np.asarray(t)]), per_t.mean(), rtol=1e-2)
+
+
+# ---------------------------------------------------------------------------
+# Classifier-free guidance.
+
+
+def _toy_conditional(x, t, labels):
+  """A class-conditional toy network: the label shifts the output, a learned 'variance' channel too."""
+  shift = labels.astype(x.dtype)[:, None, None, None]
+  return jnp.concatenate([0.5 * x + shift, jnp.tanh(shift) * jnp.ones_like(x)], axis=-1)
+
+
+def test_guidance_combines_conditional_and_null_outputs():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 2, 1))
+  t = jnp.array([1, 2, 3])
+  labels = jnp.array([0, 1, 2])
+  null = 5
+  guided = diffusion.guided_model_fn(_toy_conditional, labels, null, jnp.float32(2.0), 'learned_range')(x, t)
+  cond = _toy_conditional(x, t, labels)
+  uncond = _toy_conditional(x, t, jnp.full((3,), null))
+  np.testing.assert_allclose(guided[..., :1], 3.0 * cond[..., :1] - 2.0 * uncond[..., :1], rtol=1e-6)
+  np.testing.assert_allclose(guided[..., 1:], cond[..., 1:])  # The variance stays conditional.
+
+
+def test_guidance_scale_zero_is_plain_conditional_sampling(schedule):
+  from ddpm_jax import sampling
+  x_T = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 2, 1))
+  labels = jnp.array([0, 1, 2])
+  model = lambda x, t, y: _toy_conditional(x, t, y)[..., :1] * 0.01
+  plain = sampling.ddim_sample(schedule, lambda x, t: model(x, t, labels), x_T, jax.random.PRNGKey(2), 10)[0]
+  for w in (0.0, jnp.float32(0.0)):  # The shortcut, and the traced combination with w = 0.
+    guided = sampling.ddim_sample(schedule, diffusion.guided_model_fn(model, labels, 3, w), x_T,
+                                  jax.random.PRNGKey(2), 10)[0]
+    np.testing.assert_array_equal(guided, plain)

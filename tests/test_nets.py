@@ -96,3 +96,44 @@ def test_registry_errors_name_the_problem():
     nets.get_model(tiny_config(image_size=30))
   with pytest.raises(ValueError, match='5 widths'):
     nets.get_model(tiny_config(widths=(8, 16)))
+
+
+# ---------------------------------------------------------------------------
+# Class conditioning, in every network.
+
+
+def _conditional_pair(name):
+  import nets_testlib
+  if name == 'unet_simple':
+    config = tiny_config()
+  else:
+    config = nets_testlib.tiny_config(name)
+  uncond = nets_testlib.param_shapes(config)['params']
+  config.model.num_classes = 3
+  return config, uncond, nets_testlib.param_shapes(config)['params']
+
+
+@pytest.mark.parametrize('name', list(nets.MODELS))
+def test_class_conditioning_adds_only_a_class_embedding_with_a_null_class(name):
+  config, uncond, cond = _conditional_pair(name)
+  flat = lambda tree: {'/'.join(k.key for k in path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  extra = {k: v for k, v in flat(cond).items() if k not in flat(uncond)}
+  dim = config.model.time_embed_dim if name == 'unet_simple' else config.model.time_mlp_dim
+  assert extra == {'class_embed/embedding': (4, dim)}  # 3 classes + the null class.
+  assert {k: v for k, v in flat(cond).items() if k in flat(uncond)} == flat(uncond)
+
+
+def test_conditional_network_uses_labels_and_null_label_shares_its_parameters():
+  config = tiny_config()
+  config.model.num_classes = 3
+  model = nets.get_model(config)
+  variables = init(model, config)
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 28, 28, 1))
+  t = jnp.array([5, 5, 5])
+  apply = jax.jit(lambda labels: model.apply(variables, x, t, train=False, labels=labels))
+  same_x = jnp.broadcast_to(x[:1], x.shape)
+  outputs = jax.jit(lambda labels: model.apply(variables, same_x, t, train=False, labels=labels))(jnp.array([0, 1, 3]))
+  assert not np.allclose(outputs[0], outputs[1]) and not np.allclose(outputs[0], outputs[2])
+  assert apply(jnp.array([3, 3, 3])).shape == x.shape  # The null label: same parameters, no others.
+  with pytest.raises(ValueError, match='class-conditional.*pass labels'):
+    model.apply(variables, x, t, train=False)

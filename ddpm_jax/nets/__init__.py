@@ -20,7 +20,8 @@ def _unet_simple(config) -> nn.Module:
       widths=tuple(config.model.widths),
       time_embed_dim=config.model.time_embed_dim,
       out_channels=output_channels(config),
-      batch_norm_momentum=config.model.batch_norm_momentum)
+      batch_norm_momentum=config.model.batch_norm_momentum,
+      num_classes=config.model.num_classes)
 
 
 def _check_unet_simple(config) -> None:
@@ -37,7 +38,8 @@ def _level_unet_fields(config, attention: bool) -> dict:
   m = config.model
   fields = dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks, dropout=m.dropout,
                 norm_groups=m.norm_groups, norm_eps=m.norm_eps, time_embed_dim=m.time_embed_dim,
-                time_mlp_dim=m.time_mlp_dim, out_channels=output_channels(config))
+                time_mlp_dim=m.time_mlp_dim, out_channels=output_channels(config),
+                num_classes=m.num_classes)
   if attention:
     fields.update(attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads)
   return fields
@@ -132,6 +134,8 @@ def check_model_config(config) -> None:
   if config.model.name not in MODELS:
     raise ValueError(f'Unknown model {config.model.name!r} (config.model.name); '
                      f'valid: {", ".join(MODELS)}.')
+  if config.model.num_classes < 0:
+    raise ValueError(f'config.model.num_classes must be >= 0 (0 = unconditional), got {config.model.num_classes}.')
   MODELS[config.model.name][1](config)
 
 
@@ -143,4 +147,5 @@ def get_model(config) -> nn.Module:
 def init_variables(model: nn.Module, config, key: jax.Array) -> dict:
   """Initial variables ({'params': ..., maybe 'batch_stats': ...}) for a one-image dummy batch."""
   shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
-  return model.init(key, jnp.zeros(shape, jnp.float32), jnp.zeros((1,), jnp.int32), train=False)
+  labels = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
+  return model.init(key, jnp.zeros(shape, jnp.float32), jnp.zeros((1,), jnp.int32), train=False, labels=labels)

@@ -57,6 +57,21 @@ def add_timestep(h: jax.Array, temb: jax.Array) -> jax.Array:
   return h + projection[:, None, None, :]
 
 
+def add_class_embedding(temb: jax.Array, labels: jax.Array | None, num_classes: int) -> jax.Array:
+  """temb + a learned embedding of the class labels; unconditional networks (num_classes 0) pass
+  temb through and own no parameters for it.
+
+  Label num_classes is the "null" class: the unconditional model of classifier-free guidance,
+  learned from dropped labels. Call inside a compact module; the table is its 'class_embed'.
+  """
+  if not num_classes:
+    return temb
+  if labels is None:
+    raise ValueError(f'This network is class-conditional ({num_classes} classes): pass labels, '
+                     f'or the null label {num_classes} for the unconditional model.')
+  return temb + nn.Embed(num_classes + 1, temb.shape[-1], name='class_embed')(labels)
+
+
 class TimestepMLP(nn.Module):
   """Sinusoidal embedding of t (embed_dim) -> dense -> swish -> dense: (batch,) -> (batch, mlp_dim)."""
   embed_dim: int
@@ -179,10 +194,13 @@ class LevelUNet(nn.Module):
   downsample: str = 'conv'
   upsample: str = 'nearest'
   out_channels: int = 3
+  # Class-conditional with this many classes (plus a null class); 0 = unconditional.
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, t: jax.Array, train: bool = False, labels: jax.Array | None = None) -> jax.Array:
     temb = TimestepMLP(embed_dim=self.time_embed_dim, mlp_dim=self.time_mlp_dim, name='temb')(t)
+    temb = add_class_embedding(temb, labels, self.num_classes)
     block = lambda features, name: self.block(
         features=features, dropout=self.dropout, norm_groups=self.norm_groups, norm_eps=self.norm_eps, name=name)
     attention = lambda name: SelfAttention(num_heads=self.num_heads, norm_groups=self.norm_groups,

@@ -2,8 +2,9 @@
 
 Five blocks (two down, a middle, two up) of the given widths, joined by strided
 3x3 convolutions down, nearest-neighbour upsampling + 3x3 convolutions up, and
-concatenated skips. The sinusoidal timestep embedding is projected by a dense
-layer onto the input channels of every block and added there.
+concatenated skips. The sinusoidal timestep embedding (plus a learned class embedding in a
+class-conditional network) is projected by a dense layer onto the input channels of every
+block and added there.
 """
 
 from typing import Sequence
@@ -12,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax.nets.layers import timestep_embedding, upsample_nearest
+from ddpm_jax.nets.layers import add_class_embedding, timestep_embedding, upsample_nearest
 
 # Two 2x downsamplings: the image side must be divisible by this.
 SIZE_DIVISOR = 4
@@ -39,11 +40,13 @@ class UNetSimple(nn.Module):
   time_embed_dim: int = 128
   out_channels: int = 1
   batch_norm_momentum: float = 0.99
+  # Class-conditional with this many classes (plus a null class); 0 = unconditional.
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, t: jax.Array, train: bool = False, labels: jax.Array | None = None) -> jax.Array:
     w_down1, w_down2, w_mid, w_up1, w_up2 = self.widths
-    temb = timestep_embedding(t, self.time_embed_dim)
+    temb = add_class_embedding(timestep_embedding(t, self.time_embed_dim), labels, self.num_classes)
 
     def block(h, features):
       h = h + nn.Dense(h.shape[-1])(temb)[:, None, None, :]

