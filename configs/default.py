@@ -142,6 +142,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Checkpoint every this many steps (and always at the last step); keep the newest few.
   training.checkpoint_every_steps = 1000
   training.keep_checkpoints = 3
+  # A step whose loss or gradient is NaN or infinite leaves the state (params, optimizer, EMA)
+  # unchanged. False = training stops with an error naming it (the last good checkpoint is kept);
+  # True = training goes on (the step counter and data order advance), counting such steps in the
+  # logged scalar nonfinite_steps.
+  training.skip_nonfinite_steps = False
   # Sample a preview grid every this many steps (and at the last step); 0 = never.
   training.sample_every_steps = 5000
   training.num_preview_samples = 64

@@ -12,6 +12,8 @@ CONFIG_FILE = 'config.json'
 MODEL_DEFINING_SECTIONS = ('model', 'diffusion')
 MODEL_DEFINING_DATA_FIELDS = ('image_size', 'num_channels')
 RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
+# Feature networks of ddpm_jax/metrics.py (kept here: that module imports this one).
+FEATURE_NETS = ('inception', 'classifier')
 
 
 class ConfigError(ValueError):
@@ -86,6 +88,36 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   e = config.eval
   _require(e.bpd_num_examples >= 0 and e.bpd_batch_size > 0,
            'config.eval.bpd_num_examples must be >= 0 (0 = skip bits/dim) and config.eval.bpd_batch_size positive.')
+  _require(e.num_samples >= 0 and e.sample_batch_size > 0 and e.feature_batch_size > 0,
+           'config.eval.num_samples must be >= 0 (0 = skip FID) and config.eval.sample_batch_size and '
+           'feature_batch_size positive.')
+  for name in e.feature_nets:
+    _one_of(name, FEATURE_NETS, 'feature network in config.eval.feature_nets')
+  _require(e.kid_subsets > 0 and e.kid_subset_size >= 2 and e.kid_reference_size >= 2 and e.is_splits >= 1,
+           'config.eval needs kid_subsets > 0, kid_subset_size >= 2, kid_reference_size >= 2 and is_splits >= 1.')
+  _require(e.classifier_steps >= 0, 'config.eval.classifier_steps must be >= 0 (0 = the preset).')
+  _require(t.fid_every_steps >= 0 and t.fid_num_samples > 0,
+           'config.training.fid_every_steps must be >= 0 (0 = never) and fid_num_samples positive.')
+  _check_conditioning(config)
+
+
+def _check_conditioning(config: ml_collections.ConfigDict) -> None:
+  """Class-conditional settings: label dropout, guidance scales, requested classes."""
+  num_classes, s = config.model.num_classes, config.sampling
+  _require(0 <= config.training.cond_drop_prob <= 1,
+           f'config.training.cond_drop_prob must be in [0, 1], got {config.training.cond_drop_prob}.')
+  _require(s.guidance_scale >= 0 and all(w >= 0 for w in s.eval_guidance_scales),
+           'config.sampling.guidance_scale and eval_guidance_scales must be >= 0 (0 = no guidance).')
+  if not num_classes:
+    _require(not s.classes, 'config.sampling.classes needs a class-conditional network: set '
+             'config.model.num_classes (the dataset\'s class count) and train with labels.')
+    return
+  bad = [c for c in s.classes if not 0 <= c < num_classes]
+  _require(not bad, f'config.sampling.classes {bad} are not classes of the network (0 to {num_classes - 1}).')
+  if config.data.dataset in data.FIXED_NUM_CLASSES:
+    expected = data.FIXED_NUM_CLASSES[config.data.dataset]
+    _require(num_classes == expected, f'config.model.num_classes={num_classes}, but {config.data.dataset} has '
+             f'{expected} classes: set --config.model.num_classes={expected}.')
 
 
 def _check_loss(config: ml_collections.ConfigDict) -> None:
@@ -137,20 +169,29 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir whose saved config defines a different model or diffusion."""
+def model_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """'field: saved -> current' for each model-defining field that differs from workdir/config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    return
+    return []
   with open(path) as f:
     saved = flatten_dict(_model_defining(json.load(f)))
   current = flatten_dict(_model_defining(config_to_dict(config)))
-  changed = [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}'
-             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-  if changed:
+  return [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}'
+          for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
+                         allow_model_change: bool = False) -> list[str]:
+  """Refuses a workdir whose saved config defines a different model or diffusion, unless
+  allow_model_change (--force_workdir_config); returns those differences."""
+  changed = model_changes(config, workdir)
+  if changed and not allow_model_change:
     raise WorkdirError(
         f'{workdir} holds a run with a different model ({"; ".join(changed)}). '
-        f'Use a new --workdir, or the config that run was made with.')
+        f'Use a new --workdir, or the config that run was made with (or --force_workdir_config to '
+        f'continue from its checkpoints, which must fit the new model).')
+  return changed
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

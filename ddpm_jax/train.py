@@ -21,10 +21,10 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ddpm_jax import configuration, data, diffusion, nets, runs, sampling, viz
+from ddpm_jax import checkpoints, configuration, data, diffusion, metrics, nets, pretrain, runs, sampling, viz
 from ddpm_jax.train_state import TrainState, apply_gradients, create_train_state, learning_rate_schedule, make_optimizer
 
-CHECKPOINT_DIR = 'checkpoints'
+CHECKPOINT_DIR = checkpoints.CHECKPOINT_DIR
 SAMPLES_DIR = 'samples'
 EVAL_DIR = 'eval'
 
@@ -69,6 +69,17 @@ def model_fn_for(model, params, batch_stats) -> diffusion.ModelFn:
   return lambda x, t: model.apply({'params': params, 'batch_stats': batch_stats}, x, t, train=False)
 
 
+def conditional_model_fn_for(model, params, batch_stats) -> Callable:
+  """model_fn(x_t, t, labels) of a class-conditional network in inference mode."""
+  return lambda x, t, labels: model.apply({'params': params, 'batch_stats': batch_stats}, x, t, train=False,
+                                          labels=labels)
+
+
+def drop_labels(key: jax.Array, labels: jax.Array, drop_prob: float, null_label: int) -> jax.Array:
+  """Each label replaced by the null label with probability drop_prob (classifier-free guidance)."""
+  return jnp.where(jax.random.bernoulli(key, drop_prob, labels.shape), null_label, labels)
+
+
 TimestepDraw = Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]
 
 
@@ -78,11 +89,12 @@ def uniform_timesteps(num_timesteps: int) -> TimestepDraw:
 
 
 def training_inputs(images: jax.Array, key: jax.Array, random_flip: bool, draw_timesteps: TimestepDraw):
-  """From a uint8 batch and a key: (x0 in [-1, 1], timesteps, their loss weights, noise, dropout key)."""
-  flip_key, t_key, noise_key, dropout_key = jax.random.split(key, 4)
+  """From a uint8 batch and a key: (x0 in [-1, 1], timesteps, their loss weights, noise, dropout key,
+  label-drop key)."""
+  flip_key, t_key, noise_key, dropout_key, label_key = jax.random.split(key, 5)
   x0 = data.preprocess(images, flip_key, random_flip)
   t, weights = draw_timesteps(t_key, x0.shape[0])
-  return x0, t, weights, jax.random.normal(noise_key, x0.shape, x0.dtype), dropout_key
+  return x0, t, weights, jax.random.normal(noise_key, x0.shape, x0.dtype), dropout_key, label_key
 
 
 def initial_loss_history(config: ml_collections.ConfigDict):
@@ -94,27 +106,37 @@ def initial_loss_history(config: ml_collections.ConfigDict):
 
 def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, train_key: jax.Array) -> Callable:
-  """train_step(state, uint8 images) -> (state, metrics); the step's keys come from state.step."""
+  """train_step(state, uint8 images, labels=None) -> (state, metrics); keys come from state.step.
+
+  A class-conditional network sees each label, or the null label with probability
+  config.training.cond_drop_prob; an unconditional one ignores the labels.
+  """
   spec = diffusion.loss_spec_from_config(config.diffusion)
+  num_classes = config.model.num_classes
   lr_schedule = learning_rate_schedule(config.optim)
   importance = config.training.timestep_sampler == 'importance'
 
-  def train_step(state: TrainState, images: jax.Array):
+  def train_step(state: TrainState, images: jax.Array, labels: jax.Array | None = None):
+    if num_classes and labels is None:
+      raise ValueError(f'The network is class-conditional ({num_classes} classes): train it with labels.')
     if importance:
       history = diffusion.LossHistory(**state.loss_history)
       draw = lambda key, n: diffusion.sample_importance_timesteps(
           key, n, history, config.training.importance_uniform_prob)
     else:
       draw = uniform_timesteps(schedule.num_timesteps)
-    x0, t, weights, noise, dropout_key = training_inputs(
+    x0, t, weights, noise, dropout_key, label_key = training_inputs(
         images, jax.random.fold_in(train_key, state.step), config.data.random_flip, draw)
+    model_labels = (drop_labels(label_key, labels, config.training.cond_drop_prob, num_classes)
+                    if num_classes else None)
 
     def loss_fn(params):
       new_stats = {}
 
       def model_fn(x, t):
         out, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats}, x, t,
-                                   train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key})
+                                   train=True, labels=model_labels, mutable=['batch_stats'],
+                                   rngs={'dropout': dropout_key})
         new_stats.update(mutated)  # Carried out of the loss as aux; traced, so pure.
         return out
 
@@ -129,9 +151,18 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
     if importance:
       new_state = new_state.replace(loss_history=diffusion.update_loss_history(
           history, t, terms.per_example)._asdict())
-    return new_state, metrics
+    # A NaN or infinite step never changes the state; the loop stops on it or counts it
+    # (config.training.skip_nonfinite_steps). One program either way: the knob needs no recompile.
+    return unless_nonfinite(state, new_state, loss, metrics['grad_norm']), metrics
 
   return train_step
+
+
+def unless_nonfinite(old: TrainState, new: TrainState, loss: jax.Array, grad_norm: jax.Array) -> TrainState:
+  """`new` when the loss and gradient norm are finite, else `old` with only its step advanced (params,
+  optimizer, EMA, statistics untouched), so later steps keep the keys and data of an unskipped run."""
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old).replace(step=new.step)
 
 
 def make_bn_calibration(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
@@ -140,17 +171,20 @@ def make_bn_calibration(model, schedule: diffusion.Schedule, config: ml_collecti
 
   The running batch-norm statistics follow the raw params, not their EMA; sampling
   with EMA params needs statistics of the EMA network itself. They are the mean,
-  over K noisy training batches, of each batch-norm layer's batch statistics.
+  over K noisy training batches, of each batch-norm layer's batch statistics (a class-conditional
+  network is calibrated as the unconditional model, with the null label).
   """
   momentum = config.model.batch_norm_momentum
+  num_classes = config.model.num_classes
 
   def batch_statistics(state: TrainState, images: jax.Array, index: jax.Array):
     key = jax.random.fold_in(jax.random.fold_in(calibration_key, state.step), index)
-    x0, t, _, noise, dropout_key = training_inputs(images, key, config.data.random_flip,
-                                                   uniform_timesteps(schedule.num_timesteps))
+    x0, t, _, noise, dropout_key, _ = training_inputs(images, key, config.data.random_flip,
+                                                      uniform_timesteps(schedule.num_timesteps))
     zeros = jax.tree.map(jnp.zeros_like, state.ema_batch_stats)
+    null_labels = jnp.full((x0.shape[0],), num_classes, jnp.int32) if num_classes else None
     _, mutated = model.apply({'params': state.ema_params, 'batch_stats': zeros},
-                             diffusion.q_sample(schedule, x0, t, noise), t, train=True,
+                             diffusion.q_sample(schedule, x0, t, noise), t, train=True, labels=null_labels,
                              mutable=['batch_stats'], rngs={'dropout': dropout_key})
     # From zero, one update leaves (1 - momentum) * the batch's statistic.
     return jax.tree.map(lambda s: s / (1.0 - momentum), mutated['batch_stats'])
@@ -168,18 +202,30 @@ def make_bn_calibration(model, schedule: diffusion.Schedule, config: ml_collecti
 
 
 def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
-                 frame_steps=(), progress: bool = False) -> Callable:
-  """sample(params, batch_stats, x_T, key) -> (x_0, frames): the whole reverse process compiled,
-  with the sampler named by config.sampling.sampler."""
+                 frame_steps=(), progress: bool = False, guidance_scale: float | None = None) -> Callable:
+  """sample(params, batch_stats, x_T, key, labels=None) -> (x_0, frames): the whole reverse process
+  compiled, with the sampler named by config.sampling.sampler.
+
+  A class-conditional network needs labels (one per image) and is guided with guidance_scale
+  (None: config.sampling.guidance_scale).
+  """
   s = config.sampling
+  num_classes = config.model.num_classes
+  guidance = s.guidance_scale if guidance_scale is None else guidance_scale
   every = s.progress_every if progress else 0
   num_steps = s.ddim_steps if s.sampler == 'ddim' else schedule.num_timesteps
 
   def report(steps_done):
     logging.info('  reverse step %d/%d', int(steps_done), num_steps)
 
-  def sample(params, batch_stats, x_T, key):
-    model_fn = model_fn_for(model, params, batch_stats)
+  def sample(params, batch_stats, x_T, key, labels=None):
+    if num_classes:
+      if labels is None:
+        raise ValueError(f'The network is class-conditional ({num_classes} classes): sampling needs labels.')
+      model_fn = diffusion.guided_model_fn(conditional_model_fn_for(model, params, batch_stats), labels,
+                                           num_classes, guidance, config.diffusion.model_var_type)
+    else:
+      model_fn = model_fn_for(model, params, batch_stats)
     progress_fn = report if every else None
     d = config.diffusion
     if s.sampler == 'ddim':
@@ -195,8 +241,11 @@ def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.Con
 
 
 def generate(sample_fn: Callable, params, batch_stats, num_samples: int, batch_size: int,
-             image_shape: tuple, key: jax.Array, mesh: Mesh) -> np.ndarray:
-  """num_samples uint8 images in batches; batch i starts from noise drawn with fold_in(key, i)."""
+             image_shape: tuple, key: jax.Array, mesh: Mesh, labels: np.ndarray | None = None) -> np.ndarray:
+  """num_samples uint8 images in batches; batch i starts from noise drawn with fold_in(key, i).
+
+  labels: one class per image for a class-conditional network (None otherwise).
+  """
   batches = []
   num_batches = -(-num_samples // batch_size)
   for i in range(num_batches):
@@ -204,7 +253,11 @@ def generate(sample_fn: Callable, params, batch_stats, num_samples: int, batch_s
     batch_key = jax.random.fold_in(key, i)
     x_T = jax.random.normal(jax.random.fold_in(batch_key, 0), (batch_size,) + image_shape)
     x_T = jax.device_put(x_T, batch_sharding(mesh))
-    x_0, _ = sample_fn(params, batch_stats, x_T, jax.random.fold_in(batch_key, 1))
+    batch_labels = None
+    if labels is not None:
+      batch_labels = np.resize(np.asarray(labels[i * batch_size:(i + 1) * batch_size], np.int32), batch_size)
+      batch_labels = jax.device_put(batch_labels, batch_sharding(mesh))
+    x_0, _ = sample_fn(params, batch_stats, x_T, jax.random.fold_in(batch_key, 1), batch_labels)
     batches.append(data.to_uint8(x_0))
     logging.info('Sampled batch %d/%d (%d images) in %.1fs.', i + 1, num_batches, batch_size,
                  time.time() - start)
@@ -239,29 +292,37 @@ def abstract_state(model, config: ml_collections.ConfigDict, tx, mesh: Mesh) -> 
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.training.keep_checkpoints, create=True))
+  return checkpoints.make_manager(workdir, config.training.keep_checkpoints)
 
 
 def restore_state(manager: ocp.CheckpointManager, abstract: TrainState, step: int) -> TrainState:
   """Restores the checkpoint of `step` into the shapes, dtypes and shardings of `abstract`."""
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  return checkpoints.restore_step(manager, abstract, step)
 
 
-def save_samples(images: np.ndarray, path_stem: str) -> None:
-  """images as path_stem.npz (uint8 'images') and a PNG grid path_stem.png."""
+def save_samples(images: np.ndarray, path_stem: str, num_columns: int = 0) -> None:
+  """images as path_stem.npz (uint8 'images') and a PNG grid path_stem.png (num_columns 0: square)."""
   os.makedirs(os.path.dirname(path_stem), exist_ok=True)
   with open(path_stem + '.npz.tmp', 'wb') as f:
     np.savez(f, images=images)
   os.replace(path_stem + '.npz.tmp', path_stem + '.npz')
-  viz.save_png(viz.image_grid(images), path_stem + '.png')
+  viz.save_png(viz.image_grid(images, num_columns), path_stem + '.png')
 
 
 # ---------------------------------------------------------------------------
 # Entry points.
 
-def _setup(config: ml_collections.ConfigDict):
+def grid_labels(config: ml_collections.ConfigDict, num_images: int) -> tuple[np.ndarray | None, int]:
+  """(labels, grid columns) for a sample grid: one row per class of config.sampling.classes (every
+  class if empty) for a class-conditional network; (None, 0: a square grid) otherwise."""
+  if not config.model.num_classes:
+    return None, 0
+  classes = np.asarray(tuple(config.sampling.classes) or range(config.model.num_classes), np.int32)
+  per_class = max(1, num_images // len(classes))
+  return np.resize(np.repeat(classes, per_class), num_images), per_class
+
+
+def setup(config: ml_collections.ConfigDict):
   """Checks, mesh, network, schedule and optimizer shared by training and sampling."""
   configuration.validate_config(config)
   mesh = make_mesh()
@@ -275,39 +336,81 @@ def _setup(config: ml_collections.ConfigDict):
   return mesh, model, schedule, tx
 
 
-def _check_finite(metrics: list[dict], first_step: int, manager: ocp.CheckpointManager,
-                  workdir: str) -> None:
-  """Stops at the first step whose loss or gradient norm is NaN or infinite, before it is saved."""
-  for i, m in enumerate(metrics):
-    if not (np.isfinite(m['loss']) and np.isfinite(m['grad_norm'])):
-      manager.wait_until_finished()
-      raise FloatingPointError(
-          f'The loss is {m["loss"]} (gradient norm {m["grad_norm"]}) at step {first_step + i}; '
-          f'the last good checkpoint (step {manager.latest_step()}) is kept in {workdir}. '
-          f'Lower config.optim.lr or set config.optim.grad_clip.')
+class TrainingDiverged(FloatingPointError):
+  """A NaN or infinite loss or gradient with config.training.skip_nonfinite_steps off."""
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains in workdir, resuming from its latest checkpoint; returns the final state."""
+def is_finite_step(metrics: dict) -> bool:
+  return bool(np.isfinite(metrics['loss']) and np.isfinite(metrics['grad_norm']))
+
+
+def check_finite(metrics: list[dict], first_step: int, skip: bool, saver: checkpoints.CheckpointWriter,
+                 workdir: str) -> int:
+  """The number of steps in `metrics` whose loss or gradient norm is NaN or infinite.
+
+  Unless they are skipped (config.training.skip_nonfinite_steps), the first one stops training with
+  TrainingDiverged naming it, before its state is saved.
+  """
+  bad = [first_step + i for i, m in enumerate(metrics) if not is_finite_step(m)]
+  if bad and not skip:
+    m = metrics[bad[0] - first_step]
+    saver.wait()
+    newest = saver.manager.latest_step()
+    kept = (f'the last good checkpoint (step {newest}) is kept in {workdir}' if newest is not None
+            else f'no checkpoint was written in {workdir}')
+    raise TrainingDiverged(
+        f'The loss is {m["loss"]} (gradient norm {m["grad_norm"]}) at step {bad[0]}; {kept}. '
+        f'Lower config.optim.lr or set config.optim.grad_clip (or skip such steps with '
+        f'config.training.skip_nonfinite_steps=True).')
+  return len(bad)
+
+
+def summarize(interval: list[dict]) -> dict:
+  """Each metric's mean over the finite steps of a logging interval ({} when none is finite)."""
+  finite = [m for m in interval if is_finite_step(m)]
+  return {k: float(np.mean([m[k] for m in finite])) for k in finite[0]} if finite else {}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       force_workdir_config: bool = False) -> TrainState:
+  """Trains in workdir, resuming from its newest readable checkpoint; returns the final state.
+
+  force_workdir_config: accept a workdir whose config.json defines another model or diffusion
+  when its checkpoints fit the new model; config.json is then rewritten.
+  SIGTERM or SIGINT: saves the current step and raises checkpoints.Preempted.
+  """
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
   session_start = time.time()
-  mesh, model, schedule, tx = _setup(config)
-  configuration.check_workdir_config(config, workdir)
+  mesh, model, schedule, tx = setup(config)
+  changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
+  abstract = abstract_state(model, config, tx, mesh)
+  if changes:
+    checkpoints.check_fits(checkpoints.checkpoint_dir(workdir), abstract)
   dataset = data.load_dataset(config.data, config.data.train_split)
   total_steps = num_train_steps(config, len(dataset.images))
-  configuration.save_config(config, workdir)
 
   keys = root_keys(config)
   manager = checkpoint_manager(workdir, config)
-  start_step = manager.latest_step() or 0
+  state, start_step, unreadable = checkpoints.restore_newest(manager, abstract)
+  if unreadable:  # Newer than the one restored: renamed aside, so those steps can be saved again.
+    checkpoints.set_aside(manager, unreadable)
+  if changes:
+    logging.warning('--force_workdir_config: %s now holds a run of a different model (%s); rewriting %s.',
+                    workdir, '; '.join(changes), configuration.CONFIG_FILE)
+  configuration.save_config(config, workdir)
   if start_step:
-    state = restore_state(manager, abstract_state(model, config, tx, mesh), start_step)
     logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
   else:
-    state = initial_state(model, config, tx, mesh)
+    state, start_step = initial_state(model, config, tx, mesh), 0
+    if config.training.init_from:  # Pre-training: a new run starts from another run's params.
+      loaded = pretrain.load_init_params(config, config.training.init_from, abstract)
+      state = pretrain.apply_init(state, loaded, config.training.init_ema)
+      logging.info('Initialised the params from %s.', config.training.init_from)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  earlier_wall_time = runs.read_run_info(workdir).get('wall_time_s', 0.0) if start_step else 0.0
+  run_info = runs.read_run_info(workdir) if start_step else {}
+  earlier_wall_time = run_info.get('wall_time_s', 0.0)
+  nonfinite_steps = run_info.get('nonfinite_steps', 0)
   logging.info('%s: %d params on %d device(s); %d examples; steps %d -> %d.', config.model.name,
                num_params, mesh.size, len(dataset.images), start_step, total_steps)
   if start_step >= total_steps:
@@ -327,120 +430,124 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   t = config.training
+  skip_nonfinite = t.get('skip_nonfinite_steps', False)
+  saver = checkpoints.CheckpointWriter(manager)
+  preview_labels, preview_columns = grid_labels(config, t.num_preview_samples)
+  fid_nets, fid_references = [], []
+  if t.fid_every_steps:  # Feature networks and reference statistics once, before the loop.
+    fid_nets = metrics.load_feature_nets(config, mesh)
+    fid_references = [metrics.reference(net, config) for net in fid_nets]
 
   pending = []  # Metrics still on the device, not yet checked.
   interval = []  # Checked metrics since the last log.
-  for step in range(start_step, total_steps):
-    batch = data.get_batch(dataset, t.batch_size, step, config.seed)
-    state, metrics = train_step(state, shard_batch(batch.images, mesh))
-    pending.append(metrics)
-    done = step + 1
-    report_progress(done)
-    last = done == total_steps
-    log_now = done % t.log_every_steps == 0 or last
-    sample_now = t.sample_every_steps and (done % t.sample_every_steps == 0 or last)
-    checkpoint_now = done % t.checkpoint_every_steps == 0 or last
-    if log_now or sample_now or checkpoint_now:
-      fetched, pending = jax.device_get(pending), []
-      _check_finite(fetched, done - len(fetched) + 1, manager, workdir)
-      interval.extend(fetched)
-    if log_now:
-      summary = {k: float(np.mean([m[k] for m in interval])) for k in interval[0]}
-      interval = []
-      writer.write_scalars(done, {**summary, 'epoch': done / data.steps_per_epoch(
-          len(dataset.images), t.batch_size)})
-      logging.info('step %d/%d: loss %.5f', done, total_steps, summary['loss'])
-    if sample_now or checkpoint_now:
-      calibration = [data.get_batch(dataset, t.batch_size, done + i, config.seed).images
-                     for i in range(t.bn_calibration_batches)]
-      state = calibrate(state, shard_batches(
-          np.stack(calibration) if calibration else np.zeros((0, t.batch_size) + image_shape, np.uint8), mesh))
-    if sample_now:
-      images = generate(sample_fn, state.ema_params, state.ema_batch_stats, t.num_preview_samples,
-                        t.num_preview_samples, image_shape, keys['sample'], mesh)
-      save_samples(images, os.path.join(workdir, SAMPLES_DIR, f'preview_{done:08d}'))
-      writer.write_images(done, {'samples': viz.image_grid(images)[None]})
-    if checkpoint_now:
-      manager.save(done, args=ocp.args.StandardSave(state))
-      write_json({'num_params': num_params, 'num_devices': mesh.size, 'step': done,
-                  'wall_time_s': earlier_wall_time + time.time() - session_start},
-                 os.path.join(workdir, runs.RUN_INFO_FILE))
-  manager.wait_until_finished()
+  with checkpoints.stop_signals() as stop:
+    for step in range(start_step, total_steps):
+      batch = data.get_batch(dataset, t.batch_size, step, config.seed)
+      state, step_metrics = train_step(state, shard_batch(batch.images, mesh), shard_batch(batch.labels, mesh))
+      pending.append(step_metrics)
+      done = step + 1
+      report_progress(done)
+      last = done == total_steps
+      stopping = stop.requested and not last  # SIGTERM / SIGINT: save this step, then stop.
+      log_now = done % t.log_every_steps == 0 or last
+      sample_now = t.sample_every_steps and (done % t.sample_every_steps == 0 or last)
+      fid_now = t.fid_every_steps and (done % t.fid_every_steps == 0 or last)
+      checkpoint_now = done % t.checkpoint_every_steps == 0 or last or stopping
+      if log_now or sample_now or checkpoint_now:
+        fetched, pending = jax.device_get(pending), []
+        nonfinite_steps += check_finite(fetched, done - len(fetched) + 1, skip_nonfinite, saver, workdir)
+        interval.extend(fetched)
+      if log_now:
+        summary, interval = summarize(interval), []
+        if skip_nonfinite:
+          summary['nonfinite_steps'] = nonfinite_steps
+        writer.write_scalars(done, {**summary, 'epoch': done / data.steps_per_epoch(
+            len(dataset.images), t.batch_size)})
+        logging.info('step %d/%d: loss %.5f%s', done, total_steps, summary.get('loss', float('nan')),
+                     f' ({nonfinite_steps} non-finite steps skipped so far)' if nonfinite_steps else '')
+      if sample_now or checkpoint_now or fid_now:
+        calibration = [data.get_batch(dataset, t.batch_size, done + i, config.seed).images
+                       for i in range(t.bn_calibration_batches)]
+        state = calibrate(state, shard_batches(
+            np.stack(calibration) if calibration else np.zeros((0, t.batch_size) + image_shape, np.uint8), mesh))
+      if sample_now:
+        images = generate(sample_fn, state.ema_params, state.ema_batch_stats, t.num_preview_samples,
+                          t.num_preview_samples, image_shape, keys['sample'], mesh, preview_labels)
+        save_samples(images, os.path.join(workdir, SAMPLES_DIR, f'preview_{done:08d}'), preview_columns)
+        writer.write_images(done, {'samples': viz.image_grid(images, preview_columns)[None]})
+      if fid_now:
+        fid_labels = grid_labels(config, t.fid_num_samples)[0]
+        images = generate(sample_fn, state.ema_params, state.ema_batch_stats, t.fid_num_samples,
+                          config.sampling.batch_size, image_shape, jax.random.fold_in(keys['sample'], done),
+                          mesh, fid_labels)
+        fid = metrics.sample_metrics(metrics.batches_of(images, config.eval.feature_batch_size), len(images),
+                                     fid_nets, fid_references, config)
+        writer.write_scalars(done, {k: v for k, v in fid.items() if k.startswith(('fid', 'kid', 'is'))})
+        logging.info('step %d: %s', done, ', '.join(f'{k} {v:.4f}' for k, v in fid.items() if k.startswith('fid')))
+      if checkpoint_now:
+        saved_path = saver.save(done, state)
+        write_json({'num_params': num_params, 'num_devices': mesh.size, 'step': done,
+                    'wall_time_s': earlier_wall_time + time.time() - session_start,
+                    'nonfinite_steps': nonfinite_steps},
+                   os.path.join(workdir, runs.RUN_INFO_FILE))
+      if stopping:
+        saver.wait()
+        writer.flush()
+        raise checkpoints.Preempted(stop.signum, done, saved_path)
+  saver.wait()
   writer.flush()
+  if nonfinite_steps:
+    logging.warning('%d of the %d steps had a non-finite loss or gradient and were skipped.',
+                    nonfinite_steps, total_steps)
   return state
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str, model, tx, mesh: Mesh):
-  """(state, step) of the workdir's latest checkpoint; WorkdirError when there is none."""
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, model, tx, mesh: Mesh,
+                   check_fits: bool = False):
+  """(state, step) of the workdir's newest readable checkpoint; WorkdirError when there is none.
+
+  Unreadable newer checkpoints are logged and left where they are. check_fits: first raise
+  CheckpointError when the checkpoints hold other arrays than this model's.
+  """
   checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
   manager = checkpoint_manager(workdir, config) if os.path.isdir(checkpoint_dir) else None
-  step = manager.latest_step() if manager else None
-  if step is None:
+  if manager is None or manager.latest_step() is None:
     raise configuration.WorkdirError(
         f'No checkpoint in {checkpoint_dir}: train first with --mode=train and the same --workdir.')
-  return restore_state(manager, abstract_state(model, config, tx, mesh), step), step
+  abstract = abstract_state(model, config, tx, mesh)
+  if check_fits:
+    checkpoints.check_fits(checkpoint_dir, abstract)
+  state, step, _ = checkpoints.restore_newest(manager, abstract)
+  return state, step
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+def sample(config: ml_collections.ConfigDict, workdir: str, force_workdir_config: bool = False) -> str:
   """Writes config.sampling.num_samples images from the latest checkpoint's EMA params.
 
-  Returns the path stem of the files written (.npz and .png).
+  Returns the path stem of the files written (.npz and .png). force_workdir_config: sample with a
+  model or diffusion config other than the workdir's when its checkpoints fit (config.json is kept).
   """
-  mesh, model, schedule, tx = _setup(config)
-  configuration.check_workdir_config(config, workdir)
-  state, step = restore_latest(config, workdir, model, tx, mesh)
+  mesh, model, schedule, tx = setup(config)
+  changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
+  state, step = restore_latest(config, workdir, model, tx, mesh, check_fits=bool(changes))
   s = config.sampling
   logging.info('Sampling %d images from the EMA params of step %d (%s sampler, %d steps).',
                s.num_samples, step, s.sampler,
                s.ddim_steps if s.sampler == 'ddim' else schedule.num_timesteps)
   sample_fn = make_sampler(model, schedule, config, progress=True)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+  labels, columns = grid_labels(config, s.num_samples)
+  if labels is not None:
+    logging.info('Classes %s, guidance scale %g: one grid row per class.', sorted(set(labels.tolist())),
+                 s.guidance_scale)
   images = generate(sample_fn, state.ema_params, state.ema_batch_stats, s.num_samples, s.batch_size,
-                    image_shape, jax.random.fold_in(root_keys(config)['sample'], step), mesh)
+                    image_shape, jax.random.fold_in(root_keys(config)['sample'], step), mesh, labels)
   stem = os.path.join(workdir, SAMPLES_DIR, f'samples_{step:08d}_{s.num_samples}')
-  save_samples(images, stem)
+  save_samples(images, stem, columns)
+  if labels is not None:
+    np.save(stem + '_labels.npy', labels)
   logging.info('Wrote %s.npz and %s.png.', stem, stem)
   return stem
-
-
-def make_bound_fn(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict) -> Callable:
-  """bound(params, batch_stats, uint8 images, key) -> diffusion.BoundTerms, compiled."""
-  d = config.diffusion
-  every = max(1, schedule.num_timesteps // 10)
-
-  def report(terms_done):
-    logging.info('  bound term %d/%d', int(terms_done), schedule.num_timesteps)
-
-  def bound(params, batch_stats, images, key):
-    return diffusion.bound_bpd(schedule, model_fn_for(model, params, batch_stats), data.to_model_range(images),
-                               key, d.model_mean_type, d.model_var_type, report, every)
-
-  return jax.jit(bound)
-
-
-def bits_per_dim(bound_fn: Callable, params, batch_stats, images: np.ndarray, batch_size: int,
-                 key: jax.Array, mesh: Mesh) -> dict:
-  """The variational bound in bits/dim over `images`, batch by batch (batch i: fold_in(key, i)).
-
-  The last batch is padded with copies of its first image, which are left out of the means.
-  """
-  totals, priors, terms = [], [], []
-  num_batches = -(-len(images) // batch_size)
-  for i in range(num_batches):
-    start = time.time()
-    batch = images[i * batch_size:(i + 1) * batch_size]
-    real = len(batch)
-    batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
-    out = jax.device_get(bound_fn(params, batch_stats, shard_batch(batch, mesh), jax.random.fold_in(key, i)))
-    totals.append(out.total[:real])
-    priors.append(out.prior[:real])
-    terms.append(out.terms[:, :real])
-    logging.info('Bits/dim batch %d/%d: %.4f (%.1fs).', i + 1, num_batches, float(np.mean(out.total[:real])),
-                 time.time() - start)
-  terms = np.concatenate(terms, axis=1)
-  return {'bpd': float(np.mean(np.concatenate(totals))), 'bpd_prior': float(np.mean(np.concatenate(priors))),
-          'bpd_decoder': float(np.mean(terms[0])), 'bpd_diffusion': float(np.mean(terms[1:].sum(0))),
-          'bpd_num_examples': len(images), 'bpd_terms': [float(v) for v in terms.mean(axis=1)]}
 
 
 def write_json(value, path: str) -> None:
@@ -451,33 +558,7 @@ def write_json(value, path: str) -> None:
   os.replace(path + '.tmp', path)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates the latest checkpoint's EMA params; writes eval/metrics.json and TensorBoard scalars.
-
-  Bits/dim by the full variational bound on config.eval.split (config.eval.bpd_num_examples).
-  """
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-
-  mesh, model, schedule, tx = _setup(config)
-  e = config.eval
-  configuration.check_batch_divides(e.bpd_batch_size, mesh.size, 'config.eval.bpd_batch_size')
-  configuration.check_workdir_config(config, workdir)
-  state, step = restore_latest(config, workdir, model, tx, mesh)
-  metrics = {'step': step}
-  if e.bpd_num_examples:
-    dataset = data.load_dataset(config.data, e.split)
-    images = dataset.images[:e.bpd_num_examples]
-    logging.info('Bits/dim of %d %s examples by the full bound (%d terms each).', len(images), e.split,
-                 schedule.num_timesteps)
-    metrics.update(bits_per_dim(make_bound_fn(model, schedule, config), state.ema_params, state.ema_batch_stats,
-                                images, e.bpd_batch_size, jax.random.fold_in(root_keys(config)['eval'], step),
-                                mesh))
-    logging.info('Bits/dim at step %d: %.4f (prior %.2e, decoder %.4f).', step, metrics['bpd'],
-                 metrics['bpd_prior'], metrics['bpd_decoder'])
-  path = os.path.join(workdir, EVAL_DIR, 'metrics.json')
-  write_json(metrics, path)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items() if isinstance(v, float)})
-  writer.flush()
-  logging.info('Wrote %s.', path)
-  return metrics
+def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_config: bool = False) -> dict:
+  """--mode=eval: see ddpm_jax/eval_workdir.py."""
+  from ddpm_jax import eval_workdir  # pylint: disable=g-import-not-at-top  # It imports this module.
+  return eval_workdir.evaluate(config, workdir, force_workdir_config)

@@ -95,5 +95,17 @@ def test_workdir_refuses_a_different_model_but_not_other_changes(tmp_path):
     configuration.check_workdir_config(config, str(tmp_path))
 
 
+def test_a_model_change_is_allowed_when_forced_and_listed(tmp_path):
+  config = default.get_config()
+  configuration.save_config(config, str(tmp_path))
+  assert configuration.check_workdir_config(config, str(tmp_path), allow_model_change=True) == []
+  config.diffusion.schedule = 'cosine'
+  config.data.image_size = 32
+  with pytest.raises(configuration.WorkdirError, match='or --force_workdir_config to continue from its checkpoints'):
+    configuration.check_workdir_config(config, str(tmp_path))
+  assert configuration.check_workdir_config(config, str(tmp_path), allow_model_change=True) == [
+      "data.image_size: 28 -> 32", "diffusion.schedule: 'linear' -> 'cosine'"]
+
+
 def test_check_workdir_accepts_a_new_workdir(tmp_path):
   configuration.check_workdir_config(default.get_config(), str(tmp_path / 'new'))

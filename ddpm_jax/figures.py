@@ -1,0 +1,134 @@
+"""Figures of a trained run: the reverse (denoising) process of sampled images and the forward
+(noising) process of real training images, at the same labelled timesteps.
+
+  python main.py --config=configs/quickstart.py --workdir=workdirs/quickstart --mode=figures
+
+reverse_process is the one entry point. From the workdir's latest checkpoint (EMA params) it
+writes, under WORKDIR/samples/ (<step> zero-padded to 8 digits, as the other sample files):
+  reverse_process_<step>.png   config.figures.num_images samples (rows) by num_frames timesteps
+                               (columns, labelled t=<timestep>) from T down to 0;
+  reverse_process_<step>.gif   the same trajectory as an animation, one GIF frame per timestep;
+  forward_process_<step>.png   as many real training images noised by q(x_t | x_0) at the same
+                               timesteps.
+The sampler and its steps are config.sampling's. Everything is drawn from config.seed and the
+checkpoint step, so the same command on the same checkpoint writes the same pictures.
+
+Timestep labels follow the samplers' frame numbering (ddpm_jax/sampling.py): t = k is x_k, k = T
+the starting noise, k = 0 the finished sample, and x_k is what the network sees at the 0-based
+timestep index k - 1 (viz.forward_frames uses the same numbering). DDIM keeps frames by "DDIM
+steps left"; each is labelled with the timestep it stands at (ddim_frame_timesteps).
+"""
+
+import os
+from typing import NamedTuple, Optional, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+
+from ddpm_jax import configuration, data, diffusion, nets, sampling, train, viz
+from ddpm_jax.train_state import make_optimizer
+
+
+class ProcessFigures(NamedTuple):
+  """What reverse_process wrote, and the timesteps it shows."""
+  # reverse_process_<step>.png, reverse_process_<step>.gif, forward_process_<step>.png.
+  paths: list[str]
+  # The label of each column / GIF frame: timesteps from T (or DDIM's first) down to 0.
+  timesteps: list[int]
+  # The sampler's frame_steps: equal to timesteps for ancestral, DDIM steps left for ddim.
+  frame_steps: list[int]
+  # The checkpoint step the pictures come from.
+  step: int
+
+
+def ddim_frame_timesteps(num_timesteps: int, num_steps: int, spacing: str,
+                         steps_left: Sequence[int]) -> list[int]:
+  """The timestep of each DDIM frame given by its number of DDIM steps left.
+
+  With k steps left (k >= 1) the state is the input of the step at the 0-based timestep
+  ddim_timesteps(...)[num_steps - k], so it is x at timestep that + 1 in the frame numbering;
+  k = 0 is the finished sample, t = 0. The starting noise (k = num_steps) is labelled with
+  DDIM's first timestep, which is below T unless the spacing starts at T - 1.
+  """
+  visited = sampling.ddim_timesteps(num_timesteps, num_steps, spacing)
+  labels = []
+  for k in steps_left:
+    if not 0 <= k <= num_steps:
+      raise ValueError(f'DDIM frame {k} (steps left) is outside [0, {num_steps}].')
+    labels.append(0 if k == 0 else int(visited[num_steps - k]) + 1)
+  return labels
+
+
+def sampler_frames(config: ml_collections.ConfigDict, num_frames: int) -> tuple[list[int], list[int]]:
+  """(frame_steps for config.sampling's sampler, the timestep label of each), num_frames
+  evenly spaced from the start (noise) down to the finished sample."""
+  s, num_timesteps = config.sampling, config.diffusion.num_timesteps
+  if s.sampler == 'ddim':
+    steps_left = viz.frame_timesteps(s.ddim_steps, num_frames)
+    return steps_left, ddim_frame_timesteps(num_timesteps, s.ddim_steps, s.ddim_spacing, steps_left)
+  steps = viz.frame_timesteps(num_timesteps, num_frames)
+  return steps, list(steps)
+
+
+def figure_paths(workdir: str, step: int) -> list[str]:
+  """The reverse-process PNG and GIF and the forward-process PNG of checkpoint `step`."""
+  samples = os.path.join(workdir, train.SAMPLES_DIR)
+  return [os.path.join(samples, f'reverse_process_{step:08d}.png'),
+          os.path.join(samples, f'reverse_process_{step:08d}.gif'),
+          os.path.join(samples, f'forward_process_{step:08d}.png')]
+
+
+def _check_counts(num_images: int, num_frames: int) -> None:
+  if num_images < 1:
+    raise configuration.ConfigError(f'config.figures.num_images must be at least 1, got {num_images}.')
+  if num_frames < 2:
+    raise configuration.ConfigError(
+        f'config.figures.num_frames must be at least 2 (the noise and the sample), got {num_frames}.')
+
+
+def reverse_process(config: ml_collections.ConfigDict, workdir: str, num_images: Optional[int] = None,
+                    num_frames: Optional[int] = None) -> ProcessFigures:
+  """Writes the reverse-process figure and GIF and the forward-process figure of the workdir's
+  latest checkpoint (see the module docstring); returns the paths and the timesteps shown.
+
+  num_images, num_frames: None = config.figures'. Raises configuration.WorkdirError when the
+  workdir has no checkpoint or holds another model.
+  """
+  configuration.validate_config(config)
+  num_images = config.figures.num_images if num_images is None else num_images
+  num_frames = config.figures.num_frames if num_frames is None else num_frames
+  _check_counts(num_images, num_frames)
+  configuration.check_workdir_config(config, workdir)
+  mesh = train.make_mesh()
+  model = nets.get_model(config)
+  schedule = diffusion.schedule_from_config(config.diffusion)
+  state, step = train.restore_latest(config, workdir, model, make_optimizer(config.optim), mesh)
+
+  frame_steps, timesteps = sampler_frames(config, num_frames)
+  noise_key, sampler_key, forward_key = jax.random.split(
+      jax.random.fold_in(train.root_keys(config)['sample'], step), 3)
+  image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+  x_T = jax.random.normal(noise_key, (num_images,) + image_shape)
+  # Split the images over the devices where they divide evenly; otherwise every device runs all.
+  sharding = train.batch_sharding(mesh) if num_images % mesh.size == 0 else train.replicated(mesh)
+  logging.info('Reverse process of %d images from the EMA params of step %d (%s sampler), %d frames.',
+               num_images, step, config.sampling.sampler, len(frame_steps))
+  sample_fn = train.make_sampler(model, schedule, config, frame_steps=frame_steps, progress=True)
+  labels, _ = train.grid_labels(config, num_images)  # Class-conditional: one class per row, in turn.
+  if labels is not None:
+    labels = jax.device_put(labels, sharding)
+  _, frames = sample_fn(state.ema_params, state.ema_batch_stats, jax.device_put(x_T, sharding), sampler_key,
+                        labels)
+  reverse = data.to_uint8(frames)
+
+  dataset = data.load_dataset(config.data, config.data.train_split)
+  real = data.get_batch(dataset, num_images, 0, config.seed).images
+  forward = data.to_uint8(viz.forward_frames(data.to_model_range(real), timesteps, schedule, forward_key))
+
+  reverse_png, reverse_gif, forward_png = paths = figure_paths(workdir, step)
+  viz.save_process_figure(reverse, timesteps, reverse_png)
+  viz.save_process_gif(reverse, timesteps, reverse_gif)
+  viz.save_process_figure(forward, timesteps, forward_png)
+  logging.info('Wrote %s.', ', '.join(paths))
+  return ProcessFigures(paths, timesteps, frame_steps, step)
