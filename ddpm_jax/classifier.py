@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddpm_jax import data
+from ddpm_jax import atomic_io, data
 from ddpm_jax.nets.classifier import NORM_GROUPS, Classifier, classifier_from_params
 
 FORMAT_VERSION = 1
@@ -322,13 +322,6 @@ def data_fingerprint(dataset: data.ImageDataset) -> str:
   return h.hexdigest()
 
 
-def _write_atomically(path: str, content: bytes) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(content)
-  os.replace(tmp, path)
-
-
 def _cache_error(path: str, problem: str) -> ClassifierCacheError:
   return ClassifierCacheError(
       f'Cached classifier {path}: {problem}. Delete {os.path.dirname(path)} (both {PARAMS_FILE} and '
@@ -414,6 +407,6 @@ def get_or_train_classifier(cache_dir: str, dataset_name: str, train_set: data.I
           'feature_dim': settings.widths[-1], 'train_seconds': round(train_seconds, 1),
           'params_sha256': hashlib.sha256(content).hexdigest(), 'note': NOT_COMPARABLE_NOTE}
   os.makedirs(directory, exist_ok=True)
-  _write_atomically(params_path, content)
-  _write_atomically(info_path, json.dumps(info, indent=2).encode())  # Written last: marks the cache complete.
+  atomic_io.write_bytes(params_path, content)
+  atomic_io.write_bytes(info_path, json.dumps(info, indent=2).encode())  # Written last: marks the cache complete.
   return params, {**info, 'loaded_from_cache': False}

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ddpm_jax import runs, viz
+from ddpm_jax import atomic_io, runs, viz
 
 FINAL_LOSS_WINDOW = 5  # Final loss: the mean of this many last logged values.
 COLUMNS = ('run', 'network', 'parameters', 'loss', 'schedule', 'final loss', 'final FID',
@@ -106,11 +106,6 @@ def csv_text(rows: Sequence[RunSummary]) -> str:
   return buffer.getvalue()
 
 
-def _write_text(text: str, path: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def _finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,8 +166,8 @@ def compare(workdirs: Sequence[str], out_dir: str, labels: Optional[Sequence[str
     scalars_by_label[label] = scalars
   os.makedirs(out_dir, exist_ok=True)
   md_path, csv_path = os.path.join(out_dir, 'runs.md'), os.path.join(out_dir, 'runs.csv')
-  _write_text(markdown_table(rows), md_path)
-  _write_text(csv_text(rows), csv_path)
+  atomic_io.write_text(md_path, markdown_table(rows))
+  atomic_io.write_text(csv_path, csv_text(rows))
   return [md_path, csv_path] + write_curves(scalars_by_label, out_dir)
 
 

@@ -5,7 +5,7 @@ import os
 
 import ml_collections
 
-from ddpm_jax import data, diffusion, nets, sampling, train_state
+from ddpm_jax import atomic_io, data, diffusion, nets, sampling, train_state
 
 CONFIG_FILE = 'config.json'
 # Sections whose change makes existing checkpoints meaningless or unloadable.
@@ -196,8 +196,4 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the resolved config to workdir/config.json, atomically."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  atomic_io.write_json(os.path.join(workdir, CONFIG_FILE), config_to_dict(config), sort_keys=True)

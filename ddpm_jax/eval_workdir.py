@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import classifier, configuration, data, diffusion, metrics, train
+from ddpm_jax import atomic_io, classifier, configuration, data, diffusion, metrics, train
 
 METRICS_FILE = 'metrics.json'
 GUIDANCE_TABLE = 'guidance.md'
@@ -69,8 +69,7 @@ def sample_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.nda
   empty) in turn; None for an unconditional network."""
   if not config.model.num_classes:
     return None
-  classes = np.asarray(tuple(config.sampling.classes) or range(config.model.num_classes), np.int32)
-  return np.resize(classes, num_samples)
+  return np.resize(train.requested_classes(config), num_samples)
 
 
 def samples_dir(workdir: str, step: int, manifest: dict) -> str:
@@ -163,7 +162,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
         rows[float(w)] = {**row, **class_accuracy(config, directory, labels)}
       results['guidance'] = {f'{w:g}': row for w, row in rows.items()}
       table = guidance_table(rows)
-      _write_text(table, os.path.join(workdir, train.EVAL_DIR, GUIDANCE_TABLE))
+      atomic_io.write_text(os.path.join(workdir, train.EVAL_DIR, GUIDANCE_TABLE), table)
       logging.info('Conditional samples by guidance scale:\n%s', table)
     else:
       row, _, _ = sample_quality(config, workdir, state, step, model, schedule, mesh, nets, references,
@@ -172,7 +171,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
     logging.info('Sample quality at step %d: %s', step,
                  {k: v for k, v in results.items() if isinstance(v, float) and not k.startswith('bpd')})
   path = os.path.join(workdir, train.EVAL_DIR, METRICS_FILE)
-  train.write_json(results, path)
+  atomic_io.write_json(path, results)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   scalars = {f'eval/{k}': v for k, v in results.items() if isinstance(v, float)}
   for w, row in results.get('guidance', {}).items():
@@ -181,10 +180,3 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
   writer.flush()
   logging.info('Wrote %s.', path)
   return results
-
-
-def _write_text(text: str, path: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)

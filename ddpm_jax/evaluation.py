@@ -18,6 +18,8 @@ from typing import Callable, Iterable, NamedTuple, Optional
 
 import numpy as np
 
+from ddpm_jax import atomic_io
+
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 # progress(done, total): images processed so far, and the total if known (else None).
 ProgressFn = Callable[[int, Optional[int]], None]
@@ -141,18 +143,10 @@ def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, num_images: Optiona
   """Writes mu and sigma (and the image count) as a pytorch-fid .npz, atomically; returns the path."""
   mu, sigma = _check_gaussian(mu, sigma, path)
   path = os.path.expanduser(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   arrays = {'mu': mu, 'sigma': sigma}
   if num_images is not None:
     arrays['num_images'] = np.asarray(num_images, np.int64)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'wb') as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic_io.savez(path, **arrays)
   return path
 
 

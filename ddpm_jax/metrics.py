@@ -17,7 +17,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from ddpm_jax import classifier, configuration, data, evaluation
+from ddpm_jax import atomic_io, classifier, configuration, data, evaluation
 from ddpm_jax.nets import inception
 
 FEATURE_NETS = configuration.FEATURE_NETS
@@ -138,9 +138,7 @@ def reference(net: FeatureNet, config: ml_collections.ConfigDict) -> Reference:
   mu, sigma = evaluation.mean_and_cov(features.stats)
   evaluation.save_stats(stats_path, mu, sigma, features.stats.count)
   kid_features = features.pool3[:e.kid_reference_size]
-  with open(kid_path + '.tmp', 'wb') as f:
-    np.save(f, kid_features)
-  os.replace(kid_path + '.tmp', kid_path)
+  atomic_io.save_npy(kid_path, kid_features)
   return Reference(mu, sigma, kid_features)
 
 
@@ -207,9 +205,7 @@ def ensure_samples(directory: str, manifest: dict, num_samples: int, batch_size:
       raise MetricsError(f'{directory} holds samples made with other settings ({saved}); move it away to '
                          f'sample again.')
   else:
-    with open(manifest_path + '.tmp', 'w') as f:
-      json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(manifest_path + '.tmp', manifest_path)
+    atomic_io.write_json(manifest_path, manifest, sort_keys=True)
   num_batches = -(-num_samples // batch_size)
   missing = [i for i in range(num_batches) if not os.path.exists(batch_path(directory, i))]
   if len(missing) < num_batches:
@@ -217,9 +213,7 @@ def ensure_samples(directory: str, manifest: dict, num_samples: int, batch_size:
   start = time.time()
   for done, i in enumerate(missing, 1):
     images = sample_batch(i)
-    with open(batch_path(directory, i) + '.tmp', 'wb') as f:
-      np.savez(f, images=images)
-    os.replace(batch_path(directory, i) + '.tmp', batch_path(directory, i))
+    atomic_io.savez(batch_path(directory, i), images=images)
     elapsed = time.time() - start
     logging.info('Sample batch %d/%d written (%d left, ~%.0f s to go).', i + 1, num_batches, len(missing) - done,
                  elapsed / done * (len(missing) - done))

@@ -7,7 +7,6 @@ count). Every random key derives from config.seed and the step, so a resumed run
 repeats the uninterrupted one exactly.
 """
 
-import json
 import os
 import time
 from typing import Callable
@@ -21,7 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ddpm_jax import checkpoints, configuration, data, diffusion, metrics, nets, pretrain, runs, sampling, viz
+from ddpm_jax import atomic_io, checkpoints, configuration, data, diffusion, metrics, nets, pretrain, runs, sampling, viz
 from ddpm_jax.train_state import TrainState, apply_gradients, create_train_state, learning_rate_schedule, make_optimizer
 
 CHECKPOINT_DIR = checkpoints.CHECKPOINT_DIR
@@ -302,22 +301,24 @@ def restore_state(manager: ocp.CheckpointManager, abstract: TrainState, step: in
 
 def save_samples(images: np.ndarray, path_stem: str, num_columns: int = 0) -> None:
   """images as path_stem.npz (uint8 'images') and a PNG grid path_stem.png (num_columns 0: square)."""
-  os.makedirs(os.path.dirname(path_stem), exist_ok=True)
-  with open(path_stem + '.npz.tmp', 'wb') as f:
-    np.savez(f, images=images)
-  os.replace(path_stem + '.npz.tmp', path_stem + '.npz')
+  atomic_io.savez(path_stem + '.npz', images=images)
   viz.save_png(viz.image_grid(images, num_columns), path_stem + '.png')
 
 
 # ---------------------------------------------------------------------------
 # Entry points.
 
+def requested_classes(config: ml_collections.ConfigDict) -> np.ndarray:
+  """config.sampling.classes, or every class of the network when it is empty."""
+  return np.asarray(tuple(config.sampling.classes) or range(config.model.num_classes), np.int32)
+
+
 def grid_labels(config: ml_collections.ConfigDict, num_images: int) -> tuple[np.ndarray | None, int]:
-  """(labels, grid columns) for a sample grid: one row per class of config.sampling.classes (every
-  class if empty) for a class-conditional network; (None, 0: a square grid) otherwise."""
+  """(labels, grid columns) for a sample grid: one row per requested class for a
+  class-conditional network; (None, 0: a square grid) otherwise."""
   if not config.model.num_classes:
     return None, 0
-  classes = np.asarray(tuple(config.sampling.classes) or range(config.model.num_classes), np.int32)
+  classes = requested_classes(config)
   per_class = max(1, num_images // len(classes))
   return np.resize(np.repeat(classes, per_class), num_images), per_class
 
@@ -486,10 +487,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info('step %d: %s', done, ', '.join(f'{k} {v:.4f}' for k, v in fid.items() if k.startswith('fid')))
       if checkpoint_now:
         saved_path = saver.save(done, state)
-        write_json({'num_params': num_params, 'num_devices': mesh.size, 'step': done,
-                    'wall_time_s': earlier_wall_time + time.time() - session_start,
-                    'nonfinite_steps': nonfinite_steps},
-                   os.path.join(workdir, runs.RUN_INFO_FILE))
+        atomic_io.write_json(os.path.join(workdir, runs.RUN_INFO_FILE), {
+            'num_params': num_params, 'num_devices': mesh.size, 'step': done,
+            'wall_time_s': earlier_wall_time + time.time() - session_start, 'nonfinite_steps': nonfinite_steps})
       if stopping:
         saver.wait()
         writer.flush()
@@ -545,17 +545,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, force_workdir_config
   stem = os.path.join(workdir, SAMPLES_DIR, f'samples_{step:08d}_{s.num_samples}')
   save_samples(images, stem, columns)
   if labels is not None:
-    np.save(stem + '_labels.npy', labels)
+    atomic_io.save_npy(stem + '_labels.npy', labels)
   logging.info('Wrote %s.npz and %s.png.', stem, stem)
   return stem
-
-
-def write_json(value, path: str) -> None:
-  """Writes JSON atomically (a partial file never has the name)."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(path + '.tmp', path)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_config: bool = False) -> dict:

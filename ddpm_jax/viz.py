@@ -6,13 +6,12 @@ final name). Figures use PIL's built-in bitmap font, so no font files are needed
 
 import functools
 import math
-import os
 from typing import Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
-from ddpm_jax import diffusion
+from ddpm_jax import atomic_io, diffusion
 
 # Tiles smaller than this (pixels a side) are upscaled by an integer factor, so the 11 px
 # bitmap-font labels stay legible next to them (28 px MNIST -> x3, 32 px CIFAR -> x2).
@@ -40,11 +39,9 @@ def image_grid(images: np.ndarray, num_columns: int = 0, padding: int = 2,
 
 
 def _atomic_save(image, path: str, **save_kwargs) -> None:
-  """Saves a PIL image through path + '.tmp' and os.replace."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = path + '.tmp'
-  image.save(tmp, **save_kwargs)
-  os.replace(tmp, path)
+  """Saves a PIL image atomically (save_kwargs must name the format)."""
+  with atomic_io.replacing(path) as f:
+    image.save(f, **save_kwargs)
 
 
 def _pil_image(image: np.ndarray):
@@ -261,7 +258,5 @@ def plot_curves(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]], xla
   if runs:
     ax.legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = path + '.tmp'
-  fig.savefig(tmp, format='png')
-  os.replace(tmp, path)
+  with atomic_io.replacing(path) as f:
+    fig.savefig(f, format='png')

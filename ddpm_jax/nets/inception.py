@@ -27,6 +27,8 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ddpm_jax import atomic_io
+
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                    'pt_inception-2015-12-05-6726825d.pth')
 FID_WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth'
@@ -337,15 +339,7 @@ def save_inception_params(variables: dict, path: str) -> str:
   full = os.path.expanduser(path)
   flat = {flat_key(k): np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(variables).items()}
   check_weights(flat, full)
-  os.makedirs(os.path.dirname(os.path.abspath(full)), exist_ok=True)
-  tmp = f'{full}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'wb') as f:
-      np.savez(f, **flat)
-    os.replace(tmp, full)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic_io.savez(full, **flat)
   return full
 
 

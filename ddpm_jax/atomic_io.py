@@ -1,0 +1,50 @@
+"""Files written atomically (every function takes the path first): a temporary file beside the target, renamed over it when complete,
+so a killed process never leaves a partial file under the final name."""
+
+import contextlib
+import json
+import os
+from typing import IO, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def replacing(path: str, mode: str = 'wb') -> Iterator[IO]:
+  """Opens a temporary file for writing; renames it to `path` on success, removes it on error."""
+  path = os.path.expanduser(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, mode) as f:
+      yield f
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_bytes(path: str, content: bytes) -> None:
+  with replacing(path, 'wb') as f:
+    f.write(content)
+
+
+def write_text(path: str, text: str) -> None:
+  with replacing(path, 'w') as f:
+    f.write(text)
+
+
+def write_json(path: str, value, sort_keys: bool = False) -> None:
+  with replacing(path, 'w') as f:
+    json.dump(value, f, indent=2, sort_keys=sort_keys)
+
+
+def savez(path: str, **arrays: np.ndarray) -> None:
+  """np.savez to exactly `path` (no .npz appended)."""
+  with replacing(path, 'wb') as f:
+    np.savez(f, **arrays)
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+  with replacing(path, 'wb') as f:
+    np.save(f, array)

@@ -1,0 +1,30 @@
+"""Atomic writes: the target appears whole or not at all, and an earlier version survives a failure."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ddpm_jax import atomic_io
+
+
+def test_writes_land_under_the_final_name_only(tmp_path):
+  path = str(tmp_path / 'sub' / 'x.npz')
+  atomic_io.savez(path, a=np.arange(3))
+  with np.load(path) as f:
+    np.testing.assert_array_equal(f['a'], [0, 1, 2])
+  atomic_io.write_json(str(tmp_path / 'x.json'), {'b': 1, 'a': 2}, sort_keys=True)
+  assert list(json.load(open(tmp_path / 'x.json'))) == ['a', 'b']
+  assert sorted(os.listdir(tmp_path)) == ['sub', 'x.json'] and os.listdir(tmp_path / 'sub') == ['x.npz']
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+  path = str(tmp_path / 'x.txt')
+  atomic_io.write_text(path, 'old')
+  with pytest.raises(RuntimeError):
+    with atomic_io.replacing(path, 'w') as f:
+      f.write('half of the new')
+      raise RuntimeError('killed mid-write')
+  assert open(path).read() == 'old'
+  assert os.listdir(tmp_path) == ['x.txt']
