@@ -202,9 +202,12 @@ def drive(root: str, report_path: str) -> None:
                      for i in range(5)]  # Mostly mid-save, and mid-step after a complete save.
   report['disk_full'] = life(split, os.path.join(root, 'disk_full.log'), prepare=full_disk_on_first_save)
   newest = finished_steps(split)[-1]
-  for path in glob.glob(os.path.join(split, 'checkpoints', str(newest), '**', 'd', '*'), recursive=True):
-    with open(path, 'r+b') as f:  # Damage the newest checkpoint: all its data files zeroed.
+  damaged_files = [p for p in glob.glob(os.path.join(split, 'checkpoints', str(newest), '**', '*'), recursive=True)
+                   if os.path.isfile(p)]
+  for path in damaged_files:  # Damage the newest checkpoint: every file of it zeroed.
+    with open(path, 'r+b') as f:
       f.write(b'\0' * os.path.getsize(path))
+  assert damaged_files, f'checkpoint {newest} has no files to damage'
   report['damaged_step'] = newest
   report['final'] = life(split, os.path.join(root, 'final.log'),
                          extra=['--force_workdir_config', '--config.diffusion.clip_denoised=False'])
