@@ -21,6 +21,8 @@ from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
 
+from ddpm_jax import xla_flags
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory holding the run: config, checkpoints, events, samples.')
@@ -97,22 +99,23 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
-def set_cpu_device_count(count: int) -> None:
-  """Splits the CPU into `count` XLA devices (0 = one per core) unless XLA_FLAGS already does.
-
-  Must run before JAX starts; accelerators are unaffected.
-  """
-  xla_flags = os.environ.get('XLA_FLAGS', '')
-  if 'xla_force_host_platform_device_count' not in xla_flags:
-    count = count or os.cpu_count() or 1
-    os.environ['XLA_FLAGS'] = f'{xla_flags} --xla_force_host_platform_device_count={count}'.strip()
-
-
 def enable_compilation_cache(path: str) -> None:
   """Keeps compiled programs on disk, so a rerun (resume, sampling) skips recompiling."""
   if path and 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+
+
+def start_distributed(distributed: ml_collections.ConfigDict) -> None:
+  """Joins the hosts of a multi-host run (config.distributed), before JAX starts its backends."""
+  if not distributed.coordinator_address:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Only CPU hosts read it.
+  if distributed.coordinator_address == 'auto':
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(distributed.coordinator_address, distributed.num_processes, distributed.process_id)
 
 
 def hide_gpus_from_tensorflow() -> None:
@@ -139,13 +142,14 @@ def main(argv):
   status in the module docstring)."""
   del argv  # parse_flags refused extra arguments.
   config = FLAGS.config
-  set_cpu_device_count(config.cpu_devices)
+  xla_flags.configure_cpu(config.cpu_devices, config.eigen_cpu_convolutions)
   enable_compilation_cache(config.compilation_cache_dir)
   from ddpm_jax import checkpoints, configuration, data  # pylint: disable=g-import-not-at-top
   user_errors = (configuration.ConfigError, configuration.WorkdirError, data.DataError,
                  checkpoints.CheckpointError)
   try:
     configuration.validate_config(config)  # Before TensorFlow, data or compiling: fails fast.
+    start_distributed(config.distributed)
     hide_gpus_from_tensorflow()
     quiet_library_info_logs()
     from ddpm_jax import train  # pylint: disable=g-import-not-at-top

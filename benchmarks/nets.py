@@ -23,6 +23,8 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from ddpm_jax import xla_flags  # pylint: disable=wrong-import-position  # Imports no JAX.
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', ['mnist_simple', 'mnist_conv', 'mnist_resnet', 'cifar10_simple', 'cifar10_conv',
                               'cifar10_resnet', 'cifar10_ddpm'], 'Config files (configs/NAME.py) to time.')
@@ -147,9 +149,7 @@ def time_diffusers_ddpm(batch: int, iters: int) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-    count = FLAGS.cpu_devices or os.cpu_count() or 1
-    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={count}'
+  xla_flags.configure_cpu(FLAGS.cpu_devices)  # As main.py does.
   results = {}
   for name in FLAGS.configs:
     results[name] = time_jax_network(name, FLAGS.batch, FLAGS.iters)

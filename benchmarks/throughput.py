@@ -21,14 +21,15 @@ UNet), each at its config's batch unless --batch is given. For each network and 
     (memory_stats()['peak_bytes_in_use']) on accelerators. With --isolate (the default) every
     measurement runs in a fresh process, so each peak is its own.
 bfloat16 is mixed precision: float32 master params and optimizer; every Flax module's inputs and
-the params are cast to bfloat16 for the forward (MixedPrecision below; the networks have no dtype
+the params are cast to bfloat16 for the forward (ddpm_jax/nets/precision.py, as config.training.compute_dtype; the networks have no dtype
 option), so gradients reach the float32 params through the cast; loss in float32.
 
 PyTorch references (CPU; skipped by --skip_torch, and torch is imported only then): the same
 Unet-Simple written in PyTorch (torch_reference.py, parameter count and outputs asserted equal to
 ours) and diffusers' UNet2DModel with the official DDPM CIFAR-10 config, measured the same way
 with each of --torch_threads; a 'ratio' line per pair gives ours / theirs in images/s. Measures
-only; asserts nothing on time. XLA_FLAGS set outside are kept (e.g. to try CPU flags).
+only; asserts nothing on time. XLA_FLAGS set outside are kept (e.g. to try CPU flags); otherwise
+the CPU settings are main.py's (ddpm_jax/xla_flags.py, --noeigen_cpu_convolutions for XLA's default).
 
 Runs where ml_collections, TensorFlow, CLU and torch are absent (a stand-in ConfigDict is used to
 read configs/; if ddpm_jax.train cannot be imported or built the train step is rebuilt from the core
@@ -51,6 +52,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
+
+from ddpm_jax import xla_flags  # pylint: disable=wrong-import-position  # Imports no JAX.
 
 # Network -> the config it is measured with.
 MODELS = {'unet_simple': 'mnist_simple', 'unet_resnet': 'cifar10_resnet', 'ddpm': 'cifar10_ddpm'}
@@ -87,6 +90,8 @@ flags.DEFINE_bool('skip_sampling', False, 'Skip the samplers.')
 flags.DEFINE_list('torch_threads', ['0'], 'PyTorch intra-op thread counts to measure the references with '
                   '(0 = torch\'s default, one per core).')
 flags.DEFINE_integer('cpu_devices', 0, 'XLA host devices to split the CPU into (0 = one per core).')
+flags.DEFINE_bool('eigen_cpu_convolutions', True, 'Eigen instead of YNNPACK convolutions on the CPU, as in training '
+                  '(config.eigen_cpu_convolutions; ddpm_jax/xla_flags.py).')
 flags.DEFINE_bool('isolate', True, 'Run every measurement in a fresh process (its own peak memory).')
 flags.DEFINE_string('worker', '', 'Internal: run one measurement (FRAMEWORK:MODEL:DTYPE) and print it.')
 
@@ -156,36 +161,6 @@ def random_params(shapes, seed: int = 0):
       lambda path, s: (np.ones(s.shape, s.dtype) if 'scale' in jax.tree_util.keystr(path) or
                        jax.tree_util.keystr(path).endswith("['var']")
                        else (0.05 * rng.standard_normal(s.shape)).astype(s.dtype)), shapes)
-
-
-class MixedPrecision:
-  """A Flax module's `apply` computing in `dtype`: params, and the floating inputs of every module
-  call, cast to dtype; the output cast back to float32. Variables other than params (batch
-  statistics) stay float32, and gradients reach the float32 params through the cast."""
-
-  def __init__(self, module, dtype):
-    self.module = module
-    self.dtype = dtype
-
-  def _cast(self, tree):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    return jax.tree.map(lambda a: a.astype(self.dtype) if isinstance(a, jax.Array) and a.dtype == jnp.float32
-                        else a, tree)
-
-  def _intercept(self, next_fun, args, kwargs, context):
-    del context
-    return next_fun(*self._cast(args), **kwargs)
-
-  def apply(self, variables, *args, **kwargs):
-    import flax.linen as nn  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    variables = {**variables, 'params': self._cast(variables['params'])}
-    with nn.intercept_methods(self._intercept):
-      out = self.module.apply(variables, *self._cast(args), **kwargs)
-    if isinstance(out, tuple):  # mutable=...: (output, mutated variables).
-      return out[0].astype(jnp.float32), out[1]
-    return out.astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +275,7 @@ def measure_jax(name: str, dtype_name: str, batch: int, steps: int, sample_steps
   load_before = os.getloadavg()[0]
 
   base = nets.get_model(config)
-  model = base if dtype_name == 'float32' else MixedPrecision(base, jnp.dtype(dtype_name))
+  model = precision.computing_in(base, dtype_name)
   shapes = jax.eval_shape(lambda key: nets.init_variables(base, config, key), jax.random.PRNGKey(0))
   variables = random_params(shapes)
   tx = make_optimizer(config.optim)
@@ -466,9 +441,7 @@ def main(argv):
   unknown = [m for m in FLAGS.models if m not in MODELS] + [d for d in FLAGS.dtype if d not in DTYPES]
   if unknown:
     raise app.UsageError(f'Unknown --models/--dtype {unknown}; valid: {", ".join(MODELS)}; {", ".join(DTYPES)}.')
-  if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-    count = FLAGS.cpu_devices or os.cpu_count() or 1  # Only the CPU platform reads it.
-    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={count}'
+  xla_flags.configure_cpu(FLAGS.cpu_devices, FLAGS.eigen_cpu_convolutions)  # As main.py does.
   if FLAGS.worker:
     print(json.dumps(run_worker(FLAGS.worker)), flush=True)
     return

@@ -6,6 +6,7 @@ import os
 import ml_collections
 
 from ddpm_jax import atomic_io, data, diffusion, nets, sampling, train_state
+from ddpm_jax.nets import precision
 
 CONFIG_FILE = 'config.json'
 # Sections whose change makes existing checkpoints meaningless or unloadable.
@@ -98,7 +99,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(e.classifier_steps >= 0, 'config.eval.classifier_steps must be >= 0 (0 = the preset).')
   _require(t.fid_every_steps >= 0 and t.fid_num_samples > 0,
            'config.training.fid_every_steps must be >= 0 (0 = never) and fid_num_samples positive.')
+  _check_throughput(config)
   _check_conditioning(config)
+
+
+def _check_throughput(config: ml_collections.ConfigDict) -> None:
+  """Steps per compiled call, compute dtype, hosts."""
+  t, dist = config.training, config.distributed
+  _require(t.n_jitted_steps >= 1, f'config.training.n_jitted_steps must be at least 1, got {t.n_jitted_steps}.')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'sample_every_steps', 'fid_every_steps'):
+    _require(t[field] % t.n_jitted_steps == 0,
+             f'config.training.{field}={t[field]} is not a multiple of config.training.n_jitted_steps='
+             f'{t.n_jitted_steps}, which runs that many steps per call: make it a multiple.')
+  _one_of(t.compute_dtype, precision.COMPUTE_DTYPES, 'config.training.compute_dtype')
+  _require(dist.num_processes >= 1 and 0 <= dist.process_id < dist.num_processes,
+           f'config.distributed needs num_processes >= 1 and 0 <= process_id < num_processes, got '
+           f'{dist.num_processes} and {dist.process_id}.')
+  if dist.coordinator_address not in ('', 'auto'):
+    _require(':' in dist.coordinator_address, f'config.distributed.coordinator_address='
+             f'{dist.coordinator_address!r} must be host:port (or \'auto\', or \'\' for one host).')
+  check_batch_divides(t.batch_size, dist.num_processes, 'config.training.batch_size', 'hosts')
 
 
 def _check_conditioning(config: ml_collections.ConfigDict) -> None:
@@ -142,9 +162,9 @@ def _check_loss(config: ml_collections.ConfigDict) -> None:
              'config.training.batch_size must be at least 2.')
 
 
-def check_batch_divides(batch_size: int, num_devices: int, field: str) -> None:
+def check_batch_divides(batch_size: int, num_devices: int, field: str, what: str = 'devices') -> None:
   _require(batch_size % num_devices == 0,
-           f'{field}={batch_size} does not divide over the {num_devices} devices: '
+           f'{field}={batch_size} does not divide over the {num_devices} {what}: '
            f'use a multiple of {num_devices}.')
 
 

@@ -480,9 +480,12 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> n
   return permutation[position * batch_size:(position + 1) * batch_size]
 
 
-def get_batch(dataset: ImageDataset, batch_size: int, step: int, seed: int) -> ImageDataset:
-  """The uint8 images and labels of the batch at `step`."""
-  indices = batch_indices(len(dataset.images), batch_size, step, seed)
+def get_batch(dataset: ImageDataset, batch_size: int, step: int, seed: int,
+              host: int = 0, num_hosts: int = 1) -> ImageDataset:
+  """The uint8 images and labels of the global batch at `step`: host `host`'s consecutive
+  batch_size / num_hosts of them (all of them on one host)."""
+  share = batch_size // num_hosts
+  indices = batch_indices(len(dataset.images), batch_size, step, seed)[host * share:(host + 1) * share]
   return ImageDataset(dataset.images[indices], dataset.labels[indices])
 
 

@@ -18,9 +18,11 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ddpm_jax import atomic_io, checkpoints, configuration, data, diffusion, metrics, nets, pretrain, runs, sampling, viz
+from ddpm_jax.nets import precision
 from ddpm_jax.train_state import TrainState, apply_gradients, create_train_state, learning_rate_schedule, make_optimizer
 
 CHECKPOINT_DIR = checkpoints.CHECKPOINT_DIR
@@ -108,12 +110,14 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
   """train_step(state, uint8 images, labels=None) -> (state, metrics); keys come from state.step.
 
   A class-conditional network sees each label, or the null label with probability
-  config.training.cond_drop_prob; an unconditional one ignores the labels.
+  config.training.cond_drop_prob; an unconditional one ignores the labels. The forward and
+  backward compute in config.training.compute_dtype; params, optimizer and loss stay float32.
   """
   spec = diffusion.loss_spec_from_config(config.diffusion)
   num_classes = config.model.num_classes
   lr_schedule = learning_rate_schedule(config.optim)
   importance = config.training.timestep_sampler == 'importance'
+  model = precision.computing_in(model, config.training.compute_dtype)
 
   def train_step(state: TrainState, images: jax.Array, labels: jax.Array | None = None):
     if num_classes and labels is None:
@@ -155,6 +159,21 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
     return unless_nonfinite(state, new_state, loss, metrics['grad_norm']), metrics
 
   return train_step
+
+
+def scan_steps(train_step: Callable) -> Callable:
+  """steps(state, images (K, B, ...), labels (K, B)) -> (state, metrics stacked along K): K train
+  steps in one compiled call (score_sde's n_jitted_steps), each exactly as a call of train_step."""
+
+  def steps(state: TrainState, images: jax.Array, labels: jax.Array):
+    return jax.lax.scan(lambda state, batch: train_step(state, *batch), state, (images, labels))
+
+  return steps
+
+
+def unstack_metrics(stacked: dict) -> list[dict]:
+  """Host metrics of a scan {name: (K,)} -> K per-step dicts."""
+  return [{name: values[i] for name, values in stacked.items()} for i in range(len(stacked['loss']))]
 
 
 def unless_nonfinite(old: TrainState, new: TrainState, loss: jax.Array, grad_norm: jax.Array) -> TrainState:
@@ -257,7 +276,7 @@ def generate(sample_fn: Callable, params, batch_stats, num_samples: int, batch_s
       batch_labels = np.resize(np.asarray(labels[i * batch_size:(i + 1) * batch_size], np.int32), batch_size)
       batch_labels = jax.device_put(batch_labels, batch_sharding(mesh))
     x_0, _ = sample_fn(params, batch_stats, x_T, jax.random.fold_in(batch_key, 1), batch_labels)
-    batches.append(data.to_uint8(x_0))
+    batches.append(data.to_uint8(multihost_utils.process_allgather(x_0, tiled=True)))
     logging.info('Sampled batch %d/%d (%d images) in %.1fs.', i + 1, num_batches, batch_size,
                  time.time() - start)
   return np.concatenate(batches)[:num_samples]
@@ -300,7 +319,10 @@ def restore_state(manager: ocp.CheckpointManager, abstract: TrainState, step: in
 
 
 def save_samples(images: np.ndarray, path_stem: str, num_columns: int = 0) -> None:
-  """images as path_stem.npz (uint8 'images') and a PNG grid path_stem.png (num_columns 0: square)."""
+  """images as path_stem.npz (uint8 'images') and a PNG grid path_stem.png (num_columns 0: square);
+  written by host 0 only."""
+  if jax.process_index() > 0:
+    return
   atomic_io.savez(path_stem + '.npz', images=images)
   viz.save_png(viz.image_grid(images, num_columns), path_stem + '.png')
 
@@ -399,7 +421,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if changes:
     logging.warning('--force_workdir_config: %s now holds a run of a different model (%s); rewriting %s.',
                     workdir, '; '.join(changes), configuration.CONFIG_FILE)
-  configuration.save_config(config, workdir)
+  if jax.process_index() == 0:
+    configuration.save_config(config, workdir)
   if start_step:
     logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
   else:
@@ -423,8 +446,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_hparams({'num_params': num_params, 'num_devices': mesh.size,
                           **{k: v for k, v in configuration.flatten_dict(configuration.config_to_dict(config)).items()
                              if isinstance(v, (int, float, str, bool))}})
-  train_step = jax.jit(make_train_step(model, schedule, tx, config, keys['train']),
-                       out_shardings=replicated(mesh), donate_argnums=0)
+  train_steps = jax.jit(scan_steps(make_train_step(model, schedule, tx, config, keys['train'])),
+                        out_shardings=replicated(mesh), donate_argnums=0)
   calibrate = jax.jit(make_bn_calibration(model, schedule, config, keys['calibrate']),
                       out_shardings=replicated(mesh))
   sample_fn = make_sampler(model, schedule, config)
@@ -441,12 +464,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   pending = []  # Metrics still on the device, not yet checked.
   interval = []  # Checked metrics since the last log.
+  host = (jax.process_index(), jax.process_count())  # Each host reads its share of every batch.
+  done = start_step
   with checkpoints.stop_signals() as stop:
-    for step in range(start_step, total_steps):
-      batch = data.get_batch(dataset, t.batch_size, step, config.seed)
-      state, step_metrics = train_step(state, shard_batch(batch.images, mesh), shard_batch(batch.labels, mesh))
-      pending.append(step_metrics)
-      done = step + 1
+    while done < total_steps:
+      # n_jitted_steps per call; the every-K-steps knobs are multiples of it (validate_config).
+      steps = range(done, min(done + t.n_jitted_steps - done % t.n_jitted_steps, total_steps))
+      batches = [data.get_batch(dataset, t.batch_size, step, config.seed, *host) for step in steps]
+      state, steps_metrics = train_steps(state, shard_batches(np.stack([b.images for b in batches]), mesh),
+                                         shard_batches(np.stack([b.labels for b in batches]), mesh))
+      pending.append(steps_metrics)
+      done = steps[-1] + 1
       report_progress(done)
       last = done == total_steps
       stopping = stop.requested and not last  # SIGTERM / SIGINT: save this step, then stop.
@@ -455,7 +483,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       fid_now = t.fid_every_steps and (done % t.fid_every_steps == 0 or last)
       checkpoint_now = done % t.checkpoint_every_steps == 0 or last or stopping
       if log_now or sample_now or checkpoint_now:
-        fetched, pending = jax.device_get(pending), []
+        fetched, pending = [m for stacked in jax.device_get(pending) for m in unstack_metrics(stacked)], []
         nonfinite_steps += check_finite(fetched, done - len(fetched) + 1, skip_nonfinite, saver, workdir)
         interval.extend(fetched)
       if log_now:
@@ -467,10 +495,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info('step %d/%d: loss %.5f%s', done, total_steps, summary.get('loss', float('nan')),
                      f' ({nonfinite_steps} non-finite steps skipped so far)' if nonfinite_steps else '')
       if sample_now or checkpoint_now or fid_now:
-        calibration = [data.get_batch(dataset, t.batch_size, done + i, config.seed).images
+        calibration = [data.get_batch(dataset, t.batch_size, done + i, config.seed, *host).images
                        for i in range(t.bn_calibration_batches)]
         state = calibrate(state, shard_batches(
-            np.stack(calibration) if calibration else np.zeros((0, t.batch_size) + image_shape, np.uint8), mesh))
+            np.stack(calibration) if calibration else np.zeros((0, t.batch_size // host[1]) + image_shape, np.uint8),
+            mesh))
       if sample_now:
         images = generate(sample_fn, state.ema_params, state.ema_batch_stats, t.num_preview_samples,
                           t.num_preview_samples, image_shape, keys['sample'], mesh, preview_labels)
@@ -487,9 +516,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info('step %d: %s', done, ', '.join(f'{k} {v:.4f}' for k, v in fid.items() if k.startswith('fid')))
       if checkpoint_now:
         saved_path = saver.save(done, state)
-        atomic_io.write_json(os.path.join(workdir, runs.RUN_INFO_FILE), {
-            'num_params': num_params, 'num_devices': mesh.size, 'step': done,
-            'wall_time_s': earlier_wall_time + time.time() - session_start, 'nonfinite_steps': nonfinite_steps})
+        if jax.process_index() == 0:
+          atomic_io.write_json(os.path.join(workdir, runs.RUN_INFO_FILE), {
+              'num_params': num_params, 'num_devices': mesh.size, 'step': done,
+              'wall_time_s': earlier_wall_time + time.time() - session_start, 'nonfinite_steps': nonfinite_steps})
       if stopping:
         saver.wait()
         writer.flush()
@@ -544,7 +574,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, force_workdir_config
                     image_shape, jax.random.fold_in(root_keys(config)['sample'], step), mesh, labels)
   stem = os.path.join(workdir, SAMPLES_DIR, f'samples_{step:08d}_{s.num_samples}')
   save_samples(images, stem, columns)
-  if labels is not None:
+  if labels is not None and jax.process_index() == 0:
     atomic_io.save_npy(stem + '_labels.npy', labels)
   logging.info('Wrote %s.npz and %s.png.', stem, stem)
   return stem

@@ -1,13 +1,15 @@
 """Test-wide setup, before JAX starts: the CPU split into 2 devices, so the sharded path is
-always exercised, and a compilation cache private to this test session, shared with the
-main.py processes the tests start (identical programs compile once)."""
+always exercised, with main.py's convolution backend (ddpm_jax/xla_flags.py), and a
+compilation cache private to this test session, shared with the main.py processes the tests
+start (identical programs compile once)."""
 
 import os
 import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
+from ddpm_jax import xla_flags  # pylint: disable=wrong-import-position  # Imports no JAX.
+
+xla_flags.configure_cpu(cpu_devices=2)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ddpm-jax-test-xla-cache-')
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'

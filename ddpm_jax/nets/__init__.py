@@ -145,7 +145,11 @@ def get_model(config) -> nn.Module:
 
 
 def init_variables(model: nn.Module, config, key: jax.Array) -> dict:
-  """Initial variables ({'params': ..., maybe 'batch_stats': ...}) for a one-image dummy batch."""
+  """Initial variables ({'params': ..., maybe 'batch_stats': ...}) for a one-image dummy batch.
+
+  Compiled: initialising op by op takes seconds to minutes on the CPU.
+  """
   shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
   labels = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
-  return model.init(key, jnp.zeros(shape, jnp.float32), jnp.zeros((1,), jnp.int32), train=False, labels=labels)
+  return jax.jit(lambda key: model.init(key, jnp.zeros(shape, jnp.float32), jnp.zeros((1,), jnp.int32),
+                                        train=False, labels=labels))(key)

@@ -1,0 +1,58 @@
+"""XLA:CPU settings: the flags composed, and Eigen convolutions computing what YNNPACK's do."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ddpm_jax import xla_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+GRADIENTS_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+x = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 16))
+w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 32)) / 12
+def loss(w, x):
+  y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jnp.sum(jnp.tanh(y) ** 2)
+dw, dx = jax.jit(jax.grad(loss, argnums=(0, 1)))(w, x)
+np.savez(sys.argv[1], dw=np.asarray(dw), dx=np.asarray(dx))
+"""
+
+
+def test_device_count_and_eigen_convolutions_are_added_once():
+  flags = xla_flags.with_cpu_settings('--xla_dump_to=/tmp/x', cpu_devices=3, eigen_convolutions=True)
+  assert flags.split()[:2] == ['--xla_dump_to=/tmp/x', '--xla_force_host_platform_device_count=3']
+  assert (xla_flags.EIGEN_CONVOLUTIONS in flags) == xla_flags.jaxlib_knows(xla_flags.YNN_FUSION_FLAG)
+  assert xla_flags.with_cpu_settings(flags, cpu_devices=5, eigen_convolutions=True) == flags
+
+
+def test_settings_already_in_xla_flags_win():
+  mine = '--xla_force_host_platform_device_count=7 --xla_cpu_experimental_ynn_fusion_type='
+  assert xla_flags.with_cpu_settings(mine, cpu_devices=2, eigen_convolutions=True) == mine
+
+
+def test_zero_devices_means_one_per_core_and_the_backend_can_be_left_to_xla():
+  flags = xla_flags.with_cpu_settings('', cpu_devices=0, eigen_convolutions=False)
+  assert flags == f'--xla_force_host_platform_device_count={os.cpu_count()}'
+
+
+def test_only_flags_the_installed_jaxlib_contains_are_used():
+  assert xla_flags.jaxlib_knows('xla_force_host_platform_device_count')
+  assert not xla_flags.jaxlib_knows('xla_cpu_no_such_flag_in_any_jaxlib_9f3a')
+
+
+@pytest.mark.skipif(not xla_flags.jaxlib_knows(xla_flags.YNN_FUSION_FLAG), reason='this jaxlib has no YNNPACK')
+def test_eigen_convolution_gradients_equal_ynnpack_ones(tmp_path):
+  results = {}
+  for name, flags in (('ynnpack', ''), ('eigen', xla_flags.EIGEN_CONVOLUTIONS)):
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)  # Programs compiled under other flags must not be reused.
+    subprocess.run([sys.executable, '-c', GRADIENTS_SCRIPT, str(tmp_path / name)], env=env, check=True, cwd=ROOT)
+    results[name] = np.load(tmp_path / f'{name}.npz')
+  for grad in ('dw', 'dx'):
+    np.testing.assert_allclose(results['eigen'][grad], results['ynnpack'][grad], rtol=1e-4, atol=1e-4)
