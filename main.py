@@ -9,8 +9,9 @@ command with the same --workdir resumes from the latest checkpoint.
 
 Exit status: 0 done; 1 with one line `error: ...` on stderr for a bad command line, config, workdir,
 dataset, a diverged run or a failed checkpoint write; 128 + the signal number (SIGINT 130,
-SIGTERM 143) when a signal stopped training after saving a checkpoint (one line `stopped: ...`
-says where).
+SIGTERM 143) when a signal stopped the run, with one line `stopped: ...`: during training after
+saving the current step (the line says where), elsewhere (setup, sampling, eval) at once, keeping
+every complete checkpoint and eval batch written so far.
 """
 
 import os
@@ -118,6 +119,14 @@ def start_distributed(distributed: ml_collections.ConfigDict) -> None:
     jax.distributed.initialize(distributed.coordinator_address, distributed.num_processes, distributed.process_id)
 
 
+class Terminated(Exception):
+  """SIGTERM outside the training loop (whose own handler saves the current step first)."""
+
+
+def raise_terminated(signum, frame) -> None:  # pylint: disable=unused-argument
+  raise Terminated()
+
+
 def hide_gpus_from_tensorflow() -> None:
   """TensorFlow (TFDS, CLU writers) must never take accelerator memory from JAX."""
   try:
@@ -141,7 +150,15 @@ def main(argv):
   """Runs --mode on --workdir; every expected failure ends as one line on stderr (see the exit
   status in the module docstring)."""
   del argv  # parse_flags refused extra arguments.
-  config = FLAGS.config
+  previous_handler = signal.signal(signal.SIGTERM, raise_terminated)  # Like Ctrl-C: `stopped:`, below.
+  try:
+    run_mode(FLAGS.config)
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+
+
+def run_mode(config: ml_collections.ConfigDict) -> None:
+  """main() for a parsed config, with SIGTERM raising Terminated."""
   xla_flags.configure_cpu(config.cpu_devices, config.eigen_cpu_convolutions)
   enable_compilation_cache(config.compilation_cache_dir)
   from ddpm_jax import checkpoints, configuration, data  # pylint: disable=g-import-not-at-top
@@ -166,9 +183,10 @@ def main(argv):
   except checkpoints.Preempted as e:
     print(f'stopped: {e}', file=sys.stderr)
     sys.exit(128 + e.signum)
-  except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, sampling, eval): nothing to save.
-    print('stopped: SIGINT; the checkpoints written so far are complete and kept.', file=sys.stderr)
-    sys.exit(128 + signal.SIGINT)
+  except (KeyboardInterrupt, Terminated) as e:  # Outside the training loop (setup, sampling, eval).
+    signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+    print(f'stopped: {signum.name}; the checkpoints written so far are complete and kept.', file=sys.stderr)
+    sys.exit(128 + signum)
 
 
 if __name__ == '__main__':

@@ -200,6 +200,10 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.ddim_eta = 0.0
   # DDIM: timesteps visited, uniform (0, k, 2k, ...) | quad (quadratic, dense near t = 0).
   sampling.ddim_spacing = 'uniform'
+  # With clip_denoised: take the direction to x_t from the clipped x_0's eps (True; GLIDE,
+  # guided-diffusion; needed for strong classifier-free guidance) or the network's eps (False;
+  # diffusers' DDIMScheduler default).
+  sampling.ddim_clipped_eps = True
   # --mode=sample: how many images, generated in batches of batch_size.
   sampling.num_samples = 64
   sampling.batch_size = 64

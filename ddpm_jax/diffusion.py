@@ -308,19 +308,26 @@ def p_sample(schedule: Schedule, model_fn: ModelFn, x_t: jax.Array, t: jax.Array
 
 def ddim_step(schedule: Schedule, model_fn: ModelFn, x_t: jax.Array, t: jax.Array,
               t_prev: jax.Array, noise: jax.Array, eta: float = 0.0, clip_denoised: bool = True,
-              model_mean_type: str = 'eps', model_var_type: str = 'fixedlarge'):
+              model_mean_type: str = 'eps', model_var_type: str = 'fixedlarge', clipped_eps: bool = True):
   """One DDIM step (Song et al., 2021, eq. 12) from timestep t to t_prev < t.
 
   t_prev = -1 means the end of the chain, where alphas_cumprod is taken as 1 (diffusers'
   set_alpha_to_one). sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)):
   eta = 0 is deterministic, eta = 1 with t_prev = t - 1 is the DDPM step with the posterior
-  variance. As in diffusers, clipping applies to the predicted x_0 and the direction to x_t
-  keeps the model's eps. A learned variance is not used. Returns (x_{t_prev}, predicted x_0).
+  variance. Clipping applies to the predicted x_0; clipped_eps then re-derives eps from the
+  clipped x_0 for the direction to x_t (GLIDE, guided-diffusion; diffusers'
+  use_clipped_model_output), else the direction keeps the model's eps (diffusers' default). The
+  model's eps can be far out of range under classifier-free guidance, and an unclipped direction
+  then pushes samples away from the guided class. A learned variance is not used.
+  Returns (x_{t_prev}, predicted x_0).
   """
   mean_output, _ = split_output(model_fn(x_t, t), model_var_type)
   eps, pred_x0 = eps_and_x0(schedule, mean_output, x_t, t, model_mean_type)
   if clip_denoised:
     pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+    if clipped_eps:
+      eps = (x_t - _at(schedule.sqrt_alphas_cumprod, t, x_t.ndim) * pred_x0) / _at(
+          schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim)
   abar_t = _at(schedule.alphas_cumprod, t, x_t.ndim)
   abar_prev = _expand(jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0),
                       x_t.ndim)

@@ -125,6 +125,7 @@ def ddim_sample(
     progress_every: int = 0,
     model_mean_type: str = 'eps',
     model_var_type: str = 'fixedlarge',
+    clipped_eps: bool = True,
 ):
   """Runs DDIM from x_T down to x_0 over ddim_timesteps(T, num_steps, spacing) in one `fori_loop`.
 
@@ -133,7 +134,8 @@ def ddim_sample(
   Returns (x_0, frames): frame k is the state with k DDIM steps left (k = num_steps: x_T,
   k = 0: the sample), for each k in frame_steps; frames is None when none were asked for.
   progress_fn(steps_done) is called from the loop every progress_every steps. Any model
-  parameterization works; a learned variance is ignored (DDIM sets its own).
+  parameterization works; a learned variance is ignored (DDIM sets its own). clipped_eps: see
+  diffusion.ddim_step.
   """
   steps = ddim_timesteps(schedule.num_timesteps, num_steps, spacing)
   t_seq = jnp.asarray(steps)
@@ -147,7 +149,7 @@ def ddim_sample(
     noise = jax.random.normal(jax.random.fold_in(key, t), x.shape, x.dtype)
     batch = lambda v: jnp.full((x.shape[0],), v, dtype=jnp.int32)
     x, _ = diffusion.ddim_step(schedule, model_fn, x, batch(t), batch(t_prev), noise, eta,
-                               clip_denoised, model_mean_type, model_var_type)
+                               clip_denoised, model_mean_type, model_var_type, clipped_eps)
     _report(progress_fn, progress_every, i + 1)
     return x, keep_frame(frames, x, num_steps - 1 - i)
 

@@ -250,7 +250,7 @@ def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.Con
       return sampling.ddim_sample(
           schedule, model_fn, x_T, key, s.ddim_steps, s.ddim_eta, s.ddim_spacing, d.clip_denoised,
           frame_steps, progress_fn=progress_fn, progress_every=every, model_mean_type=d.model_mean_type,
-          model_var_type=d.model_var_type)
+          model_var_type=d.model_var_type, clipped_eps=s.ddim_clipped_eps)
     return sampling.ancestral_sample(
         schedule, model_fn, x_T, key, d.model_var_type, d.clip_denoised, frame_steps,
         progress_fn=progress_fn, progress_every=every, model_mean_type=d.model_mean_type)

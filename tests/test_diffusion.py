@@ -284,7 +284,8 @@ def test_ddpm_step_matches_diffusers(schedule, t_value):
 
 @pytest.mark.parametrize('eta', [0.0, 1.0])
 @pytest.mark.parametrize('num_steps', [10, 50])
-def test_ddim_step_matches_diffusers(schedule, eta, num_steps):
+@pytest.mark.parametrize('clipped_eps', [False, True])
+def test_ddim_step_matches_diffusers(schedule, eta, num_steps, clipped_eps):
   diffusers = pytest.importorskip('diffusers')
   torch = pytest.importorskip('torch')
   ref = _float64(_theirs(diffusers.DDIMScheduler, 'linear', set_alpha_to_one=True, steps_offset=0,
@@ -297,11 +298,11 @@ def test_ddim_step_matches_diffusers(schedule, eta, num_steps):
     x_t, eps = _step_inputs(t_value, np.float64)
     noise = np.random.default_rng(i).normal(size=x_t.shape).astype(np.float32)
     noise = torch.from_numpy(noise.astype(np.float64))
-    out = ref.step(eps, t_value, x_t, eta=eta, variance_noise=noise)
+    out = ref.step(eps, t_value, x_t, eta=eta, variance_noise=noise, use_clipped_model_output=clipped_eps)
     t_prev = int(timesteps[i + 1]) if i + 1 < num_steps else -1
     x_prev, pred_x0 = diffusion.ddim_step(
         schedule, lambda x, t: f32(eps), f32(x_t), jnp.full((2,), t_value), jnp.full((2,), t_prev),
-        f32(noise), eta, clip_denoised=True)
+        f32(noise), eta, clip_denoised=True, clipped_eps=clipped_eps)
     atol = _tolerance(schedule, t_value)
     np.testing.assert_allclose(pred_x0, out.pred_original_sample.numpy(), atol=atol)
     np.testing.assert_allclose(x_prev, out.prev_sample.numpy(), atol=atol)

@@ -43,7 +43,15 @@ def run_main(*args, check=True):
 
 
 def restore(workdir, step):
-  return ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'default'))
+  """The saved train state on this process's first device, whatever devices saved it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(path)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        getattr(metadata, 'item_metadata', metadata))
+  return checkpointer.restore(path, target)
 
 
 def _leaves(tree):
@@ -338,8 +346,6 @@ BAD_COMMAND_LINES = [
     # Impossible values.
     ('run', ['--config.data.image_size=30'], 'divisible by 4'),
     ('run', ['--config.data.num_channels=2'], 'num_channels must be 1 (greyscale) or 3'),
-    ('run', ['--config.training.batch_size=9'], 'config.training.batch_size=9 does not divide over the 2 devices'),
-    ('run', ['--config.sampling.batch_size=3'], 'config.sampling.batch_size=3 does not divide over the 2 devices'),
     ('run', [*DDIM, '--config.sampling.ddim_steps=50'],
      'ddim_steps=50 must be between 1 and config.diffusion.num_timesteps=20'),
     ('run', ['--config.optim.lr=-1'], 'config.optim.lr must be positive, got -1'),
@@ -393,9 +399,15 @@ WITHOUT_TINY = [
 BAD_COMMAND_LINES += [(None, argv, message) for argv, message in WITHOUT_TINY]
 
 
+def jax_device_count() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.device_count()
+
+
 def test_every_bad_command_line_is_one_error_line_and_changes_no_file(workdirs, capsys):
   import main  # pylint: disable=g-import-not-at-top
   assert len(BAD_COMMAND_LINES) >= 30
+  assert jax_device_count() == 1  # The rows that need 2 devices run main.py in a subprocess, below.
   before = {name: snapshot(path) for name, path in workdirs.items()}
   failures = []
   for name, args, message in BAD_COMMAND_LINES:
@@ -421,11 +433,38 @@ def test_every_bad_command_line_is_one_error_line_and_changes_no_file(workdirs, 
   assert not failures, '\n'.join(failures)
 
 
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_outside_the_training_loop_stops_with_one_line(tmp_path, monkeypatch, capsys, signum):
+  """SIGTERM or SIGINT during setup, sampling or eval: `stopped:`, 128 + signum, the handler restored."""
+  import main  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import train  # pylint: disable=g-import-not-at-top
+
+  def signalled(*args, **kwargs):
+    os.kill(os.getpid(), signum)
+    time.sleep(5)  # The handler raises in this frame first.
+    raise AssertionError('the signal did not stop the run')
+
+  monkeypatch.setattr(train, 'sample', signalled)
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit) as stopped:
+    main.main(parse(['main.py', *TINY, f'--workdir={tmp_path}', '--mode=sample']))
+  assert stopped.value.code == 128 + signum
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      f'stopped: {signal.Signals(signum).name}; the checkpoints written so far are complete and kept.')
+  assert signal.getsignal(signal.SIGTERM) is before
+  reset_flags()
+
+
 @pytest.mark.parametrize('args,message', [
     (['--config.model.name=unet_big'], "error: Unknown model 'unet_big' (config.model.name); valid: unet_simple"),
     (['--bogus=1'], "error: Unknown command line flag 'bogus'"),
     (['--config.training.nope=1'], "error: --config.training.nope: config.training has no field 'nope'"),
     (['--config=configs/no_such.py'], "error: cannot load --config=configs/no_such.py: [Errno 2] No such file"),
+    # 2 devices (--config.cpu_devices=2): the test process itself has one.
+    (['--config.training.batch_size=9'], 'error: config.training.batch_size=9 does not divide over the 2 devices'),
+    (['--config.sampling.batch_size=3'], 'error: config.sampling.batch_size=3 does not divide over the 2 devices'),
+    (['--config.training.n_jitted_steps=3'], 'error: config.training.log_every_steps=2 is not a multiple of '
+                                             'config.training.n_jitted_steps=3'),
 ])
 def test_python_main_py_user_errors_are_one_line_without_traceback(tmp_path, args, message):
   result = run_main(f'--workdir={tmp_path / "run"}', *args, check=False)

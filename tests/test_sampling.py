@@ -175,7 +175,8 @@ def test_ddim_frames_and_progress(schedule):
 
 
 @pytest.mark.parametrize('eta', [0.0, 1.0])
-def test_ddim_sampler_matches_a_diffusers_ddim_loop(eta):
+@pytest.mark.parametrize('clipped_eps', [False, True])
+def test_ddim_sampler_matches_a_diffusers_ddim_loop(eta, clipped_eps):
   """The whole loop against DDIMScheduler ('leading' spacing) fed the same per-step noise."""
   diffusers = pytest.importorskip('diffusers')
   torch = pytest.importorskip('torch')
@@ -186,9 +187,9 @@ def test_ddim_sampler_matches_a_diffusers_ddim_loop(eta):
   ref.set_timesteps(20)
   x_T = jax.random.normal(jax.random.PRNGKey(9), (2, 4, 4, 1))
   key = jax.random.PRNGKey(10)
-  ours, _ = sampling.ddim_sample(schedule, lambda x, t: 0.3 * x, x_T, key, 20, eta)
+  ours, _ = sampling.ddim_sample(schedule, lambda x, t: 0.3 * x, x_T, key, 20, eta, clipped_eps=clipped_eps)
   x = torch.from_numpy(np.array(x_T))
   for t in ref.timesteps.tolist():
     noise = torch.from_numpy(np.array(jax.random.normal(jax.random.fold_in(key, t), x_T.shape)))
-    x = ref.step(0.3 * x, t, x, eta=eta, variance_noise=noise).prev_sample
+    x = ref.step(0.3 * x, t, x, eta=eta, variance_noise=noise, use_clipped_model_output=clipped_eps).prev_sample
   np.testing.assert_allclose(ours, x.numpy(), atol=1e-4)
