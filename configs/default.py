@@ -173,7 +173,7 @@ def get_config() -> ml_collections.ConfigDict:
   # every this many steps, logged as a curve; 0 = never.
   training.fid_every_steps = 0
   training.fid_num_samples = 1000
-  # Train steps per compiled call (a lax.scan, like score_sde's n_jitted_steps): fewer
+  # Train steps per compiled call (unrolled in one jit, like score_sde's n_jitted_steps): fewer
   # dispatches and host round trips; log, checkpoint, sample and FID intervals must be multiples.
   training.n_jitted_steps = 1
   # Forward and backward compute dtype: float32 | bfloat16 (mixed precision: params, optimizer,

@@ -326,8 +326,7 @@ def ddim_step(schedule: Schedule, model_fn: ModelFn, x_t: jax.Array, t: jax.Arra
   if clip_denoised:
     pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
     if clipped_eps:
-      eps = (x_t - _at(schedule.sqrt_alphas_cumprod, t, x_t.ndim) * pred_x0) / _at(
-          schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim)
+      eps = predict_eps_from_x0(schedule, x_t, t, pred_x0)
   abar_t = _at(schedule.alphas_cumprod, t, x_t.ndim)
   abar_prev = _expand(jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0),
                       x_t.ndim)

@@ -161,7 +161,7 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
   return train_step
 
 
-def scan_steps(train_step: Callable) -> Callable:
+def unrolled_steps(train_step: Callable) -> Callable:
   """steps(state, images (K, B, ...), labels (K, B)) -> (state, metrics stacked along K): K train
   steps in one compiled call (score_sde's n_jitted_steps), each exactly as a call of train_step.
 
@@ -180,7 +180,7 @@ def scan_steps(train_step: Callable) -> Callable:
 
 
 def unstack_metrics(stacked: dict) -> list[dict]:
-  """Host metrics of a scan {name: (K,)} -> K per-step dicts."""
+  """Host metrics of K steps in one call {name: (K,)} -> K per-step dicts."""
   return [{name: values[i] for name, values in stacked.items()} for i in range(len(stacked['loss']))]
 
 
@@ -454,7 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_hparams({'num_params': num_params, 'num_devices': mesh.size,
                           **{k: v for k, v in configuration.flatten_dict(configuration.config_to_dict(config)).items()
                              if isinstance(v, (int, float, str, bool))}})
-  train_steps = jax.jit(scan_steps(make_train_step(model, schedule, tx, config, keys['train'])),
+  train_steps = jax.jit(unrolled_steps(make_train_step(model, schedule, tx, config, keys['train'])),
                         out_shardings=replicated(mesh), donate_argnums=0)
   calibrate = jax.jit(make_bn_calibration(model, schedule, config, keys['calibrate']),
                       out_shardings=replicated(mesh))

@@ -51,6 +51,15 @@ def test_get_batch_returns_matching_images_and_labels():
   np.testing.assert_array_equal(batch.images[:, 0, 0, 0], batch.labels)
 
 
+def test_hosts_read_consecutive_shares_that_make_up_the_global_batch():
+  dataset = data.ImageDataset(np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1), np.arange(20, dtype=np.int32))
+  whole = data.get_batch(dataset, 8, step=5, seed=1)
+  shares = [data.get_batch(dataset, 8, step=5, seed=1, host=h, num_hosts=4) for h in range(4)]
+  assert all(len(share.labels) == 2 for share in shares)
+  np.testing.assert_array_equal(np.concatenate([share.labels for share in shares]), whole.labels)
+  np.testing.assert_array_equal(np.concatenate([share.images for share in shares]), whole.images)
+
+
 def test_scaling_round_trips_every_uint8_value():
   values = np.arange(256, dtype=np.uint8)
   x = data.to_model_range(jnp.asarray(values))

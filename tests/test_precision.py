@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from ddpm_jax import data, diffusion, nets, train
+from ddpm_jax import data, nets, train
 from ddpm_jax.nets import precision
-from ddpm_jax.train_state import make_optimizer
+import train_testlib
 
 
 def small_config(compute_dtype: str):
@@ -47,17 +47,8 @@ def test_bfloat16_forward_is_close_to_float32_and_its_gradients_are_float32():
 
 
 def loss_curve(compute_dtype: str, steps: int) -> tuple[list[float], set]:
-  config = small_config(compute_dtype)
-  images = np.zeros((32, 8, 8, 1), np.uint8)
-  images[:16, :4] = 255  # Two patterns: top half bright, or left half bright.
-  images[16:, :, :4] = 255
-  dataset = data.ImageDataset(images, np.zeros(32, np.int32))
-  mesh = train.make_mesh()
-  model = nets.get_model(config)
-  schedule = diffusion.schedule_from_config(config.diffusion)
-  tx = make_optimizer(config.optim)
-  state = train.initial_state(model, config, tx, mesh)
-  step = jax.jit(train.make_train_step(model, schedule, tx, config, train.root_keys(config)['train']))
+  dataset = train_testlib.two_patterns()
+  mesh, _, _, state, step = train_testlib.training_setup(small_config(compute_dtype))
   losses = []
   for i in range(steps):
     state, metrics = step(state, train.shard_batch(data.get_batch(dataset, 16, i, 0).images, mesh))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from ddpm_jax import data, diffusion, nets, runs, train
-from ddpm_jax.train_state import TrainState, make_optimizer
+from ddpm_jax import data, diffusion, runs, train
+from ddpm_jax.train_state import TrainState
+import train_testlib
 
 
 def tiny_config():
@@ -36,16 +37,8 @@ def tiny_config():
 
 def test_loss_decreases_on_a_tiny_dataset():
   config = tiny_config()
-  images = np.zeros((32, 8, 8, 1), np.uint8)
-  images[:16, :4] = 255  # Two patterns: top half bright, or left half bright.
-  images[16:, :, :4] = 255
-  dataset = data.ImageDataset(images, np.zeros(32, np.int32))
-  mesh = train.make_mesh()
-  model = nets.get_model(config)
-  schedule = diffusion.schedule_from_config(config.diffusion)
-  tx = make_optimizer(config.optim)
-  state = train.initial_state(model, config, tx, mesh)
-  step = jax.jit(train.make_train_step(model, schedule, tx, config, train.root_keys(config)['train']))
+  dataset = train_testlib.two_patterns()
+  mesh, _, _, state, step = train_testlib.training_setup(config)
   losses = []
   for i in range(80):
     state, metrics = step(state, train.shard_batch(data.get_batch(dataset, 16, i, 0).images, mesh))
@@ -58,11 +51,7 @@ def test_loss_decreases_on_a_tiny_dataset():
 def test_bn_calibration_gives_the_ema_network_its_own_batch_statistics():
   """With statistics calibrated on one batch, eval mode on that batch equals train mode."""
   config = tiny_config()
-  model = nets.get_model(config)
-  schedule = diffusion.schedule_from_config(config.diffusion)
-  tx = make_optimizer(config.optim)
-  mesh = train.make_mesh()
-  state = train.initial_state(model, config, tx, mesh)
+  mesh, model, schedule, state, _ = train_testlib.training_setup(config)
   state = state.replace(ema_params=jax.tree.map(lambda p: p * 1.5 + 0.01, state.ema_params))
   key = jax.random.key(3, impl='rbg')
   images = np.random.default_rng(0).integers(0, 256, (1, 16, 8, 8, 1)).astype(np.uint8)
@@ -216,33 +205,19 @@ def test_importance_sampled_training_resumes_exactly(tmp_path):
 # Class-conditional training and guided sampling.
 
 
-def conditional_setup(drop_prob):
+def conditional_config(drop_prob):
   config = tiny_level_config()
   config.data.image_size = 8
   config.model.num_classes = 2
   config.training.cond_drop_prob = drop_prob
   config.optim.warmup_steps = 0
   config.sampling.sampler, config.sampling.ddim_steps = 'ddim', 10
-  mesh = train.make_mesh()
-  model = nets.get_model(config)
-  schedule = diffusion.schedule_from_config(config.diffusion)
-  tx = make_optimizer(config.optim)
-  state = train.initial_state(model, config, tx, mesh)
-  step = jax.jit(train.make_train_step(model, schedule, tx, config, train.root_keys(config)['train']))
-  return config, mesh, model, schedule, state, step
-
-
-def two_classes():
-  """Class 0: top half bright; class 1: left half bright."""
-  images = np.zeros((32, 8, 8, 1), np.uint8)
-  images[:16, :4] = 255
-  images[16:, :, :4] = 255
-  return data.ImageDataset(images, np.repeat(np.arange(2, dtype=np.int32), 16))
+  return config
 
 
 def test_with_label_dropout_one_training_ignores_the_labels():
-  config, mesh, _, _, state, step = conditional_setup(1.0)
-  dataset = two_classes()
+  mesh, _, _, state, step = train_testlib.training_setup(conditional_config(1.0))
+  dataset = train_testlib.two_patterns()
   finals = []
   for labels in (dataset.labels, 1 - dataset.labels):
     s = state
@@ -270,15 +245,11 @@ def pixel_classifier(dataset: data.ImageDataset, steps: int = 200):
 
 
 def test_a_tiny_conditional_model_draws_the_requested_class_with_and_without_guidance():
-  config, mesh, _, _, _, _ = conditional_setup(0.1)
+  config = conditional_config(0.1)
   config.model.ch_mult = (1, 2)  # A downsampling level: a receptive field that sees where the bright half is.
   config.diffusion.schedule = 'cosine'  # x_T is pure noise even with T = 20.
-  model = nets.get_model(config)
-  schedule = diffusion.schedule_from_config(config.diffusion)
-  tx = make_optimizer(config.optim)
-  state = train.initial_state(model, config, tx, mesh)
-  step = jax.jit(train.make_train_step(model, schedule, tx, config, train.root_keys(config)['train']))
-  dataset = two_classes()
+  mesh, model, schedule, state, step = train_testlib.training_setup(config)
+  dataset = train_testlib.two_patterns()
   for i in range(500):
     batch = data.get_batch(dataset, 16, i, 0)
     state, _ = step(state, train.shard_batch(batch.images, mesh), train.shard_batch(batch.labels, mesh))
