@@ -167,6 +167,8 @@ def run_mode(config: ml_collections.ConfigDict) -> None:
   try:
     configuration.validate_config(config)  # Before TensorFlow, data or compiling: fails fast.
     start_distributed(config.distributed)
+    import jax  # pylint: disable=g-import-not-at-top
+    configuration.check_batches_divide(config, jax.device_count(), evaluating=FLAGS.mode == 'eval')
     hide_gpus_from_tensorflow()
     quiet_library_info_logs()
     from ddpm_jax import train  # pylint: disable=g-import-not-at-top

@@ -162,6 +162,16 @@ def _check_loss(config: ml_collections.ConfigDict) -> None:
              'config.training.batch_size must be at least 2.')
 
 
+def check_batches_divide(config: ml_collections.ConfigDict, num_devices: int, evaluating: bool = False) -> None:
+  """Each batch splits evenly over the devices: training, sampling and previews, and with
+  `evaluating` (--mode=eval) the evaluation's batches too."""
+  fields = [('training', 'batch_size'), ('sampling', 'batch_size'), ('training', 'num_preview_samples')]
+  if evaluating:
+    fields += [('eval', 'bpd_batch_size'), ('eval', 'sample_batch_size')]
+  for section, name in fields:
+    check_batch_divides(config[section][name], num_devices, f'config.{section}.{name}')
+
+
 def check_batch_divides(batch_size: int, num_devices: int, field: str, what: str = 'devices') -> None:
   _require(batch_size % num_devices == 0,
            f'{field}={batch_size} does not divide over the {num_devices} {what}: '

@@ -135,8 +135,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
 
   mesh, model, schedule, tx = train.setup(config)
   e = config.eval
-  configuration.check_batch_divides(e.bpd_batch_size, mesh.size, 'config.eval.bpd_batch_size')
-  configuration.check_batch_divides(e.sample_batch_size, mesh.size, 'config.eval.sample_batch_size')
+  configuration.check_batches_divide(config, mesh.size, evaluating=True)
   changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
   state, step = train.restore_latest(config, workdir, model, tx, mesh, check_fits=bool(changes))
   if e.num_samples:

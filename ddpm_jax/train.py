@@ -179,6 +179,13 @@ def unrolled_steps(train_step: Callable) -> Callable:
   return steps
 
 
+def next_call_steps(done: int, total_steps: int, n_jitted_steps: int) -> range:
+  """The steps of the next compiled call: up to the next multiple of n_jitted_steps, never past
+  total_steps. A run stopped between multiples (SIGTERM saves any step) realigns, so the log,
+  checkpoint and sample intervals, multiples of n_jitted_steps (validate_config), end calls."""
+  return range(done, min(done + n_jitted_steps - done % n_jitted_steps, total_steps))
+
+
 def unstack_metrics(stacked: dict) -> list[dict]:
   """Host metrics of K steps in one call {name: (K,)} -> K per-step dicts."""
   return [{name: values[i] for name, values in stacked.items()} for i in range(len(stacked['loss']))]
@@ -357,10 +364,7 @@ def setup(config: ml_collections.ConfigDict):
   """Checks, mesh, network, schedule and optimizer shared by training and sampling."""
   configuration.validate_config(config)
   mesh = make_mesh()
-  configuration.check_batch_divides(config.training.batch_size, mesh.size, 'config.training.batch_size')
-  configuration.check_batch_divides(config.sampling.batch_size, mesh.size, 'config.sampling.batch_size')
-  configuration.check_batch_divides(config.training.num_preview_samples, mesh.size,
-                                    'config.training.num_preview_samples')
+  configuration.check_batches_divide(config, mesh.size)
   model = nets.get_model(config)
   schedule = diffusion.schedule_from_config(config.diffusion)
   tx = make_optimizer(config.optim)
@@ -476,8 +480,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   done = start_step
   with checkpoints.stop_signals() as stop:
     while done < total_steps:
-      # n_jitted_steps per call; the every-K-steps knobs are multiples of it (validate_config).
-      steps = range(done, min(done + t.n_jitted_steps - done % t.n_jitted_steps, total_steps))
+      steps = next_call_steps(done, total_steps, t.n_jitted_steps)
       batches = [data.get_batch(dataset, t.batch_size, step, config.seed, *host) for step in steps]
       state, steps_metrics = train_steps(state, shard_batches(np.stack([b.images for b in batches]), mesh),
                                          shard_batches(np.stack([b.labels for b in batches]), mesh))

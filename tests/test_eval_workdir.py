@@ -1,5 +1,5 @@
-"""--mode=eval end to end, in process: bits/dim, FID in the offline features, resume after a kill,
-and the guidance table of a class-conditional network."""
+"""--mode=eval end to end, in process: bits/dim, FID in the offline features (also during
+training), resume after a kill, and the guidance table of a class-conditional network."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ddpm_jax import eval_workdir, train
+from ddpm_jax import eval_workdir, runs, train
 from test_train import tiny_level_config
 
 
@@ -32,12 +32,18 @@ def eval_config(tmp_path):
   return config
 
 
-def test_eval_resumes_after_a_kill_with_the_same_numbers(tmp_path, monkeypatch):
+def test_fid_during_training_and_eval_resuming_after_a_kill_with_the_same_numbers(tmp_path, monkeypatch):
+  """FID and KID every step of training (in the classifier's features), then --mode=eval, whole and
+  killed mid-way then rerun."""
   config = eval_config(tmp_path)
-  whole = str(tmp_path / 'whole')
+  config.training.fid_every_steps, config.training.fid_num_samples = 1, 10
+  whole, killed = str(tmp_path / 'whole'), str(tmp_path / 'killed')
   train.train_and_evaluate(config, whole)
-  killed = str(tmp_path / 'killed')
   shutil.copytree(whole, killed)
+  logged = runs.read_scalars(whole, ['fid_classifier', 'kid_classifier'])
+  assert logged['fid_classifier'].steps.tolist() == logged['kid_classifier'].steps.tolist() == [1, 2]
+  fids = logged['fid_classifier'].values
+  assert np.all(np.isfinite(fids)) and np.all(fids > 0) and fids[0] != fids[1]
 
   expected = eval_workdir.evaluate(config, whole)
   assert {'bpd', 'fid_classifier', 'kid_classifier', 'classifier_test_accuracy'} <= set(expected)

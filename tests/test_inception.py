@@ -274,6 +274,12 @@ def test_fid_matches_pytorch_fid_on_the_same_images(parity, pfid):
                                                        rb.mean(axis=0), np.cov(rb, rowvar=False))
   assert ours_fid > 0
   assert ours_fid == pytest.approx(reference_fid, rel=1e-3)
+  # All 2048 dimensions (rank-3 covariances, which frechet_distance's eigh-based root handles):
+  # our features give the FID that pytorch-fid's give.
+  full = [ev.frechet_distance(*ev.mean_and_cov(ev.stats_of(x[:4])), *ev.mean_and_cov(ev.stats_of(x[2:])))
+          for x in (ours, reference.astype(np.float64))]
+  assert full[1] > 0
+  assert full[0] == pytest.approx(full[1], rel=1e-3)
 
 
 def test_frechet_distance_matches_pytorch_fid_on_full_rank_statistics(pfid):

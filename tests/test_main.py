@@ -1,5 +1,6 @@
-"""main.py end to end: train, resume bitwise, sample; kill -9, SIGTERM, a full disk and a damaged
-checkpoint on the way; and every user error as one line, leaving the workdir as it was.
+"""main.py end to end: two hosts train as one; train, resume bitwise, sample, eval; kill -9, SIGTERM,
+a full disk and a damaged checkpoint on the way; and every user error as one line, leaving the
+workdir as it was.
 
 test_killed_preempted_damaged_run_ends_bitwise_as_uninterrupted runs main.py's code in forked
 children of ONE helper process (this file run as a script), so TensorFlow, JAX and the digits are
@@ -14,6 +15,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +30,8 @@ TINY = [
     '--config.model.widths=(8,16,16,8,8)', '--config.model.time_embed_dim=16',
     '--config.diffusion.num_timesteps=20', '--config.training.batch_size=8',
     '--config.training.log_every_steps=2', '--config.training.checkpoint_every_steps=2',
-    '--config.training.sample_every_steps=0', '--config.optim.warmup_steps=2',
+    '--config.training.sample_every_steps=0', '--config.training.num_preview_samples=8',
+    '--config.optim.warmup_steps=2',
     '--config.sampling.batch_size=4', '--config.sampling.num_samples=6',
 ]
 
@@ -66,32 +69,63 @@ def assert_leaves_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def test_train_resume_equals_uninterrupted_and_sample(tmp_path):
-  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
-  run_main(f'--workdir={whole}', '--config.training.num_train_steps=7')
-  run_main(f'--workdir={split}', '--config.training.num_train_steps=3')
-  assert sorted(os.listdir(os.path.join(split, 'checkpoints'))) == ['2', '3']
-  resumed = run_main(f'--workdir={split}', '--config.training.num_train_steps=7')
-  assert 'Resumed from the checkpoint of step 3' in resumed.stderr
-  a, b = restore(whole, 7), restore(split, 7)
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def run_hosts(*args, num_hosts: int = 2) -> None:
+  """main.py as `num_hosts` processes of one CPU device each, joined by jax.distributed."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  address = f'localhost:{free_port()}'
+  hosts = [subprocess.Popen(
+      [sys.executable, 'main.py', *TINY, '--config.cpu_devices=1', f'--config.distributed.coordinator_address={address}',
+       f'--config.distributed.num_processes={num_hosts}', f'--config.distributed.process_id={i}', *args],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(num_hosts)]
+  try:
+    outputs = [host.communicate(timeout=600) for host in hosts]
+  finally:
+    for host in hosts:  # One host failing leaves the other waiting for it.
+      if host.poll() is None:
+        host.kill()
+  for i, (host, (_, stderr)) in enumerate(zip(hosts, outputs)):
+    assert host.returncode == 0, f'host {i} failed ({host.returncode}):\n{stderr[-4000:]}'
+
+
+def test_two_hosts_train_as_one_with_two_devices_then_sample_and_evaluate(tmp_path):
+  """Two processes of one device (jax.distributed, gloo) and one process of two devices train to
+  the same bits and draw the same previews; then --mode=sample and --mode=eval (in this process).
+  Resuming is tested by test_killed_preempted_damaged_run_ends_bitwise_as_uninterrupted."""
+  hosts, one_host = str(tmp_path / 'hosts'), str(tmp_path / 'one_host')
+  previews = '--config.training.sample_every_steps=7'
+  run_hosts(f'--workdir={hosts}', '--config.training.num_train_steps=7', previews)
+  run_main(f'--workdir={one_host}', '--config.training.num_train_steps=7', previews)
+  a, b = restore(hosts, 7), restore(one_host, 7)
   assert_leaves_equal(a, b)
   assert int(a['step']) == 7
   assert not np.array_equal(np.asarray(_leaves(a['params'])[0]), np.asarray(_leaves(a['ema_params'])[0]))
+  preview = os.path.join('samples', 'preview_00000007.npz')
+  np.testing.assert_array_equal(np.load(os.path.join(hosts, preview))['images'],
+                                np.load(os.path.join(one_host, preview))['images'])
+  for workdir in (hosts, one_host):
+    with open(os.path.join(workdir, 'run_info.json')) as f:
+      run_info = json.load(f)
+    assert run_info['step'] == 7 and run_info['num_devices'] == 2 and run_info['wall_time_s'] > 0
 
-  run_main(f'--workdir={split}', '--mode=sample')
-  images = np.load(os.path.join(split, 'samples', 'samples_00000007_6.npz'))['images']
+  import main  # pylint: disable=g-import-not-at-top
+  main.main(parse(['main.py', *TINY, f'--workdir={one_host}', '--mode=sample']))
+  images = np.load(os.path.join(one_host, 'samples', 'samples_00000007_6.npz'))['images']
   assert images.shape == (6, 28, 28, 1) and images.dtype == np.uint8
-  assert os.path.getsize(os.path.join(split, 'samples', 'samples_00000007_6.png')) > 0
+  assert os.path.getsize(os.path.join(one_host, 'samples', 'samples_00000007_6.png')) > 0
 
-  run_main(f'--workdir={split}', '--mode=eval', '--config.eval.bpd_num_examples=4',
-           '--config.eval.bpd_batch_size=4', '--config.eval.num_samples=0')
-  with open(os.path.join(split, 'eval', 'metrics.json')) as f:
+  main.main(parse(['main.py', *TINY, f'--workdir={one_host}', '--mode=eval', '--config.eval.bpd_num_examples=4',
+                   '--config.eval.bpd_batch_size=4', '--config.eval.num_samples=0']))
+  reset_flags()
+  with open(os.path.join(one_host, 'eval', 'metrics.json')) as f:
     metrics = json.load(f)
   assert metrics['step'] == 7 and metrics['bpd_num_examples'] == 4 and len(metrics['bpd_terms']) == 20
   assert np.isfinite(metrics['bpd']) and metrics['bpd'] > 0
-  with open(os.path.join(split, 'run_info.json')) as f:
-    run_info = json.load(f)
-  assert run_info['step'] == 7 and run_info['num_params'] > 1000 and run_info['wall_time_s'] > 0
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def test_float32_is_the_module_itself_and_unknown_dtypes_are_refused():
 def test_bfloat16_forward_is_close_to_float32_and_its_gradients_are_float32():
   config = small_config('bfloat16')
   model = nets.get_model(config)
-  variables = nets.init_variables(model, config, jax.random.PRNGKey(0))
+  variables = nets.init_variables(model, config, jax.random.key(0, impl='rbg'))  # Compiles faster than threefry.
   mixed = precision.computing_in(model, 'bfloat16')
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
   t = jnp.array([0, 5, 10, 19])

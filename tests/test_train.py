@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +130,20 @@ def test_a_nonfinite_step_leaves_the_state_and_advances_the_step():
     np.testing.assert_array_equal(a, b)
 
 
+def test_calls_of_n_jitted_steps_end_at_its_multiples_and_at_the_last_step():
+  def calls(done, total, n):
+    out = []
+    while done < total:
+      out.append(list(train.next_call_steps(done, total, n)))
+      done = out[-1][-1] + 1
+    return out
+
+  assert calls(0, 7, 3) == [[0, 1, 2], [3, 4, 5], [6]]
+  assert calls(4, 10, 3) == [[4, 5], [6, 7, 8], [9]]  # Resumed from a SIGTERM save at step 4.
+  assert calls(0, 3, 1) == [[0], [1], [2]]
+  assert calls(5, 5, 2) == []
+
+
 def test_num_train_steps_from_epochs():
   config = tiny_config()
   config.training.num_train_steps = 0
@@ -192,10 +207,12 @@ def test_importance_sampled_training_resumes_exactly(tmp_path):
   config.training.importance_history = 1  # 20 timesteps fill quickly: the importance path runs.
   config.training.num_train_steps = 5
   whole = train.train_and_evaluate(config, str(tmp_path / 'whole'))
-  config.training.num_train_steps = 3
-  train.train_and_evaluate(config, str(tmp_path / 'split'))
-  config.training.num_train_steps = 5
-  resumed = train.train_and_evaluate(config, str(tmp_path / 'split'))
+  split = tmp_path / 'split'  # The whole run's config and checkpoint of step 2 (of 2, 4, 5).
+  os.makedirs(split / 'checkpoints')
+  shutil.copy(tmp_path / 'whole' / 'config.json', split)
+  shutil.copytree(tmp_path / 'whole' / 'checkpoints' / '2', split / 'checkpoints' / '2')
+  resumed = train.train_and_evaluate(config, str(split))
+  assert runs.read_scalars(str(split), ['loss'])['loss'].steps.tolist() == [4, 5]  # Resumed from step 2.
   assert int(np.sum(whole.loss_history['counts'])) > 0
   for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
