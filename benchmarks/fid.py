@@ -32,6 +32,9 @@ flags.DEFINE_integer('image_size', 32, 'Side of the square uint8 images (resized
 flags.DEFINE_integer('iters', 2, 'Timed passes over all images (the median is reported).')
 flags.DEFINE_string('weights', None, 'A converted weights .npz; default: random weights of the right shapes.')
 flags.DEFINE_bool('torch', True, 'Also time pytorch-fid\'s InceptionV3.')
+flags.DEFINE_integer('cpu_devices', 1, 'XLA host devices on the CPU (make_inception_fn runs on one).')
+flags.DEFINE_bool('eigen_cpu_convolutions', True, 'Eigen instead of YNNPACK convolutions on the CPU, as main.py '
+                  '(config.eigen_cpu_convolutions; ddpm_jax/xla_flags.py).')
 
 
 def median_seconds(fn, iters: int) -> float:
@@ -106,6 +109,8 @@ def time_pytorch_fid(variables, images, batch: int, iters: int) -> tuple[dict, n
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  from ddpm_jax import xla_flags  # pylint: disable=g-import-not-at-top  # Imports no JAX.
+  xla_flags.configure_cpu(FLAGS.cpu_devices, FLAGS.eigen_cpu_convolutions)  # As main.py does.
   from ddpm_jax.nets import inception  # pylint: disable=g-import-not-at-top
   variables = inception.load_inception_params(FLAGS.weights) if FLAGS.weights else random_variables()
   images = np.random.default_rng(0).integers(
