@@ -385,7 +385,7 @@ def profile_ops(run, steps: int, classes: dict[str, str], descriptions: dict[str
   return {'traced_wall_ms_per_step': round(1e3 * wall, 1), 'op_cpu_ms_per_step': round(total, 1),
           'by_class': {k: {'cpu_ms': round(v, 1), 'share': round(v / total, 3)} for k, v in per_class.most_common()},
           'top_ops': {k: {'cpu_ms': round(v, 1), 'class': classes[k], 'op': descriptions.get(k, '')}
-                      for k, v in per_op.most_common(8)}}
+                      for k, v in per_op.most_common(int(os.environ.get("TOPN", "8")))}}
 
 
 def run_profile(batch: int, iters: int) -> list[dict]:
@@ -417,7 +417,7 @@ def run_torch_profile(batch: int, threads: int) -> list[dict]:
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   config = mnist_simple.get_config()
-  model = torch_reference.unet_simple_from_config(config).train()
+  model = torch_reference.torch_twin_from_config(config).train()
   images = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
   step = torch_reference.make_train_step(model, model, config, images)
   forward = lambda: model(images.float() / 127.5 - 1, torch.arange(batch)).mean().item()
@@ -516,7 +516,7 @@ def run_torch_step(threads: int, batch: int, iters: int) -> list[dict]:
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   config = mnist_simple.get_config()
-  model = torch_reference.unet_simple_from_config(config).train()
+  model = torch_reference.torch_twin_from_config(config).train()
   images = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
   return [{'part': 'step', 'variant': f'torch eager, {threads} thread(s)', 'framework': f'torch {torch.__version__}',
            'batch': batch, 'train_step_ms': timed(torch_reference.make_train_step(model, model, config, images), iters),

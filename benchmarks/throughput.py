@@ -1,12 +1,12 @@
 """Train and sampling images/s, peak memory, FLOPs per image and MFU of the networks; JSON lines out.
 
-  python benchmarks/throughput.py                               # the three networks + PyTorch references
+  python benchmarks/throughput.py                               # the four networks + PyTorch references
   python benchmarks/throughput.py --models=unet_simple --batch=16 --steps=2 --sample_steps=2
   python benchmarks/throughput.py --models=ddpm --batch=128 --dtype=float32,bfloat16 --skip_torch  # a GPU
 
 Networks (--models): unet_simple (configs/mnist_simple.py, the report's Unet-Simple on 28x28x1),
-unet_resnet (configs/cifar10_resnet.py) and ddpm (configs/cifar10_ddpm.py, the official DDPM
-UNet), each at its config's batch unless --batch is given. For each network and --dtype:
+unet_conv (configs/cifar10_conv.py), unet_resnet (configs/cifar10_resnet.py) and ddpm
+(configs/cifar10_ddpm.py, the official DDPM UNet), each at its config's batch unless --batch is given. For each network and --dtype:
   - train: ddpm_jax.train.make_train_step (noising, loss, gradients, clipping, Adam, EMA),
     compiled with the state donated as in training, then --steps steps run back to back;
   - forward: the network in eval mode, --steps calls back to back;
@@ -24,9 +24,10 @@ bfloat16 is mixed precision: float32 master params and optimizer; every Flax mod
 the params are cast to bfloat16 for the forward (ddpm_jax/nets/precision.py, as config.training.compute_dtype; the networks have no dtype
 option), so gradients reach the float32 params through the cast; loss in float32.
 
-PyTorch references (CPU; skipped by --skip_torch, and torch is imported only then): the same
-Unet-Simple written in PyTorch (torch_reference.py, parameter count and outputs asserted equal to
-ours) and diffusers' UNet2DModel with the official DDPM CIFAR-10 config, measured the same way
+PyTorch references (CPU; skipped by --skip_torch, and torch is imported only then): for ddpm,
+diffusers' UNet2DModel with the official DDPM CIFAR-10 config; for the others, the same network
+written in PyTorch (torch_reference.torch_twin, parameter count and outputs asserted equal to
+ours before timing), measured the same way
 with each of --torch_threads; a 'ratio' line per pair gives ours / theirs in images/s. Measures
 only; asserts nothing on time. XLA_FLAGS set outside are kept (e.g. to try CPU flags); otherwise
 the CPU settings are main.py's (ddpm_jax/xla_flags.py, --noeigen_cpu_convolutions for XLA's default).
@@ -56,9 +57,8 @@ sys.path.insert(0, HERE)
 from ddpm_jax import xla_flags  # pylint: disable=wrong-import-position  # Imports no JAX.
 
 # Network -> the config it is measured with.
-MODELS = {'unet_simple': 'mnist_simple', 'unet_resnet': 'cifar10_resnet', 'ddpm': 'cifar10_ddpm'}
-# Networks with a PyTorch reference in torch_reference.py.
-TORCH_REFERENCES = ('unet_simple', 'ddpm')
+MODELS = {'unet_simple': 'mnist_simple', 'unet_conv': 'cifar10_conv', 'unet_resnet': 'cifar10_resnet',
+          'ddpm': 'cifar10_ddpm'}
 DTYPES = ('float32', 'bfloat16')
 
 # Dense (no sparsity) peak FLOP/s by device kind (a substring of jax's device_kind) and dtype.
@@ -383,21 +383,22 @@ def measure_jax(name: str, dtype_name: str, batch: int, steps: int, sample_steps
 
 
 def measure_torch(name: str, batch: int, steps: int, sample_steps: int, sample_batch: int, ddim_steps: int,
-                  threads: int) -> dict:
-  """A PyTorch reference measured by torch_reference.measure (the Unet-Simple one checked against ours)."""
+                  threads: int, skip_sampling: bool) -> dict:
+  """A PyTorch reference measured by torch_reference.measure: diffusers' UNet2DModel for ddpm, else the
+  torch twin of our network (its parameter count and outputs checked against ours first)."""
   import torch_reference  # pylint: disable=g-import-not-at-top
   config = load_config(MODELS[name])
   batch = batch or config.training.batch_size
   check = None
-  if name == 'unet_simple':
+  if name != 'ddpm':
     import jax  # pylint: disable=g-import-not-at-top
     from ddpm_jax import nets  # pylint: disable=g-import-not-at-top
     model = nets.get_model(config)
     shapes = jax.eval_shape(lambda key: nets.init_variables(model, config, key), jax.random.PRNGKey(0))
-    check = torch_reference.check_unet_simple(config, model, random_params(shapes))
+    check = torch_reference.check_twin(config, model, random_params(shapes))
   load_before = os.getloadavg()[0]
   result = torch_reference.measure(name, config, batch, steps, 2 if sample_steps < 0 else sample_steps, ddim_steps,
-                                   sample_batch, threads)
+                                   sample_batch, threads, skip_sampling)
   if check:
     result['matches_flax'] = check
   result['load_avg_1m'] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
@@ -408,7 +409,7 @@ def run_worker(spec: str) -> dict:
   framework, name, dtype_name = spec.split(':')[:3]
   if framework == 'torch':
     return measure_torch(name, FLAGS.batch, FLAGS.steps, FLAGS.sample_steps, FLAGS.sample_batch, FLAGS.ddim_steps,
-                         int(spec.split(':')[3]))
+                         int(spec.split(':')[3]), FLAGS.skip_sampling)
   return measure_jax(name, dtype_name, FLAGS.batch, FLAGS.steps, FLAGS.sample_steps, FLAGS.sample_batch,
                      FLAGS.ddim_steps, FLAGS.skip_sampling)
 
@@ -452,7 +453,7 @@ def main(argv):
       results.append(run(f'jax:{name}:{dtype_name}'))
       print(json.dumps(results[-1]), flush=True)
   if not FLAGS.skip_torch:
-    for name in [m for m in FLAGS.models if m in TORCH_REFERENCES]:
+    for name in FLAGS.models:
       for threads in FLAGS.torch_threads:
         theirs = run(f'torch:{name}:float32:{int(threads)}')
         print(json.dumps(theirs), flush=True)

@@ -54,6 +54,37 @@ def test_group_norm_matches_numpy():
   np.testing.assert_allclose(out, ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape), atol=1e-5)
 
 
+def test_group_norm_equals_flax_group_norm_with_gradients():
+  """Same parameters and maths as flax.linen.GroupNorm (two-pass variance): outputs and gradients agree."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = normal((2, 8, 8, 12), 0) * 2 + 0.5
+  params = {'scale': normal((12,), 1) + 1, 'bias': normal((12,), 2)}
+  ours = layers.group_norm(groups=4, eps=1e-6, name=None)
+  flax_norm = nn.GroupNorm(num_groups=4, epsilon=1e-6, use_fast_variance=False)
+  assert jax.tree.map(jnp.shape, jax.eval_shape(ours.init, INIT_KEY, x)) == jax.tree.map(
+      jnp.shape, jax.eval_shape(flax_norm.init, INIT_KEY, x))
+  weights = normal(x.shape, 3)
+  loss = lambda module: jax.jit(jax.value_and_grad(
+      lambda p, x: jnp.sum(module.apply({'params': p}, x) * weights), argnums=(0, 1)))(params, x)
+  (value, grads), (flax_value, flax_grads) = loss(ours), loss(flax_norm)
+  np.testing.assert_allclose(value, flax_value, rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(flax_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_group_norm_keeps_float32_statistics_for_bfloat16_and_checks_groups():
+  # A large mean over many positions: sums in bfloat16 would lose the mean and the variance.
+  x = (normal((2, 16, 16, 8), 0) * 10 + 1000).astype(jnp.bfloat16)
+  norm = layers.group_norm(groups=4, eps=1e-6, name=None)
+  variables = {'params': {'scale': jnp.ones(8), 'bias': jnp.zeros(8)}}
+  exact = jax.jit(norm.apply)(variables, x.astype(jnp.float32))
+  low = jax.jit(norm.apply)(jax.tree.map(lambda a: a.astype(jnp.bfloat16), variables), x)
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(low, np.float32), exact, atol=0.03)  # bfloat16 output rounding only.
+  with pytest.raises(ValueError, match='3 groups do not divide 8 channels'):
+    layers.group_norm(groups=3, eps=1e-6, name=None).init(INIT_KEY, x)
+
+
 def test_resnet_block_starts_as_identity_and_projects_channels():
   x = normal((2, 8, 8, 8), 0)
   temb = normal((2, 16), 1)

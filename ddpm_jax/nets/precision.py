@@ -10,8 +10,8 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 class MixedPrecision:
   """A Flax module's `apply` computing in `dtype`: the params, and the floating inputs of every
   module call, cast to dtype; the output cast back to float32. Other variables (batch statistics)
-  stay float32, normalisation statistics are float32 inside Flax, and gradients reach the float32
-  params through the cast. The networks need no dtype option of their own."""
+  stay float32, normalisation statistics are float32 (Flax's BatchNorm, layers.GroupNorm), and
+  gradients reach the float32 params through the cast. The networks need no dtype option of their own."""
 
   def __init__(self, module: nn.Module, dtype):
     self.module = module
