@@ -385,7 +385,7 @@ def profile_ops(run, steps: int, classes: dict[str, str], descriptions: dict[str
   return {'traced_wall_ms_per_step': round(1e3 * wall, 1), 'op_cpu_ms_per_step': round(total, 1),
           'by_class': {k: {'cpu_ms': round(v, 1), 'share': round(v / total, 3)} for k, v in per_class.most_common()},
           'top_ops': {k: {'cpu_ms': round(v, 1), 'class': classes[k], 'op': descriptions.get(k, '')}
-                      for k, v in per_op.most_common(int(os.environ.get("TOPN", "8")))}}
+                      for k, v in per_op.most_common(8)}}
 
 
 def run_profile(batch: int, iters: int) -> list[dict]:

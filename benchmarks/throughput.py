@@ -6,7 +6,8 @@
 
 Networks (--models): unet_simple (configs/mnist_simple.py, the report's Unet-Simple on 28x28x1),
 unet_conv (configs/cifar10_conv.py), unet_resnet (configs/cifar10_resnet.py) and ddpm
-(configs/cifar10_ddpm.py, the official DDPM UNet), each at its config's batch unless --batch is given. For each network and --dtype:
+(configs/cifar10_ddpm.py, the official DDPM UNet), each at its config's batch unless --batch is
+given. For each network and --dtype:
   - train: ddpm_jax.train.make_train_step (noising, loss, gradients, clipping, Adam, EMA),
     compiled with the state donated as in training, then --steps steps run back to back;
   - forward: the network in eval mode, --steps calls back to back;
@@ -27,8 +28,7 @@ option), so gradients reach the float32 params through the cast; loss in float32
 PyTorch references (CPU; skipped by --skip_torch, and torch is imported only then): for ddpm,
 diffusers' UNet2DModel with the official DDPM CIFAR-10 config; for the others, the same network
 written in PyTorch (torch_reference.torch_twin, parameter count and outputs asserted equal to
-ours before timing), measured the same way
-with each of --torch_threads; a 'ratio' line per pair gives ours / theirs in images/s. Measures
+ours before timing), measured the same way with each of --torch_threads; a 'ratio' line per pair gives ours / theirs in images/s. Measures
 only; asserts nothing on time. XLA_FLAGS set outside are kept (e.g. to try CPU flags); otherwise
 the CPU settings are main.py's (ddpm_jax/xla_flags.py, --noeigen_cpu_convolutions for XLA's default).
 
