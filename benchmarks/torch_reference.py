@@ -280,16 +280,14 @@ def level_unet_torch(block: str, image_size: int, in_channels: int, out_channels
 def torch_twin(flax_model, image_size: int, in_channels: int):
   """The PyTorch twin of a Flax network of ours (unconditional UNetSimple or any layers.LevelUNet), built
   from its fields, with every module under its Flax name (see load_flax_variables)."""
-  from ddpm_jax.nets import layers, unet_simple  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.nets import layers, unet_conv, unet_simple  # pylint: disable=g-import-not-at-top
   if flax_model.num_classes:
     raise ValueError('The PyTorch twins are unconditional networks; set config.model.num_classes = 0.')
   if isinstance(flax_model, unet_simple.UNetSimple):
     return unet_simple_torch(in_channels, tuple(flax_model.widths), flax_model.time_embed_dim,
                              flax_model.out_channels, flax_model.batch_norm_momentum)
   if isinstance(flax_model, layers.LevelUNet):
-    blocks = {layers.ResnetBlock: 'resnet'}
-    from ddpm_jax.nets import unet_conv  # pylint: disable=g-import-not-at-top
-    blocks[unet_conv.ConvBlock] = 'conv'
+    blocks = {layers.ResnetBlock: 'resnet', unet_conv.ConvBlock: 'conv'}
     fields = ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'mid_attention', 'num_heads', 'dropout',
               'norm_groups', 'norm_eps', 'time_embed_dim', 'time_mlp_dim', 'downsample', 'upsample', 'out_channels')
     return level_unet_torch(blocks[flax_model.block], image_size, in_channels,
@@ -308,8 +306,7 @@ def load_flax_variables(model, variables: dict) -> None:
   raises ValueError if a shape differs or a torch parameter is left unset."""
   torch, nn, _ = _torch_layers()
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  targets = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias', 'mean': 'running_mean',
-             'var': 'running_var'}
+  targets = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
   assigned = set()
   with torch.no_grad():
     for collection in ('params', 'batch_stats'):
