@@ -192,14 +192,58 @@ def test_upsample_doubles_the_side(method, kernel):
   assert variables['params']['conv']['kernel'].shape == kernel
 
 
+def conv_of_repeated(x, kernel):
+  """The reference: x upsampled 2x by repeating pixels, then a 3x3 'SAME' convolution."""
+  up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  return jax.lax.conv_general_dilated(up, kernel, (1, 1), 'SAME', dimension_numbers=layers.NHWC)
+
+
+def test_upsampled_conv_equals_the_conv_of_the_repeated_map_with_gradients():
+  x, kernel, cotangent = normal((2, 5, 4, 3), 0), normal((3, 3, 3, 6), 1), normal((2, 10, 8, 6), 2)
+  upsampled = lambda x, k: layers.upsampled_conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=layers.NHWC)
+  out, vjp = jax.vjp(upsampled, x, kernel)
+  expected, expected_vjp = jax.vjp(conv_of_repeated, x, kernel)
+  assert out.shape == (2, 10, 8, 6)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  for grad, expected_grad in zip(vjp(cotangent), expected_vjp(cotangent)):
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-4)
+  low = upsampled(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(low.astype(jnp.float32), expected, rtol=0.05, atol=0.1)
+
+
+def test_upsampled_conv_refuses_what_it_does_not_compute():
+  x = jnp.ones((1, 4, 4, 2))
+  with pytest.raises(ValueError, match='3x3, stride-1, SAME-padded'):
+    layers.upsampled_conv_general_dilated(x, jnp.ones((5, 5, 2, 2)), (1, 1), 'SAME', dimension_numbers=layers.NHWC)
+  with pytest.raises(ValueError, match='3x3, stride-1, SAME-padded'):
+    layers.upsampled_conv_general_dilated(x, jnp.ones((3, 3, 2, 2)), (2, 2), 'SAME', dimension_numbers=layers.NHWC)
+
+
 def test_nearest_upsample_repeats_then_convolves():
   x = normal((1, 3, 3, 2), 0)
   up = layers.Upsample('nearest')
   variables = random_variables(up, x)
   p = variables['params']['conv']
-  expected = jax.lax.conv_general_dilated(layers.upsample_nearest(x), p['kernel'], (1, 1), 'SAME',
-                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + p['bias']
-  np.testing.assert_allclose(up.apply(variables, x), expected, atol=1e-5)
+  np.testing.assert_allclose(up.apply(variables, x), conv_of_repeated(x, p['kernel']) + p['bias'], atol=1e-5)
+
+
+def test_dropout_keeps_units_with_the_right_probability_and_scales_them():
+  x = jnp.full((4, 64, 64, 16), 2.0)
+  key = jax.random.key(3, impl='rbg')
+  drop = jax.jit(lambda key: layers.Dropout(0.25).apply({}, x, deterministic=False, rngs={'dropout': key}))
+  out = np.asarray(drop(key))
+  assert set(np.unique(out)) == {0.0, np.float32(2.0) / np.float32(0.75)}
+  kept = np.mean(out > 0)  # 262,144 Bernoulli(0.75) draws: standard error 8.5e-4.
+  assert abs(kept - 0.75) < 5 * 8.5e-4
+  np.testing.assert_array_equal(drop(key), out)
+  assert np.mean(np.asarray(drop(jax.random.key(4, impl='rbg'))) != out) > 0.3
+  threefry = layers.Dropout(0.25).apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(3)})
+  assert abs(np.mean(np.asarray(threefry) > 0) - 0.75) < 5 * 8.5e-4
+  assert layers.Dropout(0.25).apply({}, x, deterministic=True) is x
+  assert layers.Dropout(0.0).apply({}, x, deterministic=False) is x
+  with pytest.raises(ValueError, match=r'in \[0, 1\)'):
+    layers.Dropout(1.0).apply({}, x, deterministic=False, rngs={'dropout': key})
 
 
 def test_unknown_resampling_names_the_valid_choices():

@@ -32,12 +32,6 @@ def test_timestep_embedding_closed_form():
     layers.timestep_embedding(jnp.array([1]), 7)
 
 
-def test_upsample_nearest_repeats_pixels():
-  x = jnp.arange(4.0).reshape(1, 2, 2, 1)
-  up = layers.upsample_nearest(x)
-  np.testing.assert_array_equal(up[0, :, :, 0], [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
-
-
 @pytest.mark.parametrize('size,channels', [(28, 1), (32, 3)])
 def test_unet_simple_shapes_and_batch_stats(size, channels):
   config = tiny_config(size, channels)

@@ -22,9 +22,73 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
 
 
-def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
-  """Nearest-neighbour upsampling of an NHWC batch by an integer factor."""
-  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+# Nearest-neighbour 2x upsampling then a 3x3 'SAME' convolution, by output phase: output pixel
+# (2i + a, 2j + b) reads input rows i - 1 + a and i + a (and columns likewise), and the kernel taps
+# that land on the same input pixel add up. Per parity: which of the 3 taps fold into each of 2.
+PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
+PHASE_PADDING = ((1, 0), (0, 1))  # Per parity: input padding before and after for the 2-tap window.
+
+
+def _fold_taps(kernel: jax.Array, parity: int, axis: int) -> jax.Array:
+  """The 3-tap kernel axis folded to the 2 taps of one output parity."""
+  return jnp.stack([sum(jnp.take(kernel, i, axis=axis) for i in taps) for taps in PHASE_TAPS[parity]], axis=axis)
+
+
+def upsampled_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dilation=None,
+                                   rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                                   precision=None, preferred_element_type=None) -> jax.Array:
+  """`lax.conv_general_dilated` of lhs upsampled 2x by nearest neighbour; for nn.Conv's
+  conv_general_dilated field (a 3x3 kernel, stride 1, 'SAME' padding, NHWC / HWIO only).
+
+  The same function as convolving the upsampled map, computed on lhs itself as four 2x2
+  convolutions, one per output phase: 2.25x fewer FLOPs and no upsampled copy, 3-4x faster
+  forward + backward on XLA:CPU (benchmarks/README.md). Folded taps add in float32.
+  """
+  pads = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+  plain = (rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1) and pads in ('SAME', ((1, 1), (1, 1))) and
+           all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) and feature_group_count == 1 and
+           lhs.ndim == 4 and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) ==
+           jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
+  if not plain:
+    raise ValueError('upsampled_conv_general_dilated computes 3x3, stride-1, SAME-padded NHWC convolutions only; '
+                     f'got kernel {rhs.shape}, strides {window_strides}, padding {padding}.')
+  kernel = rhs.astype(jnp.promote_types(rhs.dtype, jnp.float32))
+  phases = [[jax.lax.conv_general_dilated(
+      lhs, _fold_taps(_fold_taps(kernel, a, 0), b, 1).astype(rhs.dtype), (1, 1), (PHASE_PADDING[a], PHASE_PADDING[b]),
+      dimension_numbers=NHWC, precision=precision, preferred_element_type=preferred_element_type)
+             for b in range(2)] for a in range(2)]
+  out = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (batch, H, 2, W, 2, C)
+  batch, height, _, width, _, channels = out.shape
+  return out.reshape(batch, 2 * height, 2 * width, channels)
+
+
+def upsample_conv3x3(features: int, name: str | None = None, use_bias: bool = True,
+                     kernel_init=nn.initializers.lecun_normal()) -> nn.Conv:
+  """Nearest-neighbour 2x upsampling then a 3x3 'SAME' conv, as one nn.Conv applied to the small
+  map (its params are those of the conv on the upsampled map)."""
+  return nn.Conv(features, (3, 3), padding='SAME', use_bias=use_bias, kernel_init=kernel_init, name=name,
+                 conv_general_dilated=upsampled_conv_general_dilated)
+
+
+class Dropout(nn.Module):
+  """Inverted dropout, as flax.linen.Dropout: each unit kept with probability 1 - rate and scaled by
+  1 / (1 - rate). The mask is XLA's ThreeFry bit generator seeded from the 'dropout' key: ~4x
+  faster on XLA:CPU than the rbg key's default generator (benchmarks/README.md), and the same
+  masks on every backend. Keep probabilities resolve to 2^-32."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if not 0 <= self.rate < 1:
+      raise ValueError(f'Dropout rate must be in [0, 1), got {self.rate}.')
+    if deterministic or self.rate == 0:
+      return x
+    keep = 1.0 - self.rate
+    seed = jax.random.bits(self.make_rng('dropout'), (4,), jnp.uint32)
+    _, bits = jax.lax.rng_bit_generator(seed, x.shape, jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
+    kept = bits < jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
+    return jnp.where(kept, x / keep, jnp.zeros_like(x))
 
 
 # ---------------------------------------------------------------------------
@@ -133,7 +197,7 @@ class ResnetBlock(nn.Module):
     h = conv3x3(self.features, 'conv_0')(nn.swish(group_norm(self.norm_groups, self.norm_eps, 'norm_0')(x)))
     h = add_timestep(h, temb)
     h = nn.swish(group_norm(self.norm_groups, self.norm_eps, 'norm_1')(h))
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(self.features, 'conv_1', kernel_init=zero_init)(h)
     if x.shape[-1] != self.features:
       x = nn.Conv(self.features, (1, 1), kernel_init=default_init, name='shortcut')(x)
@@ -192,7 +256,7 @@ class Upsample(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     if self.method == 'nearest':
-      return conv3x3(c, 'conv')(upsample_nearest(x))
+      return upsample_conv3x3(c, 'conv', kernel_init=default_init)(x)
     if self.method == 'transpose':
       return nn.ConvTranspose(c, (2, 2), strides=(2, 2), padding='VALID', kernel_init=default_init,
                               name='conv')(x)

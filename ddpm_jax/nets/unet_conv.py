@@ -26,7 +26,7 @@ class ConvBlock(nn.Module):
     norm = lambda name: layers.group_norm(self.norm_groups, self.norm_eps, name)
     h = norm('norm_0')(layers.conv3x3(self.features, 'conv_0')(x))
     h = nn.swish(layers.add_timestep(h, temb))
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = layers.Dropout(self.dropout)(h, deterministic=not train)
     return nn.swish(norm('norm_1')(layers.conv3x3(self.features, 'conv_1')(h)))
 
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax.nets.layers import add_class_embedding, timestep_embedding, upsample_nearest
+from ddpm_jax.nets.layers import add_class_embedding, timestep_embedding, upsample_conv3x3
 
 # Two 2x downsamplings: the image side must be divisible by this.
 SIZE_DIVISOR = 4
@@ -56,7 +56,7 @@ class UNetSimple(nn.Module):
       return nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), use_bias=False)(h)
 
     def up(h):
-      return nn.Conv(h.shape[-1], (3, 3), use_bias=False)(upsample_nearest(h))
+      return upsample_conv3x3(h.shape[-1], use_bias=False)(h)
 
     h1 = block(x, w_down1)                                  # H
     h2 = block(down(h1), w_down2)                           # H/2
