@@ -1,5 +1,6 @@
 """Shared blocks of the level UNets: timestep MLP, ResNet block, attention, down/up-sampling, skeleton."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,6 +245,23 @@ def test_dropout_keeps_units_with_the_right_probability_and_scales_them():
   assert layers.Dropout(0.0).apply({}, x, deterministic=False) is x
   with pytest.raises(ValueError, match=r'in \[0, 1\)'):
     layers.Dropout(1.0).apply({}, x, deterministic=False, rngs={'dropout': key})
+
+
+@pytest.mark.parametrize('shape', [(2, 6, 4, 3), (1, 5, 7, 2)])
+def test_max_pool_2x2_equals_flax_max_pool_with_gradients(shape):
+  x = normal(shape, 0)
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+  out, vjp = jax.vjp(layers.max_pool_2x2, x)
+  expected, expected_vjp = jax.vjp(flax_pool, x)
+  np.testing.assert_array_equal(out, expected)
+  cotangent = normal(out.shape, 1)
+  np.testing.assert_array_equal(vjp(cotangent)[0], expected_vjp(cotangent)[0])
+
+
+def test_max_pool_2x2_sends_a_tied_window_gradient_to_its_first_maximum():
+  x = jnp.array([[1.0, 3.0], [3.0, 3.0]]).reshape(1, 2, 2, 1)
+  grad = jax.grad(lambda x: layers.max_pool_2x2(x).sum())(x)
+  np.testing.assert_array_equal(grad.reshape(2, 2), [[0, 1], [0, 0]])
 
 
 def test_unknown_resampling_names_the_valid_choices():

@@ -71,6 +71,46 @@ def upsample_conv3x3(features: int, name: str | None = None, use_bias: bool = Tr
                  conv_general_dilated=upsampled_conv_general_dilated)
 
 
+@jax.custom_vjp
+def _max_pool_2x2_even(x: jax.Array) -> jax.Array:
+  batch, height, width, channels = x.shape
+  return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
+
+
+def _max_pool_2x2_forward(x: jax.Array):
+  y = _max_pool_2x2_even(x)
+  return y, (x, y)
+
+
+def _max_pool_2x2_backward(residuals, g: jax.Array):
+  """The gradient goes to the first maximum of each window (row-major), as XLA's select-and-scatter."""
+  x, y = residuals
+  windows = x.reshape(x.shape[0], y.shape[1], 2, y.shape[2], 2, x.shape[-1])
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in range(2):
+    row = []
+    for j in range(2):
+      first = (windows[:, :, i, :, j, :] == y) & ~taken
+      taken = taken | first
+      row.append(jnp.where(first, g, jnp.zeros_like(g)))
+    rows.append(jnp.stack(row, axis=3))
+  return (jnp.stack(rows, axis=2).reshape(x.shape),)
+
+
+_max_pool_2x2_even.defvjp(_max_pool_2x2_forward, _max_pool_2x2_backward)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME') of an NHWC map, its gradient taken
+  elementwise from the window maxima: ~4x faster backward on XLA:CPU than the reduce-window
+  gradient, which builds index maps of the whole input (benchmarks/README.md)."""
+  pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
+  if pad_h or pad_w:  # 'SAME' pads odd sides at the end.
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
+  return _max_pool_2x2_even(x)
+
+
 class Dropout(nn.Module):
   """Inverted dropout, as flax.linen.Dropout: each unit kept with probability 1 - rate and scaled by
   1 / (1 - rate). The mask is XLA's ThreeFry bit generator seeded from the 'dropout' key: ~4x
@@ -243,7 +283,7 @@ class Downsample(nn.Module):
     if self.method == 'conv':
       return conv3x3(x.shape[-1], 'conv', strides=2)(x)
     if self.method == 'maxpool':
-      return nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+      return max_pool_2x2(x)
     raise ValueError(f'Unknown downsampling {self.method!r}; valid: {", ".join(DOWNSAMPLE_METHODS)}.')
 
 
