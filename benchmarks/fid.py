@@ -25,6 +25,8 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import timing  # pylint: disable=wrong-import-position  # benchmarks/timing.py, beside this script.
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('num_images', 64, 'Images per pass.')
 flags.DEFINE_integer('batch', 32, 'Images per network call.')
@@ -39,12 +41,7 @@ flags.DEFINE_bool('eigen_cpu_convolutions', True, 'Eigen instead of YNNPACK conv
 
 def median_seconds(fn, iters: int) -> float:
   """Median wall time of fn() over iters runs (the caller warms up)."""
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(timing.wall_seconds(fn, iters, warm_up=False))
 
 
 def random_variables(seed: int = 0) -> dict:

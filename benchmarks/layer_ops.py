@@ -19,12 +19,13 @@ Outputs of each pair are compared, and the largest relative difference printed. 
 import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+import timing  # pylint: disable=wrong-import-position  # benchmarks/timing.py, beside this script.
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('batch', 16, 'Batch of every op.')
@@ -33,13 +34,7 @@ flags.DEFINE_integer('cpu_devices', 1, 'XLA host devices on the CPU (every op ru
 
 
 def min_ms(fn, iters: int) -> float:
-  fn()
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return round(1e3 * min(times), 2)
+  return round(1e3 * min(timing.wall_seconds(fn, iters)), 2)
 
 
 def pairs(batch: int):

@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ddpm_jax import xla_flags  # pylint: disable=wrong-import-position  # Imports no JAX.
+import timing  # pylint: disable=wrong-import-position  # benchmarks/timing.py, beside this script.
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', ['mnist_simple', 'mnist_conv', 'mnist_resnet', 'cifar10_simple', 'cifar10_conv',
@@ -36,13 +37,7 @@ flags.DEFINE_bool('torch', True, 'Also time diffusers\' UNet2DModel (official DD
 
 def median_seconds(fn, iters: int) -> float:
   """Median wall time of fn() over iters runs, after one untimed warm-up run."""
-  fn()
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(timing.wall_seconds(fn, iters))
 
 
 def random_params(shapes, seed: int = 0):

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import timing  # benchmarks/timing.py, beside this module.
+
 # tests/test_convert_diffusers.py OFFICIAL_DIFFUSERS_CONFIG (google/ddpm-cifar10-32), as UNet2DModel
 # arguments; dropout 0.1 as DDPM trains (the hub config leaves it at diffusers' default 0).
 DIFFUSERS_DDPM_CIFAR10 = dict(
@@ -410,12 +412,7 @@ def make_train_step(model, call, config, images):
 
 
 def _median_seconds(fn, iters: int) -> float:
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return float(np.median(timing.wall_seconds(fn, iters, warm_up=False)))
 
 
 def measure(name: str, config, batch: int, steps: int, sample_steps: int, ddim_steps: int = 50,
