@@ -111,6 +111,7 @@ inception = [r for r in lines('inception.jsonl') if 'images_per_s' in r]
 summary = {'summary': 'gpu_check', 'smoke': smoke, 'seconds': int(time.time() - start), 'exit_status': status}
 for r in ddpm:
   keys = ('error', 'batch', 'train_img_per_s', 'mfu', 'mfu_tf32', 'train_tflop_per_s', 'train_flops_per_image',
+          'executed_train_flops_per_image',
           'sample_batch', 'sample_ancestral_img_per_s', 'sample_ddim_img_per_s', 'sample_ancestral_extrapolated',
           'peak_device_mib', 'device')
   summary[f'ddpm_{r["dtype"]}'] = {k: r[k] for k in keys if k in r}

@@ -31,7 +31,7 @@ flags.DEFINE_list('configs', ['mnist_simple', 'mnist_conv', 'mnist_resnet', 'cif
                               'cifar10_resnet', 'cifar10_ddpm'], 'Config files (configs/NAME.py) to time.')
 flags.DEFINE_integer('batch', 0, 'Global batch size; 0 = each config\'s training batch size.')
 flags.DEFINE_integer('iters', 3, 'Timed iterations per measurement (the median is reported).')
-flags.DEFINE_integer('cpu_devices', 0, 'XLA devices to split the CPU into (0 = one per core).')
+flags.DEFINE_integer('cpu_devices', 1, 'XLA devices to split the CPU into (0 = one per core), as in training.')
 flags.DEFINE_bool('torch', True, 'Also time diffusers\' UNet2DModel (official DDPM config) with PyTorch.')
 
 

@@ -2,7 +2,8 @@
 
 Inception-v3 weights need a download; this network trains in minutes on a dataset's own train
 split instead. Blocks of (3x3 conv -> GroupNorm -> swish) x convs_per_block with a 2x2 max-pool
-before every block but the first, then a global average pool -> features -> dense logits.
+before every block but the first, then a global average pool -> features -> dense logits (the
+GroupNorm and max pool of nets/layers.py, which train 4x and 15x faster on XLA:CPU than Flax's).
 No batch norm, so the parameters are the whole state, and the architecture can be read back
 from the parameters alone (`classifier_from_params`).
 """
@@ -10,6 +11,8 @@ from the parameters alone (`classifier_from_params`).
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ddpm_jax.nets import layers
 
 # Groups of every GroupNorm (fewer when a block is narrower): fixed, so params define the network.
 NORM_GROUPS = 8
@@ -34,10 +37,10 @@ class Classifier(nn.Module):
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     for block, width in enumerate(self.widths):
       if block:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+        x = layers.max_pool_2x2(x)
       for conv in range(self.convs_per_block):
         x = nn.Conv(width, (3, 3), padding='SAME', name=_conv_name(block, conv))(x)
-        x = nn.GroupNorm(num_groups=min(NORM_GROUPS, width), epsilon=NORM_EPS, name=_norm_name(block, conv))(x)
+        x = layers.group_norm(min(NORM_GROUPS, width), NORM_EPS, _norm_name(block, conv))(x)
         x = nn.swish(x)
     features = jnp.mean(x, axis=(1, 2))
     return features, nn.Dense(self.num_classes, name='logits')(features)
