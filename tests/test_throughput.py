@@ -62,7 +62,7 @@ def test_the_upsample_conv_as_defined_is_the_conv_of_the_upsampled_map_with_grad
 
 def test_model_flops_count_the_convolution_of_the_upsampled_map():
   plain = lowered_flops(conv_of_upsampled, PARAMS, X)
-  counted, source = throughput.model_flops(apply_up, PARAMS, X)
+  counted, source = throughput.model_flops(apply_up, PARAMS, X, executed=1.0)
   assert counted == plain
   assert 'upsampled map' in source
   assert lowered_flops(apply_up, PARAMS, X) < plain / 2  # Phase convolutions: 2.25x fewer multiply-adds.
@@ -97,3 +97,12 @@ def apply_up_with(params):
   """An upsample conv with these params' output width (and bias or none)."""
   up = layers.upsample_conv3x3(params['kernel'].shape[-1], use_bias='bias' in params)
   return lambda params, x: up.apply({'params': params}, x)
+
+
+def test_a_failed_model_count_falls_back_to_the_executed_count_and_says_so():
+  def broken(x):
+    raise ValueError('no lowering')
+
+  flops, source = throughput.model_flops(broken, X, executed=123.0)
+  assert flops == 123.0
+  assert 'as executed' in source and 'ValueError: no lowering' in source

