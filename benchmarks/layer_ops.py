@@ -50,10 +50,6 @@ def pairs(batch: int):
   def upsampled(x, w):
     return layers.upsampled_conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=layers.NHWC)
 
-  def repeated(x, w):
-    up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return jax.lax.conv_general_dilated(up, w, (1, 1), 'SAME', dimension_numbers=layers.NHWC)
-
   def dropout(module):
     return lambda x, key: module.apply({}, x, deterministic=False, rngs={'dropout': key})
 
@@ -62,7 +58,7 @@ def pairs(batch: int):
 
   key = jax.random.key(0, impl='rbg')
   for side, channels in ((8, 128), (16, 128), (16, 256)):
-    yield ('upsample_conv', (batch, side, side, channels), upsampled, repeated,
+    yield ('upsample_conv', (batch, side, side, channels), upsampled, layers.conv_of_upsampled,
            (normal(batch, side, side, channels), 0.05 * normal(3, 3, channels, channels)))
   for side, channels in ((32, 64), (32, 128)):
     yield ('dropout', (batch, side, side, channels), dropout(layers.Dropout(0.1)), dropout(nn.Dropout(0.1)),

@@ -256,17 +256,13 @@ def upsample_convs_as_defined(next_fun, args, kwargs, context):
   small map, which need 2.25x fewer FLOPs. The model FLOPs that MFU divides by are counted under
   it, so they are the model's, whatever formulation computes it."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ddpm_jax.nets import layers  # pylint: disable=g-import-not-at-top
   conv = context.module
   if not (context.method_name == '__call__' and isinstance(conv, nn.Conv) and
           conv.conv_general_dilated is layers.upsampled_conv_general_dilated):
     return next_fun(*args, **kwargs)
   x, = args
-  upsampled = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-  kernel = conv.get_variable('params', 'kernel').astype(x.dtype)
-  y = jax.lax.conv_general_dilated(upsampled, kernel, (1, 1), 'SAME', dimension_numbers=layers.NHWC)
+  y = layers.conv_of_upsampled(x, conv.get_variable('params', 'kernel').astype(x.dtype))
   return y + conv.get_variable('params', 'bias').astype(x.dtype) if conv.use_bias else y
 
 

@@ -193,17 +193,11 @@ def test_upsample_doubles_the_side(method, kernel):
   assert variables['params']['conv']['kernel'].shape == kernel
 
 
-def conv_of_repeated(x, kernel):
-  """The reference: x upsampled 2x by repeating pixels, then a 3x3 'SAME' convolution."""
-  up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-  return jax.lax.conv_general_dilated(up, kernel, (1, 1), 'SAME', dimension_numbers=layers.NHWC)
-
-
 def test_upsampled_conv_equals_the_conv_of_the_repeated_map_with_gradients():
   x, kernel, cotangent = normal((2, 5, 4, 3), 0), normal((3, 3, 3, 6), 1), normal((2, 10, 8, 6), 2)
   upsampled = lambda x, k: layers.upsampled_conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=layers.NHWC)
   out, vjp = jax.vjp(upsampled, x, kernel)
-  expected, expected_vjp = jax.vjp(conv_of_repeated, x, kernel)
+  expected, expected_vjp = jax.vjp(layers.conv_of_upsampled, x, kernel)
   assert out.shape == (2, 10, 8, 6)
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
   for grad, expected_grad in zip(vjp(cotangent), expected_vjp(cotangent)):
@@ -226,7 +220,7 @@ def test_nearest_upsample_repeats_then_convolves():
   up = layers.Upsample('nearest')
   variables = random_variables(up, x)
   p = variables['params']['conv']
-  np.testing.assert_allclose(up.apply(variables, x), conv_of_repeated(x, p['kernel']) + p['bias'], atol=1e-5)
+  np.testing.assert_allclose(up.apply(variables, x), layers.conv_of_upsampled(x, p['kernel']) + p['bias'], atol=1e-5)
 
 
 def test_dropout_keeps_units_with_the_right_probability_and_scales_them():
