@@ -23,37 +23,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_LAYOUTS = {4: (3, 2, 0, 1), 2: (1, 0), 1: (0,)}  # Ours -> torch: HWIO -> OIHW, (in, out) -> (out, in).
 
 
-def random_flat_variables(seed: int = 0) -> dict[str, np.ndarray]:
-  """Our flat variables, random: He-scaled kernels, batch norm near the identity."""
-  rng = np.random.default_rng(seed)
-  flat = {}
-  for key, shape in inception.expected_shapes().items():
-    leaf = key.rsplit('/', 1)[1]
-    if leaf == 'kernel':
-      value = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2 / np.prod(shape[:-1])))
-    elif leaf == 'scale':
-      value = rng.uniform(0.8, 1.2, shape)
-    elif leaf == 'var':
-      value = rng.uniform(0.5, 2.0, shape)
-    else:  # bias, mean
-      value = 0.1 * rng.standard_normal(shape)
-    flat[key] = value.astype(np.float32)
-  return flat
-
-
 def torch_layout(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The same values as a pytorch-fid state dict: torch names and layouts."""
   return {ci.torch_key(k): np.ascontiguousarray(v.transpose(TORCH_LAYOUTS[v.ndim])) for k, v in flat.items()}
 
 
-def unflatten(flat: dict[str, np.ndarray]) -> dict:
-  return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
-
-
 @pytest.fixture(scope='module')
 def weights_file(tmp_path_factory) -> tuple[str, dict[str, np.ndarray]]:
-  flat = random_flat_variables()
-  path = inception.save_inception_params(unflatten(flat), str(tmp_path_factory.mktemp('weights') / 'inception.npz'))
+  flat = inception.random_flat_variables()
+  path = inception.save_inception_params(inception.unflatten_variables(flat),
+                                         str(tmp_path_factory.mktemp('weights') / 'inception.npz'))
   return path, flat
 
 
@@ -83,7 +62,7 @@ def test_torch_keys_of_each_kind_of_variable():
 
 
 def test_state_dict_converts_exactly_and_misfits_are_refused():
-  flat = random_flat_variables(seed=1)
+  flat = inception.random_flat_variables(seed=1)
   state_dict = dict(torch_layout(flat), **{'Mixed_5b.branch1x1.bn.num_batches_tracked': np.array(0)})
   converted = traverse_util.flatten_dict(ci.convert_state_dict(state_dict), sep='/')
   assert converted.keys() == flat.keys()
@@ -220,7 +199,7 @@ def parity(pfid):
   import torch  # pylint: disable=g-import-not-at-top
   pfid_inception, _ = pfid
   torch.manual_seed(0)
-  state_dict = {k: torch.from_numpy(v) for k, v in torch_layout(random_flat_variables(seed=2)).items()}
+  state_dict = {k: torch.from_numpy(v) for k, v in torch_layout(inception.random_flat_variables(seed=2)).items()}
   # pytorch-fid loads its download with load_state_dict(strict=True): our keys and shapes are exactly its.
   with mock.patch.object(pfid_inception, 'load_state_dict_from_url', return_value=state_dict):
     net = pfid_inception.fid_inception_v3()
@@ -293,7 +272,7 @@ def test_frechet_distance_matches_pytorch_fid_on_full_rank_statistics(pfid):
 
 def test_converter_command_writes_weights_that_load(tmp_path):
   import torch  # pylint: disable=g-import-not-at-top
-  flat = random_flat_variables(seed=6)
+  flat = inception.random_flat_variables(seed=6)
   torch_weights, output = tmp_path / inception.FID_WEIGHTS_FILE, tmp_path / 'out' / 'inception.npz'
   torch.save({k: torch.from_numpy(v) for k, v in torch_layout(flat).items()}, str(torch_weights))
   result = subprocess.run([sys.executable, '-m', 'ddpm_jax.nets.convert_inception', f'--torch_weights={torch_weights}',

@@ -277,6 +277,31 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
   return {flat_key(path): tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(shapes).items()}
 
 
+def unflatten_variables(flat: dict[str, np.ndarray]) -> dict:
+  """{'params': ..., 'batch_stats': ...} from flat 'collection/module/.../leaf' keys."""
+  return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+
+
+def random_flat_variables(seed: int = 0) -> dict[str, np.ndarray]:
+  """Every variable under its flat key, drawn with numpy: He-scaled kernels, batch norm near the
+  identity. For speed checks without the weights, whose speed does not depend on them
+  (benchmarks/fid.py, gpu_check.sh), and for parity tests."""
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for key, shape in expected_shapes().items():
+    leaf = key.rsplit('/', 1)[1]
+    if leaf == 'kernel':
+      value = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2 / np.prod(shape[:-1])))
+    elif leaf == 'scale':
+      value = rng.uniform(0.8, 1.2, shape)
+    elif leaf == 'var':
+      value = rng.uniform(0.5, 2.0, shape)
+    else:  # bias, mean
+      value = 0.1 * rng.standard_normal(shape)
+    flat[key] = value.astype(np.float32)
+  return flat
+
+
 def conversion_command(output: str) -> str:
   """The command that writes converted weights to `output`."""
   command = f'python -m ddpm_jax.nets.convert_inception --torch_weights={FID_WEIGHTS_FILE}'
@@ -331,7 +356,7 @@ def load_inception_params(path: str = DEFAULT_WEIGHTS_PATH) -> dict:
     raise InceptionWeightsError(f'{full} is not a readable .npz file ({type(e).__name__}: {e}); it may be '
                                 f'truncated or corrupt. Convert again: {_how_to_make(path)}') from e
   check_weights(flat, full)
-  return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+  return unflatten_variables(flat)
 
 
 def save_inception_params(variables: dict, path: str) -> str:
