@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import cifar10_resnet, mnist_simple
+from configs import mnist_simple
 from ddpm_jax import nets
 from ddpm_jax.nets import layers
+import nets_testlib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
 import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -25,10 +26,7 @@ import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 def tiny_networks():
   simple = mnist_simple.get_config()
   simple.model.update(widths=(8, 16, 16, 8, 4), time_embed_dim=8)
-  resnet = cifar10_resnet.get_config()
-  resnet.model.update(ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4, time_embed_dim=8, time_mlp_dim=16,
-                      attn_resolutions=())
-  return simple, resnet
+  return simple, nets_testlib.tiny_config('unet_resnet', attn=())
 
 
 def conv_of_upsampled(params, x):
@@ -39,10 +37,15 @@ def lowered_flops(fn, *args) -> float:
   return throughput.xla_flops(None, jax.jit(fn).lower(*args), 1)[0]
 
 
-UP = layers.upsample_conv3x3(16)
-X = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 16))
-PARAMS = UP.init(jax.random.PRNGKey(0), X)['params']
-apply_up = lambda params, x: UP.apply({'params': params}, x)
+def apply_up_with(params):
+  """An upsample conv (layers.upsample_conv3x3) of these params' output width, bias or none."""
+  up = layers.upsample_conv3x3(params['kernel'].shape[-1], use_bias='bias' in params)
+  return lambda params, x: up.apply({'params': params}, x)
+
+
+X = nets_testlib.normal((2, 8, 8, 16), seed=1)
+PARAMS = {'kernel': 0.1 * nets_testlib.normal((3, 3, 16, 16), seed=0), 'bias': nets_testlib.normal((16,), seed=3)}
+apply_up = apply_up_with(PARAMS)
 
 
 def test_the_upsample_conv_as_defined_is_the_conv_of_the_upsampled_map_with_gradients():
@@ -72,14 +75,14 @@ def test_every_upsample_conv_of_the_networks_is_counted_as_defined():
   shapes_of = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
   for config in tiny_networks():
     model = nets.get_model(config)
-    variables = jax.eval_shape(lambda key: nets.init_variables(model, config, key), jax.random.PRNGKey(0))
+    variables = nets_testlib.param_shapes(config)
     size, channels = config.data.image_size, config.data.num_channels
     x, t = jax.ShapeDtypeStruct((2, size, size, channels), jnp.float32), jax.ShapeDtypeStruct((2,), jnp.int32)
     forward = lambda variables, x, t: model.apply(variables, x, t, train=False)
     convs = []
 
     def record(next_fun, args, kwargs, context):
-      if isinstance(context.module, nn.Conv) and context.module.conv_general_dilated is not None:
+      if getattr(context.module, 'conv_general_dilated', None) is layers.upsampled_conv_general_dilated:
         convs.append(shapes_of((context.module.variables['params'], args[0])))
       return next_fun(*args, **kwargs)
 
@@ -89,12 +92,6 @@ def test_every_upsample_conv_of_the_networks_is_counted_as_defined():
     extra = sum(lowered_flops(conv_of_upsampled, p, h) - lowered_flops(apply_up_with(p), p, h) for p, h in convs)
     counted, _ = throughput.model_flops(forward, variables, x, t)
     assert counted == lowered_flops(forward, variables, x, t) + extra
-
-
-def apply_up_with(params):
-  """An upsample conv with these params' output width (and bias or none)."""
-  up = layers.upsample_conv3x3(params['kernel'].shape[-1], use_bias='bias' in params)
-  return lambda params, x: up.apply({'params': params}, x)
 
 
 def test_a_failed_model_count_falls_back_to_the_executed_count_and_says_so():
