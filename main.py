@@ -136,12 +136,17 @@ def hide_gpus_from_tensorflow() -> None:
   tf.config.set_visible_devices([], 'GPU')
 
 
-def quiet_library_info_logs() -> None:
-  """Keeps orbax's per-save INFO chatter out of the training log (warnings still show)."""
+def quiet_library_logs() -> None:
+  """Keeps orbax's per-save INFO chatter out of the training log, and its tracebacks: an orbax
+  failure reaches our code, which reports it once (one line for a file-system error, whole for a
+  bug). Its warnings and error lines still show."""
   import logging as py_logging  # pylint: disable=g-import-not-at-top
 
   def keep(record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+    if '/orbax/' not in record.pathname:
+      return True
+    record.exc_info, record.exc_text = None, None
+    return record.levelno >= py_logging.WARNING
 
   logging.get_absl_handler().addFilter(keep)
 
@@ -170,7 +175,7 @@ def run_mode(config: ml_collections.ConfigDict) -> None:
     import jax  # pylint: disable=g-import-not-at-top
     configuration.check_batches_divide(config, jax.device_count(), evaluating=FLAGS.mode == 'eval')
     hide_gpus_from_tensorflow()
-    quiet_library_info_logs()
+    quiet_library_logs()
     from ddpm_jax import train  # pylint: disable=g-import-not-at-top
     if FLAGS.mode == 'figures':
       from ddpm_jax import figures  # pylint: disable=g-import-not-at-top
