@@ -9,6 +9,7 @@ devices are tested in subprocesses that never import torch: main.py runs on 2 de
 (test_main.py: train, resume, sample, eval, kills), and tests/test_sharding.py on 8."""
 
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -16,7 +17,8 @@ from ddpm_jax import xla_flags  # pylint: disable=wrong-import-position  # Impor
 
 xla_flags.configure_cpu(cpu_devices=1)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ddpm-jax-test-xla-cache-')
+COMPILATION_CACHE = tempfile.mkdtemp(prefix='ddpm-jax-test-xla-cache-')
+os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
@@ -36,3 +38,8 @@ LONGEST_FILES = ('test_train.py', 'test_main.py', 'test_sharding.py', 'test_eval
 def pytest_collection_modifyitems(items) -> None:
   rank = {name: i for i, name in enumerate(LONGEST_FILES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: each file keeps its order.
+
+
+def pytest_unconfigure(config) -> None:  # pylint: disable=unused-argument
+  """Removes this process's compilation cache (each pytest-xdist worker has its own)."""
+  shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)

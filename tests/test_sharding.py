@@ -1,6 +1,8 @@
 """One training path for 1..N devices, on 8 simulated CPU devices: 8-device training equals
 1-device training with the same global batch, n_jitted_steps > 1 equals single steps, sharded
-sampling equals unsharded, and checkpoints move between device counts.
+sampling equals unsharded, and checkpoints move between device counts. Compared: params,
+optimizer state, EMA params, batch statistics, and the EMA network's statistics (recomputed on
+training batches at each checkpoint, config.training.bn_calibration_batches).
 
 The test process has 2 devices (conftest), so the runs happen in one worker process started with
 8 (`python tests/test_sharding.py WORKDIR`), where each run's mesh is the first 1 or 8 of them;
@@ -69,7 +71,8 @@ def worker(out_dir: str) -> None:
     config.training.n_jitted_steps = n_jitted_steps  # The intervals (2) are multiples of it.
     state = train.train_and_evaluate(config, os.path.join(out_dir, name))
     flat = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(
-        {'params': state.params, 'ema_params': state.ema_params, 'opt_state': state.opt_state})}
+        {'params': state.params, 'ema_params': state.ema_params, 'opt_state': state.opt_state,
+         'batch_stats': state.batch_stats, 'ema_batch_stats': state.ema_batch_stats})}
     np.savez(os.path.join(out_dir, f'{name}.npz'), step=int(state.step), **flat)
     return state, config
 
