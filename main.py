@@ -1,33 +1,22 @@
-"""ddpm-jax entry point: parses flags and dispatches to training, sampling or evaluation.
+"""ddpm-jax entry point: trains, samples, evaluates or draws figures of a run in --workdir.
 
   python main.py --config=configs/quickstart.py --workdir=workdirs/quickstart
   python main.py --config=configs/quickstart.py --workdir=workdirs/quickstart --mode=sample
   python main.py --config=configs/quickstart.py --workdir=workdirs/quickstart --mode=eval
 
-Any config field can be overridden: --config.optim.lr=1e-3. Rerunning the same
-command with the same --workdir resumes from the latest checkpoint.
-
-Exit status: 0 done; 1 with one line `error: ...` on stderr for a bad command line, config, workdir,
-dataset, a diverged run or a failed checkpoint write; 128 + the signal number (SIGINT 130,
-SIGTERM 143) when a signal stopped the run, with one line `stopped: ...`: during training after
-saving the current step (the line says where), elsewhere (setup, sampling, eval) at once, keeping
-every complete checkpoint and eval batch written so far.
+Any config field can be overridden: --config.optim.lr=1e-3. Rerunning the same command with the
+same --workdir resumes from the latest checkpoint. Errors, signals and exit codes: ddpm_jax/cli.py.
 """
 
-import os
-import signal
-import sys
-
-from absl import app, flags, logging
-import ml_collections
+from absl import app, flags
 from ml_collections import config_flags
 
-from ddpm_jax import xla_flags
+from ddpm_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory holding the run: config, checkpoints, events, samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'figures'],
+flags.DEFINE_enum('mode', 'train', cli.MODES,
                   'train: train (or resume); sample: write samples; eval: metrics of the latest checkpoint; '
                   'figures: reverse- and forward-process pictures of the latest checkpoint.')
 flags.DEFINE_bool('force_workdir_config', False,
@@ -36,165 +25,10 @@ flags.DEFINE_bool('force_workdir_config', False,
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def one_line(text: str) -> str:
-  """A message on one line; of a Python traceback inside it, only the final exception line."""
-  lines = str(text).splitlines()
-  if any(line.startswith('Traceback') for line in lines):
-    head = lines[:next(i for i, line in enumerate(lines) if line.startswith('Traceback'))]
-    lines = head + [next(line for line in reversed(lines) if line.strip())]
-  return ' '.join(' '.join(lines).split())
-
-
-def _config_arg(argv: list[str]) -> str:
-  """The value of --config in argv ('' when absent)."""
-  values = [a.split('=', 1)[1] for a in argv if a.startswith(('--config=', '-config='))]
-  return values[-1] if values else ''
-
-
-def unknown_field_message(argv: list[str], missing: str) -> str:
-  """For `--config.a.b=v` naming no field of the config: which flag, and the fields there are.
-  '' when no override names `missing` (the error came from elsewhere)."""
-  overrides = [a.split('=', 1)[0].lstrip('-') for a in argv if a.lstrip('-').startswith('config.')]
-  flag = next((o for o in overrides if missing in o.split('.')[1:]), '')
-  if not flag:
-    return ''
-  section = flag.split('.')[1:flag.split('.').index(missing)]
-  try:
-    config = FLAGS['config'].parser.parse(_config_arg(argv))
-    for part in section:
-      config = config[part]
-    valid = f'; valid: {", ".join(sorted(config.keys()))}'
-  except Exception:  # pylint: disable=broad-except  # Only a hint; the message stands without it.
-    valid = ''
-  return f'--{flag}: {".".join(["config"] + section)} has no field {missing!r}{valid}.'
-
-
-def load_error(error: Exception) -> str:
-  """Why a config file did not load, in one line: the OS error of a missing file, else the error."""
-  message = one_line(error)
-  return message[message.find('[Errno'):] if '[Errno' in message else f'{type(error).__name__}: {message}'
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """Parses argv into FLAGS (app.run's flags_parser); a bad flag, override or config file exits
-  with one line `error: ...` instead of a usage text or a traceback."""
-  cannot_load = f'error: cannot load --config={_config_arg(argv)}'
-  try:
-    rest = FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f'error: {one_line(e)}')
-  except (AttributeError, KeyError) as e:  # Mostly an override of a field the config does not have.
-    message = unknown_field_message(argv, str(e).strip('"\''))
-    sys.exit(f'error: {message}' if message else f'{cannot_load}: {load_error(e)}')
-  except Exception as e:  # pylint: disable=broad-except  # The config file is user code.
-    sys.exit(f'{cannot_load}: {load_error(e)}')
-  config = FLAGS.config
-  if not isinstance(config, ml_collections.ConfigDict):
-    try:
-      config.lock()  # A file that failed to load (config_flags defers its error): any use raises it.
-    except Exception as e:  # pylint: disable=broad-except
-      sys.exit(f'{cannot_load}: {load_error(e)}')
-    sys.exit(f'{cannot_load}: its get_config() returned {type(config).__name__}, not a ConfigDict.')
-  if len(rest) > 1:
-    sys.exit(f'error: unexpected arguments {" ".join(rest[1:])!r}; flags take the form --name=value.')
-  return rest
-
-
-def enable_compilation_cache(path: str) -> None:
-  """Keeps compiled programs on disk, so a rerun (resume, sampling) skips recompiling."""
-  if path and 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
-
-
-def start_distributed(distributed: ml_collections.ConfigDict) -> None:
-  """Joins the hosts of a multi-host run (config.distributed), before JAX starts its backends."""
-  if not distributed.coordinator_address:
-    return
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Only CPU hosts read it.
-  if distributed.coordinator_address == 'auto':
-    jax.distributed.initialize()
-  else:
-    jax.distributed.initialize(distributed.coordinator_address, distributed.num_processes, distributed.process_id)
-
-
-class Terminated(Exception):
-  """SIGTERM outside the training loop (whose own handler saves the current step first)."""
-
-
-def raise_terminated(signum, frame) -> None:  # pylint: disable=unused-argument
-  raise Terminated()
-
-
-def hide_gpus_from_tensorflow() -> None:
-  """TensorFlow (TFDS, CLU writers) must never take accelerator memory from JAX."""
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return
-  tf.config.set_visible_devices([], 'GPU')
-
-
-def quiet_library_logs() -> None:
-  """Keeps orbax's per-save INFO chatter out of the training log, and its tracebacks: an orbax
-  failure reaches our code, which reports it once (one line for a file-system error, whole for a
-  bug). Its warnings and error lines still show."""
-  import logging as py_logging  # pylint: disable=g-import-not-at-top
-
-  def keep(record: py_logging.LogRecord) -> bool:
-    if '/orbax/' not in record.pathname:
-      return True
-    record.exc_info, record.exc_text = None, None
-    return record.levelno >= py_logging.WARNING
-
-  logging.get_absl_handler().addFilter(keep)
-
-
-def main(argv):
-  """Runs --mode on --workdir; every expected failure ends as one line on stderr (see the exit
-  status in the module docstring)."""
+def main(argv: list[str]) -> None:
   del argv  # parse_flags refused extra arguments.
-  previous_handler = signal.signal(signal.SIGTERM, raise_terminated)  # Like Ctrl-C: `stopped:`, below.
-  try:
-    run_mode(FLAGS.config)
-  finally:
-    signal.signal(signal.SIGTERM, previous_handler)
-
-
-def run_mode(config: ml_collections.ConfigDict) -> None:
-  """main() for a parsed config, with SIGTERM raising Terminated."""
-  xla_flags.configure_cpu(config.cpu_devices, config.eigen_cpu_convolutions)
-  enable_compilation_cache(config.compilation_cache_dir)
-  from ddpm_jax import checkpoints, configuration, data  # pylint: disable=g-import-not-at-top
-  user_errors = (configuration.ConfigError, configuration.WorkdirError, data.DataError,
-                 checkpoints.CheckpointError)
-  try:
-    configuration.validate_config(config)  # Before TensorFlow, data or compiling: fails fast.
-    start_distributed(config.distributed)
-    import jax  # pylint: disable=g-import-not-at-top
-    configuration.check_batches_divide(config, jax.device_count(), evaluating=FLAGS.mode == 'eval')
-    hide_gpus_from_tensorflow()
-    quiet_library_logs()
-    from ddpm_jax import train  # pylint: disable=g-import-not-at-top
-    if FLAGS.mode == 'figures':
-      from ddpm_jax import figures  # pylint: disable=g-import-not-at-top
-      figures.reverse_process(config, FLAGS.workdir)
-    else:
-      run = {'train': train.train_and_evaluate, 'sample': train.sample, 'eval': train.evaluate}[FLAGS.mode]
-      run(config, FLAGS.workdir, force_workdir_config=FLAGS.force_workdir_config)
-  except user_errors as e:
-    sys.exit(f'error: {one_line(e)}')
-  except FloatingPointError as e:  # train.TrainingDiverged: names the step and the kept checkpoint.
-    sys.exit(f'error: {one_line(e)}')
-  except checkpoints.Preempted as e:
-    print(f'stopped: {e}', file=sys.stderr)
-    sys.exit(128 + e.signum)
-  except (KeyboardInterrupt, Terminated) as e:  # Outside the training loop (setup, sampling, eval).
-    signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-    print(f'stopped: {signum.name}; the checkpoints written so far are complete and kept.', file=sys.stderr)
-    sys.exit(128 + signum)
+  cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.force_workdir_config)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

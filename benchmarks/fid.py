@@ -62,7 +62,7 @@ def time_pytorch_fid(variables, images, batch: int, iters: int) -> tuple[dict, n
   import torch  # pylint: disable=g-import-not-at-top
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   from pytorch_fid import inception as pfid  # pylint: disable=g-import-not-at-top
-  from ddpm_jax.nets import convert_inception  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.tools import convert_inception  # pylint: disable=g-import-not-at-top
   layouts = {4: (3, 2, 0, 1), 2: (1, 0), 1: (0,)}
   state_dict = {convert_inception.torch_key('/'.join(k)): torch.from_numpy(np.ascontiguousarray(
       np.transpose(v, layouts[v.ndim]))) for k, v in traverse_util.flatten_dict(variables).items()}

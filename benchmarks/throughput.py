@@ -8,7 +8,7 @@ Networks (--models): unet_simple (configs/mnist_simple.py, the report's Unet-Sim
 unet_conv (configs/cifar10_conv.py), unet_resnet (configs/cifar10_resnet.py) and ddpm
 (configs/cifar10_ddpm.py, the official DDPM UNet), each at its config's batch unless --batch is
 given. For each network and --dtype:
-  - train: ddpm_jax.train.make_train_step (noising, loss, gradients, clipping, Adam, EMA),
+  - train: ddpm_jax.train_step.make_train_step (noising, loss, gradients, clipping, Adam, EMA),
     compiled with the state donated as in training, then --steps steps run back to back;
   - forward: the network in eval mode, --steps calls back to back;
   - sampling: the compiled samplers of ddpm_jax.sampling, ancestral (T = 1000 steps) and DDIM
@@ -37,8 +37,8 @@ only; asserts nothing on time. XLA_FLAGS set outside are kept (e.g. to try CPU f
 the CPU settings are main.py's (ddpm_jax/xla_flags.py, --noeigen_cpu_convolutions for XLA's default).
 
 Runs where ml_collections, TensorFlow, CLU and torch are absent (a stand-in ConfigDict is used to
-read configs/; if ddpm_jax.train cannot be imported or built the train step is rebuilt from the core
-modules, and the result's train_step field says which). On the CPU the XLA host devices default
+read configs/; if ddpm_jax.train_step cannot be imported or built the train step is rebuilt from
+the core modules, and the result's train_step field says which). On the CPU the XLA host devices default
 to one (--cpu_devices), as in training.
 """
 
@@ -69,10 +69,10 @@ DTYPES = ('float32', 'bfloat16')
 # Sources: NVIDIA's H100/H200 datasheets (SXM: bf16 1,979 and tf32 989 TFLOP/s *with* 2:4
 # sparsity, so 989.4 and 494.7 dense; fp32 66.9 on the CUDA cores; the H200 SXM has the H100
 # SXM's rates); H100 PCIe: bf16 756, tf32 378, fp32 51.2; A100 datasheet: bf16 312, tf32 156,
-# fp32 19.5. Boost clocks; sustained rates are lower (on this project's H200 a bf16 8192^3
-# matmul ran at ~790 TFLOP/s, /work/.library/device/KINDS.md). On GPUs, JAX's default float32
-# precision lets convolutions and matmuls run as tf32 on the tensor cores, so float32 results
-# also report mfu_tf32 against the tf32 peak. First match wins (PCIe before the plain H100).
+# fp32 19.5. Boost clocks; sustained rates are lower (benchmarks/README.md). On GPUs, JAX's
+# default float32 precision lets convolutions and matmuls run as tf32 on the tensor cores, so
+# float32 results also report mfu_tf32 against the tf32 peak. First match wins (PCIe before the
+# plain H100).
 PEAK_FLOPS = (
     ('H200', {'bfloat16': 989.4e12, 'tf32': 494.7e12, 'float32': 66.9e12}),
     ('H100 PCIe', {'bfloat16': 756.0e12, 'tf32': 378.0e12, 'float32': 51.2e12}),
@@ -172,8 +172,8 @@ def random_params(shapes, seed: int = 0):
 # The train step.
 
 def core_train_step(model, schedule, tx, config, train_key):
-  """ddpm_jax.train.make_train_step rebuilt from the core modules (uniform timesteps only),
-  for machines where ddpm_jax.train does not import."""
+  """ddpm_jax.train_step.make_train_step rebuilt from the core modules (uniform timesteps only),
+  for machines where ddpm_jax.train_step does not import."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -214,15 +214,16 @@ def core_train_step(model, schedule, tx, config, train_key):
 
 def make_steps(model, schedule, tx, config) -> list:
   """[(train_step(state, uint8 images) -> (state, metrics), where it comes from)], best first:
-  ddpm_jax.train's when it imports, then the benchmark's rebuild from the core modules."""
+  ddpm_jax.train_step's when it imports, then the benchmark's rebuild from the core modules."""
   import jax  # pylint: disable=g-import-not-at-top
-  key = jax.random.split(jax.random.key(config.seed, impl=config.rng_impl), 5)[1]  # train.root_keys()['train']
+  key = jax.random.split(jax.random.key(config.seed, impl=config.rng_impl), 5)[1]  # train_state.root_keys()['train']
   core = (lambda: core_train_step(model, schedule, tx, config, key), 'benchmark core step')
   try:
-    from ddpm_jax import train  # pylint: disable=g-import-not-at-top
+    from ddpm_jax import train_step  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    return [(core[0], f'{core[1]} (ddpm_jax.train: {e})')]
-  return [(lambda: train.make_train_step(model, schedule, tx, config, key), 'ddpm_jax.train.make_train_step'), core]
+    return [(core[0], f'{core[1]} (ddpm_jax.train_step: {e})')]
+  return [(lambda: train_step.make_train_step(model, schedule, tx, config, key), 'ddpm_jax.train_step.make_train_step'),
+          core]
 
 
 # ---------------------------------------------------------------------------

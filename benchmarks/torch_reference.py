@@ -382,7 +382,7 @@ def _linear_schedule(num_timesteps: int, beta_start: float, beta_end: float) -> 
 
 
 def make_train_step(model, call, config, images):
-  """train_step() of a torch network on a uint8 NCHW batch, as ddpm_jax.train's: [-1, 1], t and noise
+  """train_step() of a torch network on a uint8 NCHW batch, as ddpm_jax.train_step's: [-1, 1], t and noise
   drawn, q_sample, the network (call(x, t) -> eps), MSE, backward, gradient clipping, Adam, EMA."""
   import torch  # pylint: disable=g-import-not-at-top
   d = config.diffusion

@@ -1,8 +1,6 @@
 """Class-conditional Unet-Resnet on CIFAR-10 with classifier-free guidance ("draw a ship").
 
-  python main.py --config=configs/cifar10_cond.py --workdir=workdirs/cifar10_cond
-  python main.py --config=configs/cifar10_cond.py --workdir=workdirs/cifar10_cond --mode=sample \\
-      --config.sampling.classes=8 --config.sampling.guidance_scale=3
+How to train and sample it: see docs/runbooks.md.
 """
 
 from configs import cifar10_resnet

@@ -3,7 +3,7 @@
 Adam 2e-4 with 5,000 warm-up steps, gradient clipping at 1.0, batch 128, EMA 0.9999,
 random flips, dropout 0.1, the linear schedule over T = 1000, fixedlarge variance and
 x0 clipped to [-1, 1] when sampling. A GPU job; also the config that the converted
-google/ddpm-cifar10-32 weights load with (python -m ddpm_jax.nets.convert_diffusers).
+google/ddpm-cifar10-32 weights load with (python -m ddpm_jax.tools.convert_diffusers).
 """
 
 from configs import default

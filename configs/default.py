@@ -10,18 +10,18 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # One seed for everything: parameter init, data order, noise, timesteps.
   config.seed = 0
-  # JAX random-number generator: rbg (compiles ~8x faster on the CPU than threefry) or
-  # threefry2x32 (JAX's default). With either, 1 and 8 devices draw the same numbers in jaxlib
-  # 0.10 (tests/test_sharding.py), so a run may resume on another device count.
+  # JAX random-number generator: rbg (its programs compile faster on the CPU than threefry's;
+  # benchmarks/README.md) or threefry2x32 (JAX's default). With either, 1 and 8 devices draw the
+  # same numbers (tests/test_sharding.py checks it), so a run may resume on another device count.
   config.rng_impl = 'rbg'
   # XLA devices to split the CPU into (the batch is sharded over them); 0 = one per core.
-  # One is the fastest: with Eigen convolutions (below) it already uses every core, and on 2
-  # cores it trained 7-12% faster than one device per core (Unet-Simple at batch 128: 63.5
-  # against 56.6 img/s; Unet-Resnet at 64: 7.86 against 7.35; benchmarks/README.md).
-  # Ignored on GPU/TPU, where every accelerator is used.
+  # One is the default because it measured fastest: with Eigen convolutions (below) one device
+  # already uses every core (benchmarks/README.md). Ignored on GPU/TPU, where every accelerator
+  # is used.
   config.cpu_devices = 1
-  # On the CPU, run convolutions with Eigen instead of YNNPACK (3-4x faster training steps
-  # with jaxlib 0.10; see ddpm_jax/xla_flags.py). Ignored where XLA_FLAGS already chooses.
+  # On the CPU, run convolutions with Eigen instead of YNNPACK, whose weight-gradient
+  # convolutions are slow (ddpm_jax/xla_flags.py; figures in benchmarks/README.md). Ignored where
+  # XLA_FLAGS already chooses.
   config.eigen_cpu_convolutions = True
   # Several hosts (jax.distributed.initialize): '' = one host; 'auto' = detected from the cluster
   # (TPU pods, SLURM, Open MPI); or a coordinator 'host:port', with num_processes and process_id
@@ -51,9 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   # image_folder: skip files Pillow cannot read, logging how many, when True; False = an error.
   data.skip_bad_images = False
   # image_folder: folder keeping the decoded uint8 arrays of each split, keyed by the folder path,
-  # every file's name, size and mtime, and the settings (CIFAR-10's 50,000 JPEGs: 11-25 s to decode
-  # on 2 CPU cores, 1.5 s from the cache); '' = decode every time. Never writes into data_dir;
-  # delete the folder to reclaim the space.
+  # every file's name, size and mtime, and the settings, since reading the cache is much faster
+  # than decoding every image again (benchmarks/README.md); '' = decode every time. Never writes
+  # into data_dir; delete the folder to reclaim the space.
   data.image_cache_dir = '~/.cache/ddpm-jax/images'
   # Let TFDS download and prepare a dataset that is not in data_dir yet.
   data.download = True
@@ -240,7 +240,7 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.num_samples = 50000
   evaluation.sample_batch_size = 500
   # Feature networks: inception (pytorch-fid's; comparable with published FIDs; convert its
-  # weights once: python -m ddpm_jax.nets.convert_inception) | classifier (trained here on the
+  # weights once: python -m ddpm_jax.tools.convert_inception) | classifier (trained here on the
   # train split and cached: works offline; its FIDs compare only with each other).
   evaluation.feature_nets = ('inception',)
   # Converted Inception weights ('' = ~/.cache/ddpm-jax/inception/pt_inception-2015-12-05.npz).

@@ -1,8 +1,6 @@
 """Class-conditional Unet-Simple on MNIST with classifier-free guidance ("draw a 7").
 
-  python main.py --config=configs/mnist_cond.py --workdir=workdirs/mnist_cond
-  python main.py --config=configs/mnist_cond.py --workdir=workdirs/mnist_cond --mode=sample \\
-      --config.sampling.classes=7 --config.sampling.guidance_scale=2
+How to train and sample it: see docs/runbooks.md.
 """
 
 from configs import mnist_simple

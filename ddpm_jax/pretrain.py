@@ -6,9 +6,9 @@ network's batch statistics; with config.training.init_ema also its EMA params an
 statistics, otherwise the EMA restarts equal to the loaded params, as in any new run. The
 optimizer state, step and timestep-sampler history stay the new run's own (fresh).
 
-  abstract = train.abstract_state(model, config, tx, mesh)
+  abstract = train_state.abstract_state(model, config, tx, mesh)
   loaded = load_init_params(config, config.training.init_from, abstract)
-  state = apply_init(train.initial_state(model, config, tx, mesh), loaded, config.training.init_ema)
+  state = apply_init(train_state.initial_state(model, config, tx, mesh), loaded, config.training.init_ema)
 
 Only the four needed items are read from the source checkpoint (orbax partial restore), after
 its stored shapes are checked against this run's network; the source optimizer state is never
@@ -27,24 +27,18 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from ddpm_jax import configuration
+from ddpm_jax.checkpoints import CHECKPOINT_DIR, DEFAULT_ITEM
+from ddpm_jax.errors import InitFromError
 from ddpm_jax.train_state import TrainState
+from ddpm_jax.layout import CONFIG_FILE
 
-# The workdir's checkpoint folder, as train.CHECKPOINT_DIR (train imports this module, so not
-# imported from there); orbax keeps each step's state in the item folder 'default'.
-CHECKPOINT_DIR = 'checkpoints'
-ITEM_DIR = 'default'
 # The TrainState fields a new run takes from the source checkpoint.
 ITEMS = ('params', 'batch_stats', 'ema_params', 'ema_batch_stats')
 MAX_LISTED = 5  # Differing parameters named in a mismatch error.
 
 
-class InitFromError(configuration.ConfigError):
-  """config.training.init_from cannot start this run: a missing path, no checkpoint, or a
-  checkpoint of a different network. The message names it and the fix."""
-
-
 def _is_step_dir(path: str) -> bool:
-  return os.path.basename(os.path.normpath(path)).isdigit() and os.path.isdir(os.path.join(path, ITEM_DIR))
+  return os.path.basename(os.path.normpath(path)).isdigit() and os.path.isdir(os.path.join(path, DEFAULT_ITEM))
 
 
 def resolve_checkpoint(init_from: str) -> tuple[str, int, Optional[str]]:
@@ -68,7 +62,7 @@ def resolve_checkpoint(init_from: str) -> tuple[str, int, Optional[str]]:
           f'WORKDIR/{CHECKPOINT_DIR}/<step>.')
     workdir, step = path, max(steps)
     path = os.path.join(checkpoints, str(step))
-  config_path = os.path.join(workdir, configuration.CONFIG_FILE)
+  config_path = os.path.join(workdir, CONFIG_FILE)
   return path, step, (config_path if os.path.exists(config_path) else None)
 
 
@@ -106,7 +100,7 @@ def _describe_configs(source_config: Optional[dict], config: ml_collections.Conf
   lacks (written before the field existed) is not compared."""
   current = _model_fields(configuration.config_to_dict(config))
   if source_config is None:
-    return f'The checkpoint\'s run has no {configuration.CONFIG_FILE}; this run\'s network: {current}.'
+    return f'The checkpoint\'s run has no {CONFIG_FILE}; this run\'s network: {current}.'
   source = _model_fields(source_config)
   changed = [f'{k}: {source[k]!r} there, {current[k]!r} here'
              for k in sorted(set(source) & set(current)) if source[k] != current[k]]
@@ -156,7 +150,7 @@ def _check_network(stored: dict, target: dict, init_from: str, path: str,
 def load_init_params(config: ml_collections.ConfigDict, init_from: str,
                      abstract_state: TrainState) -> dict[str, Any]:
   """{'params', 'batch_stats', 'ema_params', 'ema_batch_stats'} of init_from's checkpoint, placed
-  as in abstract_state (train.abstract_state of this run: shapes, dtypes, shardings).
+  as in abstract_state (train_state.abstract_state of this run: shapes, dtypes, shardings).
 
   Raises InitFromError when init_from is missing, holds no checkpoint, or its network differs
   from this run's (naming the first differing arrays and both runs' network fields).
@@ -164,7 +158,7 @@ def load_init_params(config: ml_collections.ConfigDict, init_from: str,
   path, step, config_path = resolve_checkpoint(init_from)
   source_config = _read_json(config_path)
   target = {name: getattr(abstract_state, name) for name in ITEMS}
-  item = epath.Path(path, ITEM_DIR)
+  item = epath.Path(path, DEFAULT_ITEM)
   handler = ocp.PyTreeCheckpointHandler()
   try:
     _check_network(handler.metadata(item).tree, target, init_from, path, source_config, config)

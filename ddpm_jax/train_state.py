@@ -1,13 +1,21 @@
-"""Training state (params, batch statistics, optimizer state, EMA params, step) and its updates."""
+"""Training state (params, batch statistics, optimizer state, EMA params, step), its updates, and
+its construction from a config: the random keys, the step-0 state and its abstract shapes.
+"""
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+from jax.sharding import Mesh
+
+from ddpm_jax import diffusion, nets, parallel
 
 OPTIMIZERS = ('adam',)
+# jax.random key implementations a run may use (config.rng_impl).
+RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -75,3 +83,52 @@ def apply_gradients(state: TrainState, grads: Any, batch_stats: Any,
       opt_state=opt_state,
       ema_params=ema_update(state.ema_params, params, ema_decay),
   )
+
+
+# ---------------------------------------------------------------------------
+# Construction from a config.
+
+def root_keys(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """The independent key streams of a run, all from config.seed."""
+  root = jax.random.key(config.seed, impl=config.rng_impl)
+  init, train, sample, calibrate, evaluate = jax.random.split(root, 5)
+  return {'init': init, 'train': train, 'sample': sample, 'calibrate': calibrate, 'eval': evaluate}
+
+
+def initial_loss_history(config: ml_collections.ConfigDict):
+  """The importance sampler's empty history, or {} when timesteps are uniform."""
+  if config.training.timestep_sampler != 'importance':
+    return {}
+  return diffusion.init_loss_history(config.diffusion.num_timesteps, config.training.importance_history)._asdict()
+
+
+def _init_fn(model, config: ml_collections.ConfigDict, tx) -> Callable[[jax.Array], TrainState]:
+  return lambda key: create_train_state(nets.init_variables(model, config, key), tx,
+                                       initial_loss_history(config))
+
+
+def initial_state(model, config: ml_collections.ConfigDict, tx, mesh: Mesh) -> TrainState:
+  """The step-0 state, replicated over the mesh."""
+  init = jax.jit(_init_fn(model, config, tx), out_shardings=parallel.replicated(mesh))
+  return init(root_keys(config)['init'])
+
+
+def abstract_state(model, config: ml_collections.ConfigDict, tx, mesh: Mesh) -> TrainState:
+  """Shapes, dtypes and shardings of the state, without computing it (a restore target)."""
+  shapes = jax.eval_shape(_init_fn(model, config, tx), root_keys(config)['init'])
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), shapes)
+
+
+class Components(NamedTuple):
+  """What training, sampling, evaluation and figures build from a (validated) config."""
+  mesh: Mesh
+  model: Any  # A flax.linen.Module from nets.get_model.
+  schedule: diffusion.Schedule
+  tx: optax.GradientTransformation
+
+
+def components(config: ml_collections.ConfigDict) -> Components:
+  """The mesh of every device, the network, the noise schedule and the optimizer of a config
+  (checked by configuration.validate_config first: the command line does it once)."""
+  return Components(parallel.make_mesh(), nets.get_model(config), diffusion.schedule_from_config(config.diffusion),
+                    make_optimizer(config.optim))

@@ -1,9 +1,8 @@
 """XLA settings that must be in place before JAX starts (so this module never imports JAX).
 
-On the CPU, jaxlib 0.10 hands convolutions to YNNPACK, whose weight-gradient convolutions
-(a window as large as the feature map) run at ~2 GFLOP/s and made a train step 3-4x slower
-than PyTorch eager; Eigen's kernels, which the flag below restores, match it
-(benchmarks/README.md, "Finding"). XLA aborts on a flag it does not know, so the flag is only
+On the CPU, jaxlib hands convolutions to YNNPACK, whose weight-gradient convolutions (a window
+as large as the feature map) are slow and made a train step several times slower than PyTorch
+eager; Eigen's kernels, which the flag below restores, match it (benchmarks/README.md, "Finding"). XLA aborts on a flag it does not know, so the flag is only
 set when the installed jaxlib binary contains its name.
 """
 

@@ -11,7 +11,7 @@ Runs, each well under 30 minutes on 2 CPU cores (their wall times are in the tab
     Unet-Simple run above;
   * --mode=figures (reverse and forward process, GIF) and --mode=eval (bits/dim, FID) of the
     Unet-Simple run.
-Then `python -m ddpm_jax.compare` for the networks and for pre-training, and the page itself,
+Then `python -m ddpm_jax.tools.compare` for the networks and for pre-training, and the page itself,
 with its pictures copied into docs/results/. A finished run is not trained again (main.py
 resumes it, and a complete one returns at once), so rerunning after an interruption continues.
 """
@@ -59,7 +59,7 @@ def train_run(workdir: str, config: str, steps: int, extra: list[str]) -> None:
 
 
 def compare(out: str, labels: list[str], workdirs: list[str]) -> str:
-  subprocess.run([sys.executable, '-m', 'ddpm_jax.compare', f'--out={out}', f'--labels={",".join(labels)}',
+  subprocess.run([sys.executable, '-m', 'ddpm_jax.tools.compare', f'--out={out}', f'--labels={",".join(labels)}',
                   f'--workdirs={",".join(workdirs)}'], cwd=ROOT, check=True)
   with open(os.path.join(out, 'runs.md')) as f:
     return f.read().strip()

@@ -32,7 +32,7 @@ except ImportError:
 # The longest files first (minutes each on 2 cores): pytest.ini runs the suite on one pytest-xdist
 # worker per core, handing out whole files in collection order, so these start first and the
 # short files fill in around them.
-LONGEST_FILES = ('test_train.py', 'test_main.py', 'test_sharding.py', 'test_eval_workdir.py')
+LONGEST_FILES = ('test_train.py', 'test_main.py', 'test_sharding.py', 'test_evaluate.py')
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from ddpm_jax import data, diffusion, nets, train
+from ddpm_jax import data, diffusion, nets, parallel, train_step
 from ddpm_jax.train_state import create_train_state, make_optimizer
 
 
@@ -77,20 +77,20 @@ def two_pattern_dataset(image_size: int, channels: int = 1) -> data.ImageDataset
 
 
 def train_tiny(config, steps: int):
-  """(model, final TrainState, losses) of `steps` steps of train.py's train step on two patterns."""
+  """(model, final TrainState, losses) of `steps` steps of the train step (train_step.py) on two patterns."""
   dataset = two_pattern_dataset(config.data.image_size, config.data.num_channels)
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   model = nets.get_model(config)
   schedule = diffusion.schedule_from_config(config.diffusion)
   tx = make_optimizer(config.optim)
   variables = fast_init(model, config)
   assert set(variables) == {'params'}  # Group norm only: no 'batch_stats' collection.
-  state = jax.device_put(create_train_state(variables, tx), train.replicated(mesh))
-  step = fast_jit(train.make_train_step(model, schedule, tx, config, jax.random.PRNGKey(0)))
+  state = jax.device_put(create_train_state(variables, tx), parallel.replicated(mesh))
+  step = fast_jit(train_step.make_train_step(model, schedule, tx, config, jax.random.PRNGKey(0)))
   losses = []
   for i in range(steps):
     batch = data.get_batch(dataset, config.training.batch_size, i, 0).images
-    state, metrics = step(state, train.shard_batch(batch, mesh))
+    state, metrics = step(state, parallel.shard_batch(batch, mesh))
     losses.append(float(metrics['loss']))
   assert int(state.step) == steps and state.batch_stats == {}
   return model, state, losses

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import checkpoints
+from ddpm_jax import checkpoints, errors
 
 # Orbax's failed reads and writes leave callbacks on closed event loops and coroutines never awaited.
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
@@ -117,7 +117,7 @@ def test_no_readable_checkpoint_is_an_error_that_changes_nothing(tmp_path):
   for step in ('1', '2'):
     os.remove(os.path.join(ckpt_dir, step, checkpoints.DEFAULT_ITEM, '_METADATA'))
   before = sorted(glob.glob(ckpt_dir + '/**', recursive=True))
-  with pytest.raises(checkpoints.CheckpointError, match=r'No checkpoint in .* can be read: .*/2: .*/1: .*Nothing was'):
+  with pytest.raises(errors.CheckpointError, match=r'No checkpoint in .* can be read: .*/2: .*/1: .*Nothing was'):
     checkpoints.restore_newest(checkpoints.make_manager(workdir, keep=5), abstract_of(small_state()))
   assert sorted(glob.glob(ckpt_dir + '/**', recursive=True)) == before
 
@@ -128,12 +128,12 @@ def test_check_fits_names_the_arrays_that_differ(tmp_path):
   other = small_state()
   other['params']['w'] = jnp.zeros((10,))
   del other['params']['b']
-  with pytest.raises(checkpoints.CheckpointError, match=(
+  with pytest.raises(errors.CheckpointError, match=(
       rf'The checkpoint {ckpt_dir}/2 does not fit the new model \(2 arrays differ: params/b: \(4, 4\) in the '
       r'checkpoint, absent in the model; params/w: \(3000,\) in the checkpoint, \(10,\) in the model\)')):
     checkpoints.check_fits(ckpt_dir, abstract_of(other))
   os.remove(os.path.join(ckpt_dir, '2', checkpoints.DEFAULT_ITEM, '_METADATA'))  # Now unreadable: step 1 judged.
-  with pytest.raises(checkpoints.CheckpointError, match=f'{ckpt_dir}/1 does not fit'):
+  with pytest.raises(errors.CheckpointError, match=f'{ckpt_dir}/1 does not fit'):
     checkpoints.check_fits(ckpt_dir, abstract_of(other))
 
 
@@ -155,7 +155,7 @@ def test_a_full_disk_names_the_checkpoint_and_keeps_the_older_ones(tmp_path, mon
   ckpt_dir = checkpoints.checkpoint_dir(workdir)
   fail_writes_with_enospc(monkeypatch, os.path.join(ckpt_dir, '2'))
   writer = checkpoints.CheckpointWriter(checkpoints.make_manager(workdir, keep=5))
-  with pytest.raises(checkpoints.CheckpointError) as error:
+  with pytest.raises(errors.CheckpointError) as error:
     writer.save(2, small_state(2))
     writer.wait()
   message = str(error.value)
@@ -192,5 +192,5 @@ def test_a_stop_signal_sets_a_flag_a_second_stops_at_once_and_handlers_come_back
     stop.handle(signal.SIGINT, None)
     assert sent == [(os.getpid(), signal.SIGINT)] and signal.getsignal(signal.SIGINT) == signal.SIG_DFL
   assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
-  error = checkpoints.Preempted(signal.SIGTERM, 7, '/w/checkpoints/7')
+  error = errors.Preempted(signal.SIGTERM, 7, '/w/checkpoints/7')
   assert str(error) == 'SIGTERM at step 7; saved /w/checkpoints/7. Rerun the same command to resume from it.'

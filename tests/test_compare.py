@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax import compare, runs
+from ddpm_jax import errors
+from ddpm_jax.tools import compare, events
 
 f32 = lambda v: float(np.float32(v))
 
@@ -78,13 +79,13 @@ def test_summaries_and_table(workdirs, tmp_path):
 
 
 def test_curves_only_for_logged_series(workdirs, tmp_path):
-  scalars = {'b': runs.read_scalars(workdirs[1])}  # Neither 'epoch' nor 'fid'.
+  scalars = {'b': events.read_scalars(workdirs[1])}  # Neither 'epoch' nor 'fid'.
   written = compare.write_curves(scalars, str(tmp_path))
   assert [os.path.basename(p) for p in written] == ['loss_vs_step.png']
 
 
 def test_summarize_window_and_missing_fields():
-  loss = runs.Series(np.arange(1, 11), np.arange(10, 0, -1, dtype=np.float64))
+  loss = events.Series(np.arange(1, 11), np.arange(10, 0, -1, dtype=np.float64))
   row = compare.summarize({}, {'loss': loss}, {}, 'x', window=3)
   assert row.final_loss == 2.0 and row.steps == 10
   assert (row.network, row.num_params, row.final_fid, row.wall_time_s) == (None, None, None, None)
@@ -114,13 +115,13 @@ def test_cli_error_for_a_workdir_that_is_not_a_run(workdirs, tmp_path, capsys):
   err = capsys.readouterr().err
   assert err == f'error: No config.json in {empty}: is it the --workdir of a training run?\n'
   (empty / 'config.json').write_text('{}')
-  with pytest.raises(runs.RunError, match='No TensorBoard event files'):
+  with pytest.raises(errors.RunError, match='No TensorBoard event files'):
     compare.compare([str(empty)], str(tmp_path / 'o'))
 
 
 def test_the_classifier_fid_stands_in_when_no_inception_fid_was_logged():
-  series = runs.Series(np.array([10, 20]), np.array([5.0, 3.0]))
+  series = events.Series(np.array([10, 20]), np.array([5.0, 3.0]))
   summary = compare.summarize({}, {'loss': series, 'fid_classifier': series}, {}, 'run')
   assert (summary.final_fid, summary.best_fid) == (3.0, 3.0)
-  inception = runs.Series(np.array([10]), np.array([9.0]))
+  inception = events.Series(np.array([10]), np.array([9.0]))
   assert compare.summarize({}, {'fid': inception, 'fid_classifier': series}, {}, 'run').final_fid == 9.0

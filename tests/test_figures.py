@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax import configuration, data, diffusion, figures, sampling, train, viz
-from test_train import tiny_level_config
+from ddpm_jax import data, diffusion, errors, figures, sampling, train, viz
+from train_testlib import tiny_level_config
 
 PADDING = 2  # viz's default padding around tiles.
 
@@ -114,16 +114,16 @@ def test_ddim_frames_are_evenly_spaced_steps_left_labelled_with_timesteps():
 
 
 def test_no_checkpoint_is_a_workdir_error(tmp_path):
-  with pytest.raises(configuration.WorkdirError, match='No checkpoint'):
+  with pytest.raises(errors.WorkdirError, match='No checkpoint'):
     figures.reverse_process(tiny_level_config(), str(tmp_path))
 
 
 def test_bad_counts_are_config_errors(tmp_path):
-  with pytest.raises(configuration.ConfigError, match='num_frames must be at least 2'):
+  with pytest.raises(errors.ConfigError, match='num_frames must be at least 2'):
     figures.reverse_process(tiny_level_config(), str(tmp_path), num_frames=1)
   config = tiny_level_config()
   config.figures.num_images = 0
-  with pytest.raises(configuration.ConfigError, match='num_images must be at least 1'):
+  with pytest.raises(errors.ConfigError, match='num_images must be at least 1'):
     figures.reverse_process(config, str(tmp_path))
 
 

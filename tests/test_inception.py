@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ddpm_jax import evaluation as ev
-from ddpm_jax.nets import convert_inception as ci
+from ddpm_jax import errors
+from ddpm_jax.evaluation import scores as ev
+from ddpm_jax.tools import convert_inception as ci
 from ddpm_jax.nets import inception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,11 +70,11 @@ def test_state_dict_converts_exactly_and_misfits_are_refused():
   for key, value in flat.items():
     np.testing.assert_array_equal(converted[key], value, err_msg=key)
   missing = {k: v for k, v in state_dict.items() if k != 'Mixed_6a.branch3x3.bn.running_var'}
-  with pytest.raises(ci.ConversionError, match=r'1 missing key\(s\): Mixed_6a.branch3x3.bn.running_var'):
+  with pytest.raises(errors.ConversionError, match=r'1 missing key\(s\): Mixed_6a.branch3x3.bn.running_var'):
     ci.convert_state_dict(missing)
-  with pytest.raises(ci.ConversionError, match=r'1 unused key\(s\): AuxLogits.fc.weight'):
+  with pytest.raises(errors.ConversionError, match=r'1 unused key\(s\): AuxLogits.fc.weight'):
     ci.convert_state_dict(dict(state_dict, **{'AuxLogits.fc.weight': np.zeros((1008, 768))}))
-  with pytest.raises(ci.ConversionError, match=r'fc.weight: \(1000, 2048\) -> \(2048, 1000\), but params/fc/kernel '
+  with pytest.raises(errors.ConversionError, match=r'fc.weight: \(1000, 2048\) -> \(2048, 1000\), but params/fc/kernel '
                                                r'needs \(2048, 1008\)'):
     ci.convert_state_dict(dict(state_dict, **{'fc.weight': np.zeros((1000, 2048))}))
 
@@ -88,17 +89,17 @@ def test_saved_weights_load_back_exactly(weights_file):
 
 def test_a_missing_weights_file_says_what_to_download_and_how_to_convert(tmp_path):
   path = str(tmp_path / 'nowhere' / 'inception.npz')
-  with pytest.raises(inception.MissingInceptionWeightsError) as error:
+  with pytest.raises(errors.MissingInceptionWeightsError) as error:
     inception.load_inception_params(path)
   message = str(error.value)
   assert f'No Inception weights at {path}' in message
   assert inception.FID_WEIGHTS_URL in message
-  assert (f'python -m ddpm_jax.nets.convert_inception --torch_weights={inception.FID_WEIGHTS_FILE} '
+  assert (f'python -m ddpm_jax.tools.convert_inception --torch_weights={inception.FID_WEIGHTS_FILE} '
           f'--output={path}`') in message
   assert f'which writes {path}' in message
   # The default path needs no --output.
   assert inception.conversion_command(inception.DEFAULT_WEIGHTS_PATH) == (
-      f'python -m ddpm_jax.nets.convert_inception --torch_weights={inception.FID_WEIGHTS_FILE}')
+      f'python -m ddpm_jax.tools.convert_inception --torch_weights={inception.FID_WEIGHTS_FILE}')
 
 
 def test_wrong_or_corrupt_weights_files_are_refused_with_the_fix(tmp_path, weights_file):
@@ -119,16 +120,16 @@ def test_wrong_or_corrupt_weights_files_are_refused_with_the_fix(tmp_path, weigh
       'float64.npz': r'params/fc/bias: \(1008,\) float64, needs \(1008,\) float32',
   }
   for name, problem in cases.items():
-    with pytest.raises(inception.InceptionWeightsError, match=problem) as error:
+    with pytest.raises(errors.InceptionWeightsError, match=problem) as error:
       inception.load_inception_params(str(tmp_path / name))
     assert str(tmp_path / name) in str(error.value)
-    assert 'python -m ddpm_jax.nets.convert_inception' in str(error.value), name
+    assert 'python -m ddpm_jax.tools.convert_inception' in str(error.value), name
 
 
 def test_the_download_is_checked_against_its_published_hash(tmp_path):
   path = tmp_path / inception.FID_WEIGHTS_FILE
   path.write_bytes(b'an interrupted download')
-  with pytest.raises(ci.ConversionError, match=rf'SHA-256 {ci.sha256_of(str(path))}, but .* start with 6726825d'):
+  with pytest.raises(errors.ConversionError, match=rf'SHA-256 {ci.sha256_of(str(path))}, but .* start with 6726825d'):
     ci.convert_file(str(path), str(tmp_path / 'out.npz'))
   ci.check_sha256_prefix(str(path), ci.sha256_of(str(path))[:8])
   assert not os.path.exists(tmp_path / 'out.npz')
@@ -275,7 +276,7 @@ def test_converter_command_writes_weights_that_load(tmp_path):
   flat = inception.random_flat_variables(seed=6)
   torch_weights, output = tmp_path / inception.FID_WEIGHTS_FILE, tmp_path / 'out' / 'inception.npz'
   torch.save({k: torch.from_numpy(v) for k, v in torch_layout(flat).items()}, str(torch_weights))
-  result = subprocess.run([sys.executable, '-m', 'ddpm_jax.nets.convert_inception', f'--torch_weights={torch_weights}',
+  result = subprocess.run([sys.executable, '-m', 'ddpm_jax.tools.convert_inception', f'--torch_weights={torch_weights}',
                            f'--output={output}', '--nocheck_hash'], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]

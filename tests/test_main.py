@@ -94,6 +94,7 @@ def run_hosts(*args, num_hosts: int = 2) -> None:
     assert host.returncode == 0, f'host {i} failed ({host.returncode}):\n{stderr[-4000:]}'
 
 
+@pytest.mark.slow
 def test_two_hosts_train_as_one_with_two_devices_then_sample_and_evaluate(tmp_path):
   """Two processes of one device (jax.distributed, gloo) and one process of two devices train to
   the same bits and draw the same previews; then --mode=sample and --mode=eval (in this process).
@@ -168,7 +169,7 @@ def run_child(argv: list[str], log: str, prepare=None) -> None:
   code = 0
   try:
     sys.argv = argv
-    rest = main.parse_flags(argv)
+    rest = main.cli.parse_flags(argv)  # As app.run(main.main, flags_parser=cli.parse_flags).
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
     if prepare:
@@ -259,6 +260,7 @@ def drive(root: str, report_path: str) -> None:
     json.dump(report, f, indent=1)
 
 
+@pytest.mark.slow
 def test_killed_preempted_damaged_run_ends_bitwise_as_uninterrupted(tmp_path):
   """One uninterrupted run; another stopped by SIGTERM, killed 5 times (kill -9 at seeded random
   moments after a checkpoint write starts or ends: mid-save or mid-step), stopped by a full disk, its
@@ -319,12 +321,12 @@ def workdirs(tmp_path_factory):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import main  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import checkpoints, configuration, train  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import checkpoints, configuration, train_state  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('workdirs')
   parse(['main.py', *TINY, f'--workdir={root}'])
   config = main.FLAGS.config
-  mesh, model, _, tx = train.setup(config)
-  state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), train.abstract_state(model, config, tx, mesh))
+  mesh, model, _, tx = train_state.components(config)
+  state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), train_state.abstract_state(model, config, tx, mesh))
   paths = {name: str(root / name) for name in ('run', 'fresh', 'empty')}
   writer = checkpoints.CheckpointWriter(checkpoints.make_manager(paths['run'], keep=3))
   writer.save(2, state)
@@ -346,12 +348,12 @@ def reset_flags() -> None:
 
 
 def parse(argv: list[str]) -> list[str]:
-  """main.py's parse_flags on argv, in this process."""
+  """main.py's flags parser (cli.parse_flags) on argv, in this process."""
   import main  # pylint: disable=g-import-not-at-top
   reset_flags()
   saved, sys.argv = sys.argv, argv  # config_flags reads the --config.* overrides from sys.argv.
   try:
-    return main.parse_flags(argv)
+    return main.cli.parse_flags(argv)
   finally:
     sys.argv = saved
 
@@ -474,7 +476,7 @@ def test_every_bad_command_line_is_one_error_line_and_changes_no_file(workdirs, 
 def test_a_signal_outside_the_training_loop_stops_with_one_line(tmp_path, monkeypatch, capsys, signum):
   """SIGTERM or SIGINT during setup, sampling or eval: `stopped:`, 128 + signum, the handler restored."""
   import main  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import train  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import generate  # pylint: disable=g-import-not-at-top
 
   def signalled(*args, **kwargs):
     for _ in range(3):  # The handler raises in this frame (rarely in a gc callback, which swallows it).
@@ -482,7 +484,7 @@ def test_a_signal_outside_the_training_loop_stops_with_one_line(tmp_path, monkey
       time.sleep(5)
     raise AssertionError('the signal did not stop the run')
 
-  monkeypatch.setattr(train, 'sample', signalled)
+  monkeypatch.setattr(generate, 'sample', signalled)
   before = signal.getsignal(signal.SIGTERM)
   with pytest.raises(SystemExit) as stopped:
     main.main(parse(['main.py', *TINY, f'--workdir={tmp_path}', '--mode=sample']))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from ddpm_jax import data, nets, train
+from ddpm_jax import data, nets, parallel
 from ddpm_jax.nets import precision
 import train_testlib
 
@@ -51,11 +51,12 @@ def loss_curve(compute_dtype: str, steps: int) -> tuple[list[float], set]:
   mesh, _, _, state, step = train_testlib.training_setup(small_config(compute_dtype))
   losses = []
   for i in range(steps):
-    state, metrics = step(state, train.shard_batch(data.get_batch(dataset, 16, i, 0).images, mesh))
+    state, metrics = step(state, parallel.shard_batch(data.get_batch(dataset, 16, i, 0).images, mesh))
     losses.append(float(metrics['loss']))
   return losses, {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state, state.ema_params))}
 
 
+@pytest.mark.slow
 def test_bfloat16_training_follows_the_float32_loss_curve():
   full, full_dtypes = loss_curve('float32', 40)
   mixed, mixed_dtypes = loss_curve('bfloat16', 40)

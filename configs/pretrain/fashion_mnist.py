@@ -2,11 +2,8 @@
 Fashion-MNIST (60,000 IDX images from /usr/share/datasets/fashion-mnist, Debian's
 `apt-get install dataset-fashion-mnist`) for the analogue of N CIFAR-100 epochs (the argument,
 default 10): N/50 of the MNIST fine-tuning's 3,120 steps, as the report pre-trains N epochs
-before 50 on CIFAR-10. :10, :20, :30 are 624, 1,248 and 1,872 steps (about 2-2.5, 3.5-5 and 5.5-7
-minutes on 2 CPU cores at the quickstart's measured 0.17-0.23 s per step). The commands, in order, are in the docstring
-of configs/pretrain/mnist_from.py; the first is
-
-  python main.py --config=configs/pretrain/fashion_mnist.py:10 --workdir=workdirs/pretrain/fashion_10
+before 50 on CIFAR-10 (:10, :20, :30 are 624, 1,248 and 1,872 steps). The whole experiment:
+see docs/runbooks.md.
 """
 
 from configs import quickstart

@@ -3,7 +3,7 @@
 Inception-v3 weights need a download; this network trains in minutes on a dataset's own train
 split instead. Blocks of (3x3 conv -> GroupNorm -> swish) x convs_per_block with a 2x2 max-pool
 before every block but the first, then a global average pool -> features -> dense logits (the
-GroupNorm and max pool of nets/layers.py, which train 4x and 15x faster on XLA:CPU than Flax's).
+GroupNorm and max pool of nets/layers.py, faster on XLA:CPU than Flax's; benchmarks/README.md).
 No batch norm, so the parameters are the whole state, and the architecture can be read back
 from the parameters alone (`classifier_from_params`).
 """

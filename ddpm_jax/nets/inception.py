@@ -11,7 +11,7 @@ align_corners=False) does (no antialiasing), then scaled from [0, 1] to [-1, 1].
 Convolutions are followed by batch norm (eps 0.001) and ReLU, as torchvision's BasicConv2d.
 
 Weights: pytorch-fid's published state dict, converted once by
-`python -m ddpm_jax.nets.convert_inception` into a .npz that `load_inception_params` reads
+`python -m ddpm_jax.tools.convert_inception` into a .npz that `load_inception_params` reads
 and checks. Module and parameter names follow torchvision's, so the mapping is by name.
 """
 
@@ -28,6 +28,7 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ddpm_jax import atomic_io
+from ddpm_jax.errors import InceptionWeightsError, MissingInceptionWeightsError
 
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                    'pt_inception-2015-12-05-6726825d.pth')
@@ -257,14 +258,6 @@ class InceptionV3(nn.Module):
 # ---------------------------------------------------------------------------
 # Weights file: flat .npz, keys 'params/Mixed_5b/branch1x1/conv/kernel', 'batch_stats/.../bn/mean'.
 
-class InceptionWeightsError(ValueError):
-  """The Inception weights file is missing, unreadable or not what the network needs."""
-
-
-class MissingInceptionWeightsError(InceptionWeightsError):
-  """No file at the weights path; the message says what to download and how to convert it."""
-
-
 def flat_key(path: Sequence[str]) -> str:
   return '/'.join(path)
 
@@ -304,7 +297,7 @@ def random_flat_variables(seed: int = 0) -> dict[str, np.ndarray]:
 
 def conversion_command(output: str) -> str:
   """The command that writes converted weights to `output`."""
-  command = f'python -m ddpm_jax.nets.convert_inception --torch_weights={FID_WEIGHTS_FILE}'
+  command = f'python -m ddpm_jax.tools.convert_inception --torch_weights={FID_WEIGHTS_FILE}'
   if os.path.expanduser(output) != os.path.expanduser(DEFAULT_WEIGHTS_PATH):
     command += f' --output={os.path.expanduser(output)}'
   return command
@@ -390,7 +383,7 @@ def make_inception_fn(variables: dict, batch_size: int = 100, mesh: Optional[Mes
 
   Images go through one jitted network in chunks of `batch_size`, the last chunk padded, so
   each image size compiles once. Grayscale is repeated to 3 channels. With a `mesh` (1-D,
-  axis 'data', as train.make_mesh), each chunk is split over its devices and the weights are
+  axis 'data', as parallel.make_mesh), each chunk is split over its devices and the weights are
   replicated; batch_size must then divide by the number of devices.
   """
   if batch_size <= 0:

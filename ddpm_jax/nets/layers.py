@@ -39,7 +39,7 @@ def upsampled_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_stride
   conv_general_dilated field (a 3x3 kernel, stride 1, 'SAME' padding, NHWC / HWIO only).
 
   The same function as convolving the upsampled map, computed on lhs itself as four 2x2
-  convolutions, one per output phase: 2.25x fewer FLOPs and no upsampled copy, 2-4x faster
+  convolutions, one per output phase: 2.25x fewer FLOPs and no upsampled copy, faster
   forward + backward on XLA:CPU (benchmarks/README.md). Folded taps add in float32.
   """
   pads = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
@@ -109,7 +109,7 @@ _max_pool_2x2_even.defvjp(_max_pool_2x2_forward, _max_pool_2x2_backward)
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME') of an NHWC map, its gradient taken
-  elementwise from the window maxima: 15x faster forward + backward on XLA:CPU than the
+  elementwise from the window maxima: far faster forward + backward on XLA:CPU than the
   reduce-window gradient, which builds index maps of the whole input (benchmarks/README.md)."""
   pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
   if pad_h or pad_w:  # 'SAME' pads odd sides at the end.
@@ -158,7 +158,7 @@ class GroupNorm(nn.Module):
 
   The variance is two-pass, which matches PyTorch's to float32 rounding; statistics are float32
   whatever the input dtype. Sums run per channel over the positions first, then over each group's
-  channels: XLA:CPU reduces that layout 3-10x faster than Flax's (batch, H, W, groups, size) one
+  channels: XLA:CPU reduces that layout faster than Flax's (batch, H, W, groups, size) one
   (benchmarks/README.md).
   """
   num_groups: int

@@ -1,12 +1,12 @@
-"""Reading runs back: scalars written by a real CLU writer, config.json, run_info.json."""
+"""Reading TensorBoard scalars back (ddpm_jax/tools/events.py), as written by a real CLU writer."""
 
-import json
 import os
 
 import numpy as np
 import pytest
 
-from ddpm_jax import runs
+from ddpm_jax import errors
+from ddpm_jax.tools import events
 
 LOSSES = [0.9123456789, 0.51, 0.3333333, 0.125, 0.0987654321]
 
@@ -37,7 +37,7 @@ def workdir(tmp_path_factory):
 
 
 def test_read_scalars_returns_exactly_what_was_written(workdir):
-  scalars = runs.read_scalars(workdir)
+  scalars = events.read_scalars(workdir)
   assert sorted(scalars) == ['epoch', 'fid', 'loss', 'steps_per_sec']
   loss = scalars['loss']
   np.testing.assert_array_equal(loss.steps, [100, 200, 300, 400, 500])
@@ -52,35 +52,19 @@ def test_read_scalars_returns_exactly_what_was_written(workdir):
 
 
 def test_read_scalars_filters_tags(workdir):
-  assert list(runs.read_scalars(workdir, tags=['fid'])) == ['fid']
+  assert list(events.read_scalars(workdir, tags=['fid'])) == ['fid']
 
 
 def test_join_on_step_pairs_loss_with_epoch(workdir):
-  scalars = runs.read_scalars(workdir, tags=['loss', 'epoch'])
-  epochs, losses = runs.join_on_step(scalars['epoch'], scalars['loss'])
+  scalars = events.read_scalars(workdir, tags=['loss', 'epoch'])
+  epochs, losses = events.join_on_step(scalars['epoch'], scalars['loss'])
   assert epochs.tolist() == [0.5, 1.0, 1.5, 2.0, 2.5]
   np.testing.assert_array_equal(losses, scalars['loss'].values)
-  partial = runs.Series(np.array([200, 500, 600]), np.array([1.0, 2.0, 3.0]))
-  x, y = runs.join_on_step(partial, scalars['loss'])
+  partial = events.Series(np.array([200, 500, 600]), np.array([1.0, 2.0, 3.0]))
+  x, y = events.join_on_step(partial, scalars['loss'])
   assert x.tolist() == [1.0, 2.0] and y.tolist() == [scalars['loss'].values[1], scalars['loss'].values[4]]
 
 
 def test_a_workdir_without_events_is_a_clear_error(tmp_path):
-  with pytest.raises(runs.RunError, match=f'No TensorBoard event files in {tmp_path}'):
-    runs.read_scalars(str(tmp_path))
-
-
-def test_config_and_run_info(tmp_path):
-  with pytest.raises(runs.RunError, match='No config.json in'):
-    runs.read_config(str(tmp_path))
-  with pytest.raises(runs.RunError, match='is not a directory'):
-    runs.read_config(str(tmp_path / 'missing'))
-  assert runs.read_run_info(str(tmp_path)) == {}
-  config = {'model': {'name': 'ddpm', 'ch': 128}, 'diffusion': {'loss': 'simple'}}
-  (tmp_path / 'config.json').write_text(json.dumps(config))
-  (tmp_path / 'run_info.json').write_text(json.dumps({'num_params': 7, 'wall_time_s': 1.5, 'step': 9}))
-  assert runs.read_config(str(tmp_path)) == config
-  assert runs.read_run_info(str(tmp_path)) == {'num_params': 7, 'wall_time_s': 1.5, 'step': 9}
-  assert runs.config_value(config, 'model.name') == 'ddpm'
-  assert runs.config_value(config, 'model.name.x') is None
-  assert runs.config_value(config, 'data.dataset', 'none') == 'none'
+  with pytest.raises(errors.RunError, match=f'No TensorBoard event files in {tmp_path}'):
+    events.read_scalars(str(tmp_path))

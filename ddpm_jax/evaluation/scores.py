@@ -19,6 +19,7 @@ from typing import Callable, Iterable, NamedTuple, Optional
 import numpy as np
 
 from ddpm_jax import atomic_io
+from ddpm_jax.errors import StatsFileError
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 # progress(done, total): images processed so far, and the total if known (else None).
@@ -134,10 +135,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 # ---------------------------------------------------------------------------
 # Stats files (pytorch-fid's layout: mu, sigma; we add num_images, which pytorch-fid ignores).
-
-class StatsFileError(ValueError):
-  """A stats file is unreadable or not FID statistics."""
-
 
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, num_images: Optional[int] = None) -> str:
   """Writes mu and sigma (and the image count) as a pytorch-fid .npz, atomically; returns the path."""

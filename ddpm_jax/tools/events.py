@@ -1,22 +1,18 @@
-"""Reading a finished (or running) run back from its workdir: scalars, config, run info.
+"""The TensorBoard scalars of runs, read back from their workdirs' event files (for
+ddpm_jax/tools/compare.py and docs/make_results.py).
 
-TensorBoard is imported inside read_scalars only, so this module loads without it.
+TensorBoard is imported inside the readers only, so this module loads without it.
 """
 
-import json
 import os
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-CONFIG_FILE = 'config.json'  # Written by configuration.save_config.
-RUN_INFO_FILE = 'run_info.json'  # {"num_params": int, "wall_time_s": float, "step": int, ...}.
+from ddpm_jax.errors import RunError
+
 EVENT_FILE_MARKER = 'tfevents'  # TensorBoard event files: events.out.tfevents.<time>.<host>...
 SKIPPED_DIRS = ('checkpoints',)  # Never holds events; can be large.
-
-
-class RunError(ValueError):
-  """A workdir that cannot be read as a run (no config.json, no event files, ...)."""
 
 
 class Series(NamedTuple):
@@ -98,31 +94,3 @@ def join_on_step(x: Series, y: Series) -> tuple[np.ndarray, np.ndarray]:
   return x.values[x_index], y.values[y_index]
 
 
-def read_config(workdir: str) -> dict:
-  """The run's config as the nested dict saved in workdir/config.json."""
-  if not os.path.isdir(workdir):
-    raise RunError(f'{workdir} is not a directory: give the --workdir of a training run.')
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise RunError(f'No {CONFIG_FILE} in {workdir}: is it the --workdir of a training run?')
-  with open(path) as f:
-    return json.load(f)
-
-
-def read_run_info(workdir: str) -> dict:
-  """workdir/run_info.json (parameter count, wall time, step), or {} when it is absent."""
-  path = os.path.join(workdir, RUN_INFO_FILE)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def config_value(config: dict, dotted: str, default=None):
-  """config['a']['b'] for 'a.b', or default when any part is missing."""
-  value = config
-  for part in dotted.split('.'):
-    if not isinstance(value, dict) or part not in value:
-      return default
-    value = value[part]
-  return value

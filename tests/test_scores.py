@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ddpm_jax import evaluation as ev
+from ddpm_jax import errors
+from ddpm_jax.evaluation import scores as ev
 
 
 def random_spd(rng, dim, rank=None):
@@ -136,7 +137,7 @@ def test_bad_stats_files_are_refused_naming_the_file(tmp_path):
            'shape.npz': r'sigma \(d, d\)', 'nan.npz': 'NaN', 'array.npy': 'single .npy array',
            'absent.npz': 'No stats file'}
   for name, message in cases.items():
-    with pytest.raises(ev.StatsFileError, match=message) as error:
+    with pytest.raises(errors.StatsFileError, match=message) as error:
       ev.load_stats(str(tmp_path / name))
     assert name in str(error.value)
 
@@ -191,7 +192,7 @@ def test_reference_stats_are_computed_once_then_read_from_the_cache(tmp_path):
   assert calls == [5, 5, 3]
   np.testing.assert_array_equal(cached[0], mu)
   np.testing.assert_array_equal(cached[1], sigma)
-  with pytest.raises(ev.StatsFileError, match='statistics of 13 images, but 50000 were asked for; delete it'):
+  with pytest.raises(errors.StatsFileError, match='statistics of 13 images, but 50000 were asked for; delete it'):
     ev.cached_reference_stats(path, never(), counting_fn, num_images=50000)
   with pytest.raises(ValueError, match='held 13 images, not the 20 expected'):
     ev.cached_reference_stats(str(tmp_path / 'other.npz'), image_batches(), counting_fn, num_images=20)

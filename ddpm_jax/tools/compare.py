@@ -1,6 +1,6 @@
 """Side-by-side comparison of runs: a markdown table, a CSV and overlaid curves.
 
-  python -m ddpm_jax.compare --workdirs=workdirs/a,workdirs/b --out=reports/ab [--labels=A,B]
+  python -m ddpm_jax.tools.compare --workdirs=workdirs/a,workdirs/b --out=reports/ab [--labels=A,B]
 
 Writes DIR/runs.md, DIR/runs.csv, DIR/loss_vs_step.png, DIR/loss_vs_epoch.png (runs that
 logged 'epoch') and DIR/fid_vs_step.png (runs that logged 'fid', or else 'fid_classifier').
@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ddpm_jax import atomic_io, runs, viz
+from ddpm_jax import atomic_io, layout, viz
+from ddpm_jax.tools import events
 
 FINAL_LOSS_WINDOW = 5  # Final loss: the mean of this many last logged values.
 COLUMNS = ('run', 'network', 'parameters', 'loss', 'schedule', 'final loss', 'final FID',
@@ -46,11 +47,11 @@ class RunSummary:
 FID_TAGS = ('fid', 'fid_classifier')
 
 
-def fid_series(scalars: dict) -> Optional['runs.Series']:
+def fid_series(scalars: dict) -> Optional['events.Series']:
   return next((scalars[tag] for tag in FID_TAGS if tag in scalars), None)
 
 
-def summarize(config: dict, scalars: dict[str, runs.Series], run_info: dict, label: str,
+def summarize(config: dict, scalars: dict[str, events.Series], run_info: dict, label: str,
               window: int = FINAL_LOSS_WINDOW) -> RunSummary:
   """The table row of one run from its config dict, scalars and run_info dict.
 
@@ -63,10 +64,10 @@ def summarize(config: dict, scalars: dict[str, runs.Series], run_info: dict, lab
   has = lambda s: s is not None and len(s.values) > 0
   return RunSummary(
       label=label,
-      network=runs.config_value(config, 'model.name'),
+      network=layout.config_value(config, 'model.name'),
       num_params=run_info.get('num_params'),
-      loss=runs.config_value(config, 'diffusion.loss'),
-      schedule=runs.config_value(config, 'diffusion.schedule'),
+      loss=layout.config_value(config, 'diffusion.loss'),
+      schedule=layout.config_value(config, 'diffusion.schedule'),
       final_loss=float(np.mean(loss.values[-window:])) if has(loss) else None,
       final_fid=float(fid.values[-1]) if has(fid) else None,
       best_fid=float(np.min(fid.values)) if has(fid) else None,
@@ -121,7 +122,7 @@ def _finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return x[keep], y[keep]
 
 
-def write_curves(scalars_by_label: dict[str, dict[str, runs.Series]], out_dir: str) -> list[str]:
+def write_curves(scalars_by_label: dict[str, dict[str, events.Series]], out_dir: str) -> list[str]:
   """Overlaid loss-vs-step, loss-vs-epoch and FID-vs-step plots; returns the paths written.
 
   A plot is written only when at least one run has its series (epoch: 'epoch' logged with
@@ -133,7 +134,7 @@ def write_curves(scalars_by_label: dict[str, dict[str, runs.Series]], out_dir: s
       series = get_series(scalars)
       if series is None or (against_epoch and 'epoch' not in scalars):
         continue
-      x, y = (runs.join_on_step(scalars['epoch'], series) if against_epoch
+      x, y = (events.join_on_step(scalars['epoch'], series) if against_epoch
               else (series.steps.astype(np.float64), series.values))
       x, y = _finite(x, y)
       if len(x):
@@ -158,7 +159,7 @@ def compare(workdirs: Sequence[str], out_dir: str, labels: Optional[Sequence[str
             window: int = FINAL_LOSS_WINDOW) -> list[str]:
   """Writes runs.md, runs.csv and the curves of the runs in workdirs to out_dir.
 
-  Returns the paths written. Raises runs.RunError for a workdir without config.json or
+  Returns the paths written. Raises errors.RunError for a workdir without config.json or
   event files, ValueError for labels that do not match the workdirs.
   """
   if not workdirs:
@@ -169,9 +170,9 @@ def compare(workdirs: Sequence[str], out_dir: str, labels: Optional[Sequence[str
                      f'label per workdir.')
   rows, scalars_by_label = [], {}
   for workdir, label in zip(workdirs, labels):
-    config = runs.read_config(workdir)
-    scalars = runs.read_scalars(workdir)
-    rows.append(summarize(config, scalars, runs.read_run_info(workdir), label, window))
+    config = layout.read_config(workdir)
+    scalars = events.read_scalars(workdir)
+    rows.append(summarize(config, scalars, layout.read_run_info(workdir), label, window))
     scalars_by_label[label] = scalars
   os.makedirs(out_dir, exist_ok=True)
   md_path, csv_path = os.path.join(out_dir, 'runs.md'), os.path.join(out_dir, 'runs.csv')
@@ -185,7 +186,7 @@ def _split(text: str) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m ddpm_jax.compare', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m ddpm_jax.tools.compare', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdirs', required=True, help='Comma-separated run workdirs.')
   parser.add_argument('--out', required=True, help='Directory for the table, CSV and plots.')
@@ -199,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (reading events) stays quiet.
   try:
     paths = compare(_split(args.workdirs), args.out, _split(args.labels), args.final_loss_window)
-  except ValueError as e:  # runs.RunError included.
+  except ValueError as e:  # errors.RunError included.
     print(f'error: {e}', file=sys.stderr)
     return 1
   for path in paths:

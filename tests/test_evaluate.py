@@ -8,8 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from ddpm_jax import eval_workdir, runs, train
-from test_train import tiny_level_config
+from ddpm_jax import generate, train
+from ddpm_jax.evaluation import evaluate
+from ddpm_jax.tools import events
+from train_testlib import tiny_level_config
 
 
 def eval_config(tmp_path):
@@ -32,6 +34,7 @@ def eval_config(tmp_path):
   return config
 
 
+@pytest.mark.slow
 def test_fid_during_training_and_eval_resuming_after_a_kill_with_the_same_numbers(tmp_path, monkeypatch):
   """FID and KID every step of training (in the classifier's features), then --mode=eval, whole and
   killed mid-way then rerun."""
@@ -40,34 +43,35 @@ def test_fid_during_training_and_eval_resuming_after_a_kill_with_the_same_number
   whole, killed = str(tmp_path / 'whole'), str(tmp_path / 'killed')
   train.train_and_evaluate(config, whole)
   shutil.copytree(whole, killed)
-  logged = runs.read_scalars(whole, ['fid_classifier', 'kid_classifier'])
+  logged = events.read_scalars(whole, ['fid_classifier', 'kid_classifier'])
   assert logged['fid_classifier'].steps.tolist() == logged['kid_classifier'].steps.tolist() == [1, 2]
   fids = logged['fid_classifier'].values
   assert np.all(np.isfinite(fids)) and np.all(fids > 0) and fids[0] != fids[1]
 
-  expected = eval_workdir.evaluate(config, whole)
+  expected = evaluate.evaluate(config, whole)
   assert {'bpd', 'fid_classifier', 'kid_classifier', 'classifier_test_accuracy'} <= set(expected)
   assert expected['fid_classifier'] > 0 and 0 <= expected['classifier_test_accuracy'] <= 1
   with open(os.path.join(whole, 'eval', 'metrics.json')) as f:
     assert json.load(f)['fid_classifier'] == expected['fid_classifier']
 
-  generate, calls = train.generate, []
+  real_generate, calls = generate.generate, []
 
   def killed_on_the_second_batch(*args, **kwargs):
     calls.append(1)
     if len(calls) == 2:
       raise KeyboardInterrupt  # Stands in for a kill: the first batch is on disk.
-    return generate(*args, **kwargs)
+    return real_generate(*args, **kwargs)
 
-  monkeypatch.setattr(train, 'generate', killed_on_the_second_batch)
+  monkeypatch.setattr(generate, 'generate', killed_on_the_second_batch)
   with pytest.raises(KeyboardInterrupt):
-    eval_workdir.evaluate(config, killed)
-  monkeypatch.setattr(train, 'generate', generate)
-  resumed = eval_workdir.evaluate(config, killed)
+    evaluate.evaluate(config, killed)
+  monkeypatch.setattr(generate, 'generate', real_generate)
+  resumed = evaluate.evaluate(config, killed)
   for key in ('fid_classifier', 'kid_classifier', 'bpd'):
     assert resumed[key] == expected[key], key
 
 
+@pytest.mark.slow
 def test_conditional_eval_writes_a_guidance_table(tmp_path):
   config = eval_config(tmp_path)
   config.model.num_classes = 10
@@ -75,7 +79,7 @@ def test_conditional_eval_writes_a_guidance_table(tmp_path):
   config.sampling.eval_guidance_scales = (0.0, 2.0)
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
-  results = eval_workdir.evaluate(config, workdir)
+  results = evaluate.evaluate(config, workdir)
   assert set(results['guidance']) == {'0', '2'}
   for row in results['guidance'].values():
     assert {'fid_classifier', 'class_accuracy'} <= set(row) and 0 <= row['class_accuracy'] <= 1
@@ -87,8 +91,8 @@ def test_conditional_eval_writes_a_guidance_table(tmp_path):
 
 def test_sample_labels_cycle_through_the_requested_classes():
   config = tiny_level_config()
-  assert eval_workdir.sample_labels(config, 5) is None
+  assert evaluate.sample_labels(config, 5) is None
   config.model.num_classes = 3
-  np.testing.assert_array_equal(eval_workdir.sample_labels(config, 5), [0, 1, 2, 0, 1])
+  np.testing.assert_array_equal(evaluate.sample_labels(config, 5), [0, 1, 2, 0, 1])
   config.sampling.classes = (2,)
-  np.testing.assert_array_equal(eval_workdir.sample_labels(config, 3), [2, 2, 2])
+  np.testing.assert_array_equal(evaluate.sample_labels(config, 3), [2, 2, 2])

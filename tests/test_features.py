@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from configs import default
-from ddpm_jax import metrics
+from ddpm_jax import errors
+from ddpm_jax.evaluation import features
 
 
 def write_folder_dataset(root, num_per_class=40, size=8):
@@ -44,33 +45,33 @@ def folder_config(tmp_path):
 def test_classifier_fid_is_near_zero_for_the_data_and_large_for_noise(tmp_path):
   write_folder_dataset(tmp_path / 'data')
   config = folder_config(tmp_path)
-  nets = metrics.load_feature_nets(config)
+  nets = features.load_feature_nets(config)
   assert [n.name for n in nets] == ['classifier'] and nets[0].info['classifier_test_accuracy'] > 0.9
-  refs = [metrics.reference(net, config) for net in nets]
-  assert os.path.exists(os.path.join(config.eval.stats_dir, metrics.dataset_key(config.data, 'train')
+  refs = [features.reference(net, config) for net in nets]
+  assert os.path.exists(os.path.join(config.eval.stats_dir, features.dataset_key(config.data, 'train')
                                      + '-classifier.npz'))
   from ddpm_jax import data
   real = data.load_dataset(config.data, 'train').images
-  same = metrics.sample_metrics(metrics.batches_of(real, 16), len(real), nets, refs, config)
+  same = features.sample_metrics(features.batches_of(real, 16), len(real), nets, refs, config)
   assert same['fid_classifier'] < 1e-3  # Not 0: batching moves float32 features slightly.
   assert abs(same['kid_classifier']) < 3 * same['kid_classifier_std']  # Unbiased: 0 within its spread.
   noise = np.random.default_rng(1).integers(0, 256, real.shape, dtype=np.uint8)
-  far = metrics.sample_metrics(metrics.batches_of(noise, 16), len(noise), nets, refs, config)
+  far = features.sample_metrics(features.batches_of(noise, 16), len(noise), nets, refs, config)
   assert far['fid_classifier'] > 100 * max(same['fid_classifier'], 1e-3)
   assert far['kid_classifier'] > 10 * abs(same['kid_classifier'])
   # The reference comes back from the cache, equal.
-  again = metrics.reference(nets[0], config)
+  again = features.reference(nets[0], config)
   np.testing.assert_array_equal(again.mu, refs[0].mu)
   np.testing.assert_array_equal(again.features, refs[0].features)
 
 
 def test_dataset_key_tells_splits_classes_and_folders_apart(tmp_path):
   config = default.get_config()
-  key = metrics.dataset_key(config.data, 'train')
-  assert key.startswith('mnist-train-28x1-') and key == metrics.dataset_key(config.data, 'train')
-  assert key != metrics.dataset_key(config.data, 'test')
+  key = features.dataset_key(config.data, 'train')
+  assert key.startswith('mnist-train-28x1-') and key == features.dataset_key(config.data, 'train')
+  assert key != features.dataset_key(config.data, 'test')
   config.data.classes = (1, 2)
-  assert key != metrics.dataset_key(config.data, 'train')
+  assert key != features.dataset_key(config.data, 'train')
 
 
 def test_killed_sampling_continues_with_identical_batches(tmp_path):
@@ -78,7 +79,7 @@ def test_killed_sampling_continues_with_identical_batches(tmp_path):
     return np.full((4, 2, 2, 1), i, np.uint8)
 
   whole = str(tmp_path / 'whole')
-  assert metrics.ensure_samples(whole, {'step': 1}, 10, 4, sample_batch) == 3
+  assert features.ensure_samples(whole, {'step': 1}, 10, 4, sample_batch) == 3
 
   calls = []
 
@@ -90,23 +91,23 @@ def test_killed_sampling_continues_with_identical_batches(tmp_path):
 
   split = str(tmp_path / 'split')
   with pytest.raises(KeyboardInterrupt):
-    metrics.ensure_samples(split, {'step': 1}, 10, 4, killed_at_2)
+    features.ensure_samples(split, {'step': 1}, 10, 4, killed_at_2)
   assert sorted(os.listdir(split)) == ['batch_000000.npz', 'batch_000001.npz', 'manifest.json']
-  assert metrics.ensure_samples(split, {'step': 1}, 10, 4, sample_batch) == 1
-  a = np.concatenate(list(metrics.stored_batches(whole, 10, 4)))
-  b = np.concatenate(list(metrics.stored_batches(split, 10, 4)))
+  assert features.ensure_samples(split, {'step': 1}, 10, 4, sample_batch) == 1
+  a = np.concatenate(list(features.stored_batches(whole, 10, 4)))
+  b = np.concatenate(list(features.stored_batches(split, 10, 4)))
   assert a.shape == (10, 2, 2, 1)
   np.testing.assert_array_equal(a, b)
-  with pytest.raises(metrics.MetricsError, match='other settings'):
-    metrics.ensure_samples(split, {'step': 2}, 10, 4, sample_batch)
+  with pytest.raises(errors.MetricsError, match='other settings'):
+    features.ensure_samples(split, {'step': 2}, 10, 4, sample_batch)
 
 
 def test_feature_net_names_and_missing_inception_weights_are_explained(tmp_path):
   config = default.get_config()
   config.eval.feature_nets = ('inception', 'vgg')
-  with pytest.raises(metrics.MetricsError, match="Unknown feature network 'vgg'.*valid: inception, classifier"):
-    metrics.check_feature_nets(config)
+  with pytest.raises(errors.MetricsError, match="Unknown feature network 'vgg'.*valid: inception, classifier"):
+    features.check_feature_nets(config)
   config.eval.feature_nets = ('inception',)
   config.eval.inception_weights = str(tmp_path / 'none.npz')
-  with pytest.raises(metrics.MetricsError, match='convert_inception.*feature_nets=classifier'):
-    metrics.check_feature_nets(config)
+  with pytest.raises(errors.MetricsError, match='convert_inception.*feature_nets=classifier'):
+    features.check_feature_nets(config)

@@ -9,7 +9,7 @@ folder: config.json and diffusion_pytorch_model.safetensors (or .bin). This modu
   (b) checks the diffusers config.json against our config, naming any field that differs;
   (c) writes a workdir that `main.py --mode=sample` loads directly:
 
-  python -m ddpm_jax.nets.convert_diffusers --model_dir=DIR --workdir=OUT [--config=configs/cifar10_ddpm.py]
+  python -m ddpm_jax.tools.convert_diffusers --model_dir=DIR --workdir=OUT [--config=configs/cifar10_ddpm.py]
   python main.py --config=configs/cifar10_ddpm.py --workdir=OUT --mode=sample
 
 Reading .safetensors needs the `safetensors` package (numpy only); a .bin file needs torch.
@@ -24,11 +24,14 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from ddpm_jax import nets
+from ddpm_jax import checkpoints, configuration, nets, parallel
+from ddpm_jax.errors import ConfigError, ConversionError, WorkdirError
+from ddpm_jax.train_state import create_train_state, make_optimizer
 
-CONFIG_FILE = 'config.json'
+DIFFUSERS_CONFIG_FILE = 'config.json'
 WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')
 
 # Attention parameter names of diffusers before 0.14 -> today's (diffusers converts them on load too).
@@ -56,10 +59,6 @@ DIFFUSERS_DEFAULTS = {
     'resnet_time_scale_shift': 'default', 'add_attention': True, 'class_embed_type': None,
     'num_class_embeds': None,
 }
-
-
-class ConversionError(ValueError):
-  """The diffusers model does not fit the config or our network; the message names what differs."""
 
 
 # ---------------------------------------------------------------------------
@@ -254,12 +253,12 @@ def load_model_dir(model_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
 
   Accepts the model folder itself or a pipeline folder with the model in unet/.
   """
-  if not os.path.exists(os.path.join(model_dir, CONFIG_FILE)) and os.path.exists(
-      os.path.join(model_dir, 'unet', CONFIG_FILE)):
+  if not os.path.exists(os.path.join(model_dir, DIFFUSERS_CONFIG_FILE)) and os.path.exists(
+      os.path.join(model_dir, 'unet', DIFFUSERS_CONFIG_FILE)):
     model_dir = os.path.join(model_dir, 'unet')
-  config_path = os.path.join(model_dir, CONFIG_FILE)
+  config_path = os.path.join(model_dir, DIFFUSERS_CONFIG_FILE)
   if not os.path.exists(config_path):
-    raise ConversionError(f'No {CONFIG_FILE} in {model_dir}: pass the folder of a diffusers UNet2DModel '
+    raise ConversionError(f'No {DIFFUSERS_CONFIG_FILE} in {model_dir}: pass the folder of a diffusers UNet2DModel '
                           f'(e.g. a download of google/ddpm-cifar10-32).')
   with open(config_path) as f:
     diffusers_config = json.load(f)
@@ -297,23 +296,20 @@ def write_workdir(params: dict, config, workdir: str, step: int) -> str:
 
   Returns the checkpoint directory. Refuses a workdir that already holds checkpoints.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import configuration, train  # pylint: disable=g-import-not-at-top
-  from ddpm_jax.train_state import create_train_state, make_optimizer  # pylint: disable=g-import-not-at-top
 
   if step <= 0:
     raise ValueError(f'The checkpoint step must be positive, got {step}.')
   configuration.validate_config(config)
   configuration.check_workdir_config(config, workdir)
-  checkpoint_dir = os.path.join(workdir, train.CHECKPOINT_DIR)
+  checkpoint_dir = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
   if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
-    raise configuration.WorkdirError(
+    raise WorkdirError(
         f'{checkpoint_dir} already holds checkpoints; convert into a new --workdir.')
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   state = create_train_state({'params': jax.tree.map(jnp.asarray, params)}, make_optimizer(config.optim))
-  state = jax.device_put(state.replace(step=jnp.asarray(step, jnp.int32)), train.replicated(mesh))
+  state = jax.device_put(state.replace(step=jnp.asarray(step, jnp.int32)), parallel.replicated(mesh))
   configuration.save_config(config, workdir)
-  manager = train.checkpoint_manager(workdir, config)
+  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
   manager.save(step, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
   return os.path.join(checkpoint_dir, str(step))
@@ -322,7 +318,6 @@ def write_workdir(params: dict, config, workdir: str, step: int) -> str:
 def main(argv) -> None:
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import configuration  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
     raise SystemExit(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -330,12 +325,11 @@ def main(argv) -> None:
   config = flags_.config
   step = flags_.step if flags_.step > 0 else default_step(config)
   try:
-    configuration.validate_config(config)
     require_ddpm(config)
     diffusers_config, state_dict = load_model_dir(flags_.model_dir)
     params = convert(diffusers_config, state_dict, config)
     path = write_workdir(params, config, flags_.workdir, step)
-  except (ConversionError, configuration.ConfigError, configuration.WorkdirError) as e:
+  except (ConversionError, ConfigError, WorkdirError) as e:
     sys.exit(f'error: {e}')
   num_params = sum(x.size for x in jax.tree.leaves(params))
   logging.info('Wrote %d converted params as step %d to %s.', num_params, step, path)

@@ -1,0 +1,94 @@
+"""Every error type a user of ddpm-jax can meet, in one place; it imports nothing of the package.
+
+The command line (ddpm_jax/cli.py) prints a UserError as one line `error: <message>` and exits
+with status 1, so each message names the problem and the fix. The others are raised to callers
+of the library (or handled where they arise) and say the same in their messages.
+"""
+
+import signal
+
+
+def one_line(text: object, limit: int = 0) -> str:
+  """A message on one line (whitespace collapsed); of a Python traceback inside it, only the final
+  exception line; cut to `limit` characters when limit > 0."""
+  lines = str(text).splitlines()
+  if any(line.startswith('Traceback') for line in lines):
+    head = lines[:next(i for i, line in enumerate(lines) if line.startswith('Traceback'))]
+    lines = head + [next(line for line in reversed(lines) if line.strip())]
+  line = ' '.join(' '.join(lines).split())
+  return line if limit <= 0 or len(line) <= limit else line[:limit - 3] + '...'
+
+
+class UserError(Exception):
+  """A failure the user can fix (bad config, workdir, data, checkpoint): one line on the CLI."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config that cannot work; the message names the field and the fix."""
+
+
+class InitFromError(ConfigError):
+  """config.training.init_from cannot start this run: a missing path, no checkpoint, or a
+  checkpoint of a different network. The message names it and the fix."""
+
+
+class MetricsError(ConfigError):
+  """A metric that cannot be computed as configured; the message says how to fix it."""
+
+
+class WorkdirError(UserError, RuntimeError):
+  """The workdir cannot be used as asked (another run's model, no checkpoint, ...)."""
+
+
+class DataError(UserError, ValueError):
+  """Data that cannot be used as configured; the message names the fix."""
+
+
+class DatasetUnavailableError(DataError):
+  """A dataset cannot be found or fetched; the message says how to provide it."""
+
+
+class CheckpointError(UserError, RuntimeError):
+  """A checkpoint cannot be written, or none can be read; the message names the path and the fix."""
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+  """A NaN or infinite loss or gradient with config.training.skip_nonfinite_steps off."""
+
+
+class RunError(ValueError):
+  """A workdir that cannot be read as a run (no config.json, no event files, ...)."""
+
+
+class ClassifierCacheError(ValueError):
+  """A cached classifier that cannot be used; the message names the file and the fix."""
+
+
+class StatsFileError(ValueError):
+  """A stats file is unreadable or not FID statistics."""
+
+
+class InceptionWeightsError(ValueError):
+  """The Inception weights file is missing, unreadable or not what the network needs."""
+
+
+class MissingInceptionWeightsError(InceptionWeightsError):
+  """No file at the weights path; the message says what to download and how to convert it."""
+
+
+class ConversionError(ValueError):
+  """Weights from another framework (a diffusers UNet, pytorch-fid's Inception) that do not fit
+  our network; the message names what differs."""
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM or SIGINT after saving the checkpoint of `step` at `path`."""
+
+  def __init__(self, signum: int, step: int, path: str):
+    self.signum, self.step, self.path = signum, step, path
+    super().__init__(f'{signal.Signals(signum).name} at step {step}; saved {path}. '
+                     f'Rerun the same command to resume from it.')
+
+
+class Terminated(Exception):
+  """SIGTERM outside the training loop (whose own handler saves the current step first)."""

@@ -1,0 +1,53 @@
+"""Likelihood of data under a trained model: bits/dim by the full variational bound of the
+discrete chain (every one of the T terms, the decoder and the prior), batch by batch.
+"""
+
+import time
+from typing import Callable
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from ddpm_jax import data, diffusion, generate, parallel
+
+
+def make_bound_fn(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict) -> Callable:
+  """bound(params, batch_stats, uint8 images, key) -> diffusion.BoundTerms, compiled."""
+  d = config.diffusion
+  every = max(1, schedule.num_timesteps // 10)
+
+  def report(terms_done):
+    logging.info('  bound term %d/%d', int(terms_done), schedule.num_timesteps)
+
+  def bound(params, batch_stats, images, key):
+    return diffusion.bound_bpd(schedule, generate.model_fn_for(model, params, batch_stats), data.to_model_range(images),
+                               key, d.model_mean_type, d.model_var_type, report, every)
+
+  return jax.jit(bound)
+
+
+def bits_per_dim(bound_fn: Callable, params, batch_stats, images: np.ndarray, batch_size: int,
+                 key: jax.Array, mesh) -> dict:
+  """The variational bound in bits/dim over `images`, batch by batch (batch i: fold_in(key, i)).
+
+  The last batch is padded with copies of its first image, which are left out of the means.
+  """
+  totals, priors, terms = [], [], []
+  num_batches = -(-len(images) // batch_size)
+  for i in range(num_batches):
+    start = time.time()
+    batch = images[i * batch_size:(i + 1) * batch_size]
+    real = len(batch)
+    batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
+    out = jax.device_get(bound_fn(params, batch_stats, parallel.shard_batch(batch, mesh), jax.random.fold_in(key, i)))
+    totals.append(out.total[:real])
+    priors.append(out.prior[:real])
+    terms.append(out.terms[:, :real])
+    logging.info('Bits/dim batch %d/%d: %.4f (%.1fs).', i + 1, num_batches, float(np.mean(out.total[:real])),
+                 time.time() - start)
+  terms = np.concatenate(terms, axis=1)
+  return {'bpd': float(np.mean(np.concatenate(totals))), 'bpd_prior': float(np.mean(np.concatenate(priors))),
+          'bpd_decoder': float(np.mean(terms[0])), 'bpd_diffusion': float(np.mean(terms[1:].sum(0))),
+          'bpd_num_examples': len(images), 'bpd_terms': [float(v) for v in terms.mean(axis=1)]}
