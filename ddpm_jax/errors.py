@@ -90,5 +90,8 @@ class Preempted(Exception):
                      f'Rerun the same command to resume from it.')
 
 
-class Terminated(Exception):
-  """SIGTERM outside the training loop (whose own handler saves the current step first)."""
+class Terminated(BaseException):
+  """SIGTERM outside the training loop (whose own handler saves the current step first).
+
+  A BaseException, like KeyboardInterrupt for SIGINT, so that no `except Exception` on the way
+  (a checkpoint judged unreadable, an image file judged bad) mistakes a stop for damage."""

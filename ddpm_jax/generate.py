@@ -7,7 +7,6 @@ network, its parameters, the device mesh and the workdir.
 """
 
 import os
-import time
 from typing import Callable
 
 from absl import logging
@@ -18,6 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from ddpm_jax import atomic_io, checkpoints, configuration, data, diffusion, parallel, sampling, viz, layout
+from ddpm_jax import progress as progress_lib  # make_sampler's argument `progress` is a flag.
 from ddpm_jax.train_state import components, root_keys
 
 
@@ -38,7 +38,9 @@ def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.Con
   compiled, with the sampler named by config.sampling.sampler.
 
   A class-conditional network needs labels (one per image) and is guided with guidance_scale
-  (None: config.sampling.guidance_scale).
+  (None: config.sampling.guidance_scale). With `progress`, the loop reports every
+  config.sampling.progress_every reverse steps: inside generate() they move its bar on within the
+  batch; elsewhere each report is a log line.
   """
   s = config.sampling
   num_classes = config.model.num_classes
@@ -47,7 +49,8 @@ def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.Con
   num_steps = s.ddim_steps if s.sampler == 'ddim' else schedule.num_timesteps
 
   def report(steps_done):
-    logging.info('  reverse step %d/%d', int(steps_done), num_steps)
+    if not progress_lib.report_within(int(steps_done) / num_steps):
+      logging.info('  reverse step %d/%d', int(steps_done), num_steps)
 
   def sample(params, batch_stats, x_T, key, labels=None):
     if num_classes:
@@ -72,26 +75,30 @@ def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.Con
 
 
 def generate(sample_fn: Callable, params, batch_stats, num_samples: int, batch_size: int,
-             image_shape: tuple, key: jax.Array, mesh: Mesh, labels: np.ndarray | None = None) -> np.ndarray:
+             image_shape: tuple, key: jax.Array, mesh: Mesh, labels: np.ndarray | None = None, *,
+             log_every_seconds: float = progress_lib.LOG_EVERY_SECONDS) -> np.ndarray:
   """num_samples uint8 images in batches; batch i starts from noise drawn with fold_in(key, i).
 
-  labels: one class per image for a class-conditional network (None otherwise).
+  labels: one class per image for a class-conditional network (None otherwise). Progress in
+  images, with rate and ETA, as ddpm_jax/progress.py shows it (log_every_seconds: without a
+  terminal, a log line at most this often).
   """
   batches = []
   num_batches = -(-num_samples // batch_size)
-  for i in range(num_batches):
-    start = time.time()
-    batch_key = jax.random.fold_in(key, i)
-    x_T = jax.random.normal(jax.random.fold_in(batch_key, 0), (batch_size,) + image_shape)
-    x_T = jax.device_put(x_T, parallel.batch_sharding(mesh))
-    batch_labels = None
-    if labels is not None:
-      batch_labels = np.resize(np.asarray(labels[i * batch_size:(i + 1) * batch_size], np.int32), batch_size)
-      batch_labels = jax.device_put(batch_labels, parallel.batch_sharding(mesh))
-    x_0, _ = sample_fn(params, batch_stats, x_T, jax.random.fold_in(batch_key, 1), batch_labels)
-    batches.append(data.to_uint8(multihost_utils.process_allgather(x_0, tiled=True)))
-    logging.info('Sampled batch %d/%d (%d images) in %.1fs.', i + 1, num_batches, batch_size,
-                 time.time() - start)
+  with progress_lib.Progress(num_samples, 'Sampling', log_every_seconds=log_every_seconds) as bar:
+    for i in range(num_batches):
+      batch_key = jax.random.fold_in(key, i)
+      x_T = jax.random.normal(jax.random.fold_in(batch_key, 0), (batch_size,) + image_shape)
+      x_T = jax.device_put(x_T, parallel.batch_sharding(mesh))
+      batch_labels = None
+      if labels is not None:
+        batch_labels = np.resize(np.asarray(labels[i * batch_size:(i + 1) * batch_size], np.int32), batch_size)
+        batch_labels = jax.device_put(batch_labels, parallel.batch_sharding(mesh))
+      done = i * batch_size
+      with progress_lib.item(bar, done, min(batch_size, num_samples - done)):  # Reverse steps move it on.
+        x_0, _ = sample_fn(params, batch_stats, x_T, jax.random.fold_in(batch_key, 1), batch_labels)
+        batches.append(data.to_uint8(multihost_utils.process_allgather(x_0, tiled=True)))
+      bar.update(min(done + batch_size, num_samples))
   return np.concatenate(batches)[:num_samples]
 
 
@@ -139,7 +146,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, force_workdir_config
     logging.info('Classes %s, guidance scale %g: one grid row per class.', sorted(set(labels.tolist())),
                  s.guidance_scale)
   images = generate(sample_fn, state.ema_params, state.ema_batch_stats, s.num_samples, s.batch_size,
-                    image_shape, jax.random.fold_in(root_keys(config)['sample'], step), mesh, labels)
+                    image_shape, jax.random.fold_in(root_keys(config)['sample'], step), mesh, labels,
+                    log_every_seconds=config.progress_log_every_seconds)
   stem = os.path.join(workdir, layout.SAMPLES_DIR, f'samples_{step:08d}_{s.num_samples}')
   save_samples(images, stem, columns)
   if labels is not None and jax.process_index() == 0:

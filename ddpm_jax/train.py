@@ -7,6 +7,7 @@ background. A resumed run therefore repeats the uninterrupted one exactly.
 """
 
 import os
+import socket
 import time
 
 from absl import logging
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import atomic_io, checkpoints, configuration, data, generate, parallel, pretrain, train_step, viz
-from ddpm_jax import layout
+from ddpm_jax import layout, workdir_lock
 from ddpm_jax.errors import Preempted, TrainingDiverged
 from ddpm_jax.evaluation import features
 from ddpm_jax.train_state import TrainState, abstract_state, components, initial_state, root_keys
@@ -71,14 +72,45 @@ def summarize(interval: list[dict]) -> dict:
   return {k: float(np.mean([m[k] for m in finite])) for k in finite[0]} if finite else {}
 
 
+def discard_later_tensorboard_points(workdir: str, first_step: int) -> None:
+  """Makes TensorBoard drop every point logged at first_step or later before now, so a resumed run
+  shows one point per step, not the killed run's points beside its own.
+
+  TensorBoard reads a folder's event files in name order (events.out.tfevents.<time>...) and purges
+  on a restart: a SessionLog START event after the first one it has read. The marker file holds
+  two, which purge whether or not earlier event files hold a START; it is named a second before
+  now, so it sorts after every earlier run's files and before any this run writes.
+  """
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+  now = time.time()
+  name = f'events.out.tfevents.{int(now) - 1:010d}.{socket.gethostname()}.resume-{first_step}'
+  start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+  events = [event_pb2.Event(wall_time=now, file_version='brain.Event:2')]
+  events += [event_pb2.Event(wall_time=now, step=first_step, session_log=start)] * 2
+  with atomic_io.replacing(os.path.join(workdir, name), 'wb') as f:
+    writer = record_writer.RecordWriter(f)
+    for event in events:
+      writer.write(event.SerializeToString())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        force_workdir_config: bool = False) -> TrainState:
   """Trains in workdir, resuming from its newest readable checkpoint; returns the final state.
 
+  Holds the workdir's lock throughout (ddpm_jax/workdir_lock.py; host 0 of several): a second
+  trainer of the workdir is refused with errors.WorkdirError before it writes anything.
   force_workdir_config: accept a workdir whose config.json defines another model or diffusion
   when its checkpoints fit the new model; config.json is then rewritten.
   SIGTERM or SIGINT: saves the current step and raises errors.Preempted.
   """
+  with workdir_lock.exclusive(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate_locked(config, workdir, force_workdir_config)
+
+
+def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
+                               force_workdir_config: bool) -> TrainState:
+  """train_and_evaluate with the workdir's lock held."""
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
   session_start = time.time()
@@ -118,6 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Training is already complete at step %d; raise config.training.num_train_steps '
                  '(or num_epochs) to train on, or use --mode=sample.', start_step)
 
+  if start_step and jax.process_index() == 0:  # Points a killed run logged after its last checkpoint.
+    discard_later_tensorboard_points(workdir, start_step + 1)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({'num_params': num_params, 'num_devices': mesh.size,
@@ -143,6 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   interval = []  # Checked metrics since the last log.
   host = (jax.process_index(), jax.process_count())  # Each host reads its share of every batch.
   done = start_step
+  agreement = checkpoints.StopAgreement(t.stop_check_every_steps)
   with checkpoints.stop_signals() as stop:
     while done < total_steps:
       steps = next_call_steps(done, total_steps, t.n_jitted_steps)
@@ -153,7 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       done = steps[-1] + 1
       report_progress(done)
       last = done == total_steps
-      stopping = stop.requested and not last  # SIGTERM / SIGINT: save this step, then stop.
+      signum = agreement.signum(stop, done, last)  # SIGTERM / SIGINT on any host: save this step, then stop.
+      stopping = signum is not None and not last
       log_now = done % t.log_every_steps == 0 or last
       sample_now = t.sample_every_steps and (done % t.sample_every_steps == 0 or last)
       fid_now = t.fid_every_steps and (done % t.fid_every_steps == 0 or last)
@@ -178,14 +214,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             mesh))
       if sample_now:
         images = generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, t.num_preview_samples,
-                          t.num_preview_samples, image_shape, keys['sample'], mesh, preview_labels)
+                          t.num_preview_samples, image_shape, keys['sample'], mesh, preview_labels,
+                          log_every_seconds=config.progress_log_every_seconds)
         generate.save_samples(images, os.path.join(workdir, layout.SAMPLES_DIR, f'preview_{done:08d}'), preview_columns)
         writer.write_images(done, {'samples': viz.image_grid(images, preview_columns)[None]})
       if fid_now:
         fid_labels = generate.grid_labels(config, t.fid_num_samples)[0]
         images = generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, t.fid_num_samples,
                           config.sampling.batch_size, image_shape, jax.random.fold_in(keys['sample'], done),
-                          mesh, fid_labels)
+                          mesh, fid_labels, log_every_seconds=config.progress_log_every_seconds)
         fid = features.sample_metrics(features.batches_of(images, config.eval.feature_batch_size), len(images),
                                      fid_nets, fid_references, config)
         writer.write_scalars(done, {k: v for k, v in fid.items() if k.startswith(('fid', 'kid', 'is'))})
@@ -199,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if stopping:
         saver.wait()
         writer.flush()
-        raise Preempted(stop.signum, done, saved_path)
+        raise Preempted(signum, done, saved_path)
   saver.wait()
   writer.flush()
   if nonfinite_steps:

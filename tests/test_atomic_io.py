@@ -28,3 +28,17 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
       raise RuntimeError('killed mid-write')
   assert open(path).read() == 'old'
   assert os.listdir(tmp_path) == ['x.txt']
+
+
+def test_the_data_and_the_rename_are_synced_to_the_disk(tmp_path, monkeypatch):
+  """fsync of the file before the rename, then of its directory after it (a power loss keeps
+  either the old file or the whole new one)."""
+  events = []
+  real_fsync, real_replace = os.fsync, os.replace
+  monkeypatch.setattr(os, 'fsync', lambda fd: events.append(('fsync', os.readlink(f'/proc/self/fd/{fd}'))) or real_fsync(fd))
+  monkeypatch.setattr(os, 'replace', lambda a, b: events.append(('replace', b)) or real_replace(a, b))
+  path = str(tmp_path / 'run_info.json')
+  atomic_io.write_json(path, {'step': 3})
+  assert [e[0] for e in events] == ['fsync', 'replace', 'fsync']
+  assert events[0][1].startswith(path + '.tmp-') and events[1][1] == path and events[2][1] == str(tmp_path)
+  assert json.load(open(path)) == {'step': 3}

@@ -7,6 +7,7 @@ import errno
 import gc
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -15,6 +16,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from ddpm_jax import checkpoints, errors
@@ -111,6 +113,103 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_older_one_used(tmp_path
   assert checkpoints.make_manager(workdir, keep=5).all_steps() == [1, 2]
 
 
+def flip_bytes(path: str, count: int = 64) -> None:
+  """Inverts `count` bytes in the middle of a file, keeping its size (silent damage)."""
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    data = f.read(count)
+    f.seek(-len(data), os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_flipped_bytes_in_the_array_data_are_found_and_the_older_checkpoint_used(tmp_path):
+  workdir = saved_workdir(tmp_path)
+  step2 = os.path.join(checkpoints.checkpoint_dir(workdir), '2')
+  size = os.path.getsize(largest_data_file(step2))
+  flip_bytes(largest_data_file(step2))
+  assert os.path.getsize(largest_data_file(step2)) == size
+  state, step, unreadable = checkpoints.restore_newest(checkpoints.make_manager(workdir, keep=5),
+                                                       abstract_of(small_state()))
+  assert step == 1 and [u.step for u in unreadable] == [2]
+  assert_trees_equal(state, small_state(1))
+
+
+def test_an_array_unlike_its_saved_digest_makes_the_checkpoint_unreadable(tmp_path):
+  """The digest check itself: the arrays restore, but one is not what was saved."""
+  workdir = saved_workdir(tmp_path)
+  manager = checkpoints.make_manager(workdir, keep=5)
+  digests = manager.metadata(2).custom_metadata[checkpoints.DIGESTS_KEY]
+  assert set(digests) == {'params/b', 'params/w', 'step'}
+  assert digests == checkpoints.inspect_arrays(small_state(2)).digests
+  metadata_file = os.path.join(checkpoints.checkpoint_dir(workdir), '2', '_CHECKPOINT_METADATA')
+  with open(metadata_file) as f:
+    text = f.read()
+  with open(metadata_file, 'w') as f:
+    f.write(text.replace(digests['params/w'], '00000000'))
+  manager = checkpoints.make_manager(workdir, keep=5)
+  with pytest.raises(ValueError, match=r'1 arrays differ from the digests saved with them \(params/w\)'):
+    checkpoints.restore_step(manager, abstract_of(small_state()), 2)
+  _, step, unreadable = checkpoints.restore_newest(manager, abstract_of(small_state()))
+  assert step == 1 and 'params/w' in unreadable[0].error
+
+
+def test_a_checkpoint_without_digests_still_restores(tmp_path):
+  """Checkpoints of earlier versions (and of other tools) carry no digests."""
+  workdir = str(tmp_path / 'run')
+  manager = checkpoints.make_manager(workdir, keep=5)
+  manager.save(3, args=ocp.args.StandardSave(small_state(3)))
+  manager.wait_until_finished()
+  state, step, unreadable = checkpoints.restore_newest(checkpoints.make_manager(workdir, keep=5),
+                                                       abstract_of(small_state()))
+  assert step == 3 and unreadable == []
+  assert_trees_equal(state, small_state(3))
+
+
+@pytest.mark.parametrize('damage', ['item_deleted', 'emptied', 'stray_empty_step'])
+def test_one_damaged_or_stray_step_folder_costs_only_itself(tmp_path, damage):
+  workdir = saved_workdir(tmp_path)
+  ckpt_dir = checkpoints.checkpoint_dir(workdir)
+  if damage == 'item_deleted':
+    shutil.rmtree(os.path.join(ckpt_dir, '2', checkpoints.DEFAULT_ITEM))
+  elif damage == 'emptied':
+    shutil.rmtree(os.path.join(ckpt_dir, '2'))
+    os.makedirs(os.path.join(ckpt_dir, '2'))
+  else:
+    os.makedirs(os.path.join(ckpt_dir, '999'))
+  state, step, unreadable = checkpoints.restore_newest(checkpoints.make_manager(workdir, keep=5),
+                                                       abstract_of(small_state()))
+  expected = 2 if damage == 'stray_empty_step' else 1
+  assert step == expected and [u.step for u in unreadable] == [999 if damage == 'stray_empty_step' else 2]
+  assert_trees_equal(state, small_state(expected))
+
+
+def test_a_state_with_nan_or_inf_is_never_saved(tmp_path):
+  workdir = saved_workdir(tmp_path)
+  writer = checkpoints.CheckpointWriter(checkpoints.make_manager(workdir, keep=5))
+  bad = small_state(3)
+  bad['params']['b'] = bad['params']['b'].at[0, 0].set(jnp.nan)
+  with pytest.raises(errors.TrainingDiverged, match=r'step 3 holds NaN or inf in 1 arrays \(params/b\); it was not '
+                     r'saved and the newest good checkpoint, .*/checkpoints/2, is kept'):
+    writer.save(3, bad)
+  writer.wait()
+  assert checkpoints.make_manager(workdir, keep=5).all_steps() == [1, 2]
+  report = checkpoints.inspect_arrays({'a': jnp.array([1.0, jnp.inf]), 'i': jnp.arange(3), 'b': jnp.ones(2, jnp.bfloat16)})
+  assert report.nonfinite == ['a'] and set(report.digests) == {'a', 'b', 'i'}
+
+
+def test_a_stop_while_restoring_is_not_damage(tmp_path, monkeypatch):
+  """SIGTERM (errors.Terminated) or Ctrl-C inside a restore stops it; the checkpoint is not judged."""
+  workdir = saved_workdir(tmp_path)
+  manager = checkpoints.make_manager(workdir, keep=5)
+  for stop in (errors.Terminated, KeyboardInterrupt):
+    def stopped(*args, **kwargs):
+      raise stop()
+    monkeypatch.setattr(manager, 'restore', stopped)
+    with pytest.raises(stop):
+      checkpoints.restore_newest(manager, abstract_of(small_state()))
+  assert sorted(os.listdir(checkpoints.checkpoint_dir(workdir))) == ['1', '2']
+
+
 def test_no_readable_checkpoint_is_an_error_that_changes_nothing(tmp_path):
   workdir = saved_workdir(tmp_path)
   ckpt_dir = checkpoints.checkpoint_dir(workdir)
@@ -194,3 +293,29 @@ def test_a_stop_signal_sets_a_flag_a_second_stops_at_once_and_handlers_come_back
   assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
   error = errors.Preempted(signal.SIGTERM, 7, '/w/checkpoints/7')
   assert str(error) == 'SIGTERM at step 7; saved /w/checkpoints/7. Rerun the same command to resume from it.'
+
+
+def test_hosts_agree_on_a_stop_at_the_checks_whichever_host_got_the_signal(monkeypatch):
+  stop = checkpoints.StopSignals()
+  one_host = checkpoints.StopAgreement(every=3)
+  assert one_host.signum(stop, 1, last=False) is None
+  stop.signum = signal.SIGTERM
+  assert one_host.signum(stop, 2, last=False) == signal.SIGTERM  # One host: at once.
+
+  gathered = []
+  others = {'signum': 0}  # What the other host holds.
+
+  def allgather(flag):
+    gathered.append(int(flag))
+    return np.asarray([int(flag), others['signum']])
+
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(checkpoints.multihost_utils, 'process_allgather', allgather)
+  quiet = checkpoints.StopSignals()  # This host received nothing.
+  agreement = checkpoints.StopAgreement(every=3)
+  assert agreement.signum(quiet, 1, last=False) is None  # Checked (the first step), nothing yet.
+  others['signum'] = signal.SIGTERM
+  assert [agreement.signum(quiet, done, last=False) for done in (2, 3)] == [None, None]  # Between checks.
+  assert agreement.signum(quiet, 4, last=False) == signal.SIGTERM  # The other host's signal.
+  assert gathered == [0, 0]
+  assert checkpoints.StopAgreement(every=100).signum(quiet, 7, last=True) == signal.SIGTERM

@@ -123,3 +123,15 @@ def test_a_model_change_is_allowed_when_forced_and_listed(tmp_path):
 
 def test_check_workdir_accepts_a_new_workdir(tmp_path):
   configuration.check_workdir_config(default.get_config(), str(tmp_path / 'new'))
+
+
+@pytest.mark.parametrize('value,valid', [(0.0, True), (30.0, True), (float('inf'), True),
+                                         (-1.0, False), (float('nan'), False)])
+def test_progress_log_interval_is_a_number_of_seconds_at_least_zero(value, valid):
+  config = default.get_config()
+  config.progress_log_every_seconds = value
+  if valid:
+    configuration.validate_config(config)
+  else:
+    with pytest.raises(errors.ConfigError, match=r'config.progress_log_every_seconds must be >= 0 .*got (-1.0|nan)'):
+      configuration.validate_config(config)

@@ -1,10 +1,14 @@
-"""Input pipelines: deterministic batches, scaling, flips, TFDS (mocked), the offline digits,
-IDX files, image folders, class subsets and config checks (all on tiny files written here)."""
+"""Input pipelines: deterministic batches, scaling, flips, TFDS (mocked, and prepared from a tiny
+download), the offline digits, IDX files, image folders, class subsets and config checks (all on
+tiny files written here)."""
 
 import gzip
+import io
 import logging
 import os
+import socket
 import struct
+import tarfile
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +123,59 @@ def test_failed_download_is_reported_with_the_fix(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', offline)
   with pytest.raises(errors.DatasetUnavailableError, match='could not be downloaded.*unreachable'):
     data.load_dataset(data_config(dataset='mnist', data_dir=str(tmp_path), download=True), 'train')
+
+
+def cifar10_archive(num_train: int, num_test: int) -> bytes:
+  """A tiny cifar-10-binary.tar.gz in CIFAR-10's layout: image k is filled with the value k and has
+  the label k % 10; train images 0 .. num_train - 1 over the five batch files, test images from 100."""
+  def records(ids):
+    return b''.join(bytes([k % 10]) + bytes([k]) * 32 * 32 * 3 for k in ids)
+
+  files = {'batches.meta.txt': '\n'.join(f'class{c}' for c in range(10)).encode(),
+           'test_batch.bin': records(range(100, 100 + num_test))}
+  for b in range(5):
+    files[f'data_batch_{b + 1}.bin'] = records(range(num_train)[b::5])
+  archive = io.BytesIO()
+  with tarfile.open(fileobj=archive, mode='w:gz') as tar:
+    for name, content in files.items():
+      member = tarfile.TarInfo(f'cifar-10-batches-bin/{name}')
+      member.size = len(content)
+      tar.addfile(member, io.BytesIO(content))
+  return archive.getvalue()
+
+
+def test_tfds_prepares_a_dataset_on_first_use_without_network(tmp_path, monkeypatch):
+  """A TFDS dataset's first use: load_dataset has TFDS prepare cifar10 (its real builder) from a
+  tiny archive put where TFDS keeps finished downloads, so a missing dependency of TFDS's
+  preparation path (importlib_resources was one) fails here."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from tensorflow_datasets.core.download import resource  # pylint: disable=g-import-not-at-top
+
+  def no_network(*args, **kwargs):
+    raise OSError('tests must not use the network')
+
+  monkeypatch.setattr(socket.socket, 'connect', no_network)
+  (url, url_info), = tfds.builder_cls('cifar10').url_infos.items()
+  # TFDS's download cache: DATA_DIR/downloads/<dataset>/<name from the url and its registered
+  # checksum>, with an .INFO file beside it; a file there counts as downloaded.
+  downloaded = tmp_path / 'downloads' / 'cifar10' / resource.get_dl_fname(url, url_info.checksum)
+  downloaded.parent.mkdir(parents=True)
+  downloaded.write_bytes(cifar10_archive(num_train=10, num_test=3))
+  resource.get_info_path(downloaded).write_text('{}')
+
+  config = data_config(dataset='cifar10', data_dir=str(tmp_path), download=True, image_size=32, num_channels=3)
+  for split, ids in (('train', range(10)), ('test', range(100, 103))):
+    dataset = data.load_dataset(config, split)
+    values = dataset.images[:, 0, 0, 0]
+    assert sorted(values.tolist()) == list(ids), split
+    assert np.all(dataset.images == values[:, None, None, None]), split
+    np.testing.assert_array_equal(dataset.labels, values % 10)
+
+  def prepare_again(self, *args, **kwargs):
+    raise AssertionError('a prepared dataset is prepared again')
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', prepare_again)
+  assert len(data.load_dataset(config, 'train').images) == 10
 
 
 def test_unknown_dataset_lists_valid_ones():

@@ -41,3 +41,13 @@ def test_preempted_names_the_signal_the_step_and_where_it_was_saved():
   stop = errors.Preempted(signal.SIGTERM, 120, '/w/checkpoints/120')
   assert (stop.signum, stop.step, stop.path) == (signal.SIGTERM, 120, '/w/checkpoints/120')
   assert str(stop) == 'SIGTERM at step 120; saved /w/checkpoints/120. Rerun the same command to resume from it.'
+
+
+def test_a_stop_is_never_caught_as_a_failure():
+  """SIGTERM's Terminated, like Ctrl-C's KeyboardInterrupt, passes every `except Exception`."""
+  assert not issubclass(errors.Terminated, Exception) and issubclass(errors.Terminated, BaseException)
+  with pytest.raises(errors.Terminated):
+    try:
+      raise errors.Terminated()
+    except Exception:  # pylint: disable=broad-except  # What a checkpoint or image reader does.
+      pytest.fail('Terminated was caught as an ordinary failure')

@@ -1,5 +1,7 @@
-"""The metric pipeline: resumable sample batches, cached references, FID/KID in the offline features."""
+"""The metric pipeline: resumable sample batches and their progress, cached references, FID/KID in the
+offline features."""
 
+import logging
 import os
 
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from ddpm_jax import errors
+from ddpm_jax import errors, progress
 from ddpm_jax.evaluation import features
 
 
@@ -100,6 +102,21 @@ def test_killed_sampling_continues_with_identical_batches(tmp_path):
   np.testing.assert_array_equal(a, b)
   with pytest.raises(errors.MetricsError, match='other settings'):
     features.ensure_samples(split, {'step': 2}, 10, 4, sample_batch)
+
+
+def test_sample_progress_counts_images_from_where_a_killed_run_stopped(tmp_path, caplog):
+  def sample_batch(i):
+    assert progress.report_within(0.5)  # A sampler's report from inside the batch moves the bar on.
+    return np.full((4, 2, 2, 1), i, np.uint8)
+
+  directory = str(tmp_path / 'samples')
+  features.ensure_samples(directory, {'step': 1}, 10, 4, lambda i: np.full((4, 2, 2, 1), i, np.uint8))
+  os.remove(features.batch_path(directory, 2))  # The last batch (images 9 and 10) is missing.
+  with caplog.at_level(logging.INFO, logger='absl'):
+    assert features.ensure_samples(directory, {'step': 1}, 10, 4, sample_batch, log_every_seconds=0) == 1
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('FID samples:')]
+  assert [line.split(' images')[0] for line in lines] == ['FID samples: 9/10', 'FID samples: 10/10']
+  assert 'done in' in lines[-1]
 
 
 def test_feature_net_names_and_missing_inception_weights_are_explained(tmp_path):

@@ -1,11 +1,13 @@
 """Sampling bound to a network (ddpm_jax/generate.py): a tiny class-conditional model draws the
 requested class, with and without guidance. --mode=sample itself runs in test_train.py and test_main.py."""
 
+import logging
+
 import jax
 import numpy as np
 import pytest
 
-from ddpm_jax import data, generate, parallel
+from ddpm_jax import data, generate, parallel, progress
 import train_testlib
 
 
@@ -49,3 +51,43 @@ def test_a_tiny_conditional_model_draws_the_requested_class_with_and_without_gui
       if sampler == 'ancestral' and w:  # Guided sampling with noise at every step: the seed decides.
         np.testing.assert_array_equal(draw(jax.random.PRNGKey(1)), images)
         assert np.any(draw(jax.random.PRNGKey(2)) != images)
+
+
+def progress_lines(caplog) -> list[str]:
+  """The images-done part of generate()'s progress lines: ['Sampling: 2/6', ...]."""
+  return [r.getMessage().split(' images')[0] for r in caplog.records if r.getMessage().startswith('Sampling:')]
+
+
+def test_progress_counts_images_across_batches_and_reverse_steps_within_one(caplog):
+  def sample_fn(params, batch_stats, x_T, key, labels):
+    assert progress.report_within(0.5)  # As the compiled sampler's reverse-step report does, halfway.
+    return x_T, None
+
+  with caplog.at_level(logging.INFO, logger='absl'):
+    images = generate.generate(sample_fn, None, None, 6, 4, (2, 2, 1), jax.random.PRNGKey(0), parallel.make_mesh(),
+                               log_every_seconds=0)
+  assert images.shape == (6, 2, 2, 1)
+  # Batch 1 holds images 1-4, batch 2 images 5-6 (the rest of its 4 is dropped).
+  assert progress_lines(caplog) == ['Sampling: 2/6', 'Sampling: 4/6', 'Sampling: 5/6', 'Sampling: 6/6']
+  assert 'done in' in caplog.records[-1].getMessage()
+
+
+def test_the_compiled_samplers_reverse_steps_move_the_bar_or_are_logged_outside_generate(caplog):
+  config = train_testlib.tiny_level_config()
+  config.data.image_size = 8
+  config.sampling.sampler, config.sampling.ddim_steps, config.sampling.progress_every = 'ddim', 4, 1
+  mesh, model, schedule, state, _ = train_testlib.training_setup(config)
+  sample_fn = generate.make_sampler(model, schedule, config, progress=True)
+  with caplog.at_level(logging.INFO, logger='absl'):
+    generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, 4, 2, (8, 8, 1), jax.random.PRNGKey(0),
+                      mesh, log_every_seconds=0)
+  done = [float(r.getMessage().split('(')[1].split('%')[0]) for r in caplog.records
+          if r.getMessage().startswith('Sampling:')]
+  assert done == [12.0, 25.0, 38.0, 50.0, 62.0, 75.0, 88.0, 100.0]  # Each reverse step of each batch.
+  assert not any('reverse step' in r.getMessage() for r in caplog.records)
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger='absl'):
+    x_T = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+    jax.block_until_ready(sample_fn(state.ema_params, state.ema_batch_stats, x_T, jax.random.PRNGKey(2)))
+  assert [r.getMessage() for r in caplog.records if 'reverse step' in r.getMessage()] == [
+      f'  reverse step {n}/4' for n in range(1, 5)]

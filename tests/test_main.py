@@ -130,6 +130,40 @@ def test_two_hosts_train_as_one_with_two_devices_then_sample_and_evaluate(tmp_pa
   assert np.isfinite(metrics['bpd']) and metrics['bpd'] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('signalled_host', [0, 1])
+def test_a_sigterm_reaching_one_host_stops_every_host_at_the_same_saved_step(tmp_path, signalled_host):
+  """Two processes (jax.distributed); SIGTERM to one only: both save the same step and exit 143,
+  none waits forever in a collective, and the run resumes from that step to the end."""
+  workdir = str(tmp_path / 'hosts')
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  address = f'localhost:{free_port()}'
+  args = [f'--workdir={workdir}', '--config.training.num_train_steps=3000', '--config.training.stop_check_every_steps=2',
+          '--config.cpu_devices=1', f'--config.distributed.coordinator_address={address}',
+          '--config.distributed.num_processes=2']
+  hosts = [subprocess.Popen([sys.executable, 'main.py', *TINY, *args, f'--config.distributed.process_id={i}'],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    deadline = time.time() + 300
+    while not os.path.isdir(os.path.join(workdir, 'checkpoints', '2')):  # Training is under way.
+      assert time.time() < deadline and all(h.poll() is None for h in hosts), 'training did not start'
+      time.sleep(0.2)
+    hosts[signalled_host].send_signal(signal.SIGTERM)
+    outputs = [h.communicate(timeout=300) for h in hosts]
+  finally:
+    for h in hosts:
+      if h.poll() is None:
+        h.kill()
+  lines = [stderr.strip().splitlines()[-1] for _, stderr in outputs]
+  assert [h.returncode for h in hosts] == [143, 143], lines
+  steps = {int(re.match(r'stopped: SIGTERM at step (\d+); saved ', line).group(1)) for line in lines}
+  (step,) = steps  # The same step on both hosts.
+  assert 2 < step < 3000 and os.path.isdir(os.path.join(workdir, 'checkpoints', str(step)))
+  run_hosts(f'--workdir={workdir}', f'--config.training.num_train_steps={step + 2}')
+  assert int(restore(workdir, step + 2)['step']) == step + 2
+
+
 # ---------------------------------------------------------------------------
 # Restarts of a real run, in forked children of one helper process. Same network and settings
 # as above, so the compiled programs come from the test session's cache.

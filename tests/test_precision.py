@@ -5,21 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
 from ddpm_jax import data, nets, parallel
 from ddpm_jax.nets import precision
 import train_testlib
 
 
 def small_config(compute_dtype: str):
-  config = default.get_config()
-  config.data.image_size = 8
-  config.model.widths = (8, 16, 16, 8, 8)
-  config.model.time_embed_dim = 16
-  config.diffusion.num_timesteps = 20
-  config.training.batch_size = 16
+  config = train_testlib.tiny_config()
   config.training.compute_dtype = compute_dtype
-  config.optim.lr = 3e-3
   return config
 
 

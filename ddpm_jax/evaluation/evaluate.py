@@ -56,10 +56,12 @@ def sample_quality(config: ml_collections.ConfigDict, workdir: str, state, step:
   def sample_batch(i: int) -> np.ndarray:
     batch_labels = None if labels is None else np.resize(labels[i * bs:(i + 1) * bs], bs)
     return generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, bs, bs, image_shape,
-                          jax.random.fold_in(key, i), mesh, batch_labels)
+                          jax.random.fold_in(key, i), mesh, batch_labels,
+                          log_every_seconds=config.progress_log_every_seconds)
 
   logging.info('FID samples: %d in batches of %d (guidance %s) in %s.', e.num_samples, bs, guidance_scale, directory)
-  features.ensure_samples(directory, manifest, e.num_samples, bs, sample_batch)
+  features.ensure_samples(directory, manifest, e.num_samples, bs, sample_batch,
+                          log_every_seconds=config.progress_log_every_seconds)
   result = features.sample_metrics(features.stored_batches(directory, e.num_samples, bs), e.num_samples, nets,
                                   references, config)
   return result, labels, directory
@@ -106,7 +108,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
                  schedule.num_timesteps)
     results.update(likelihood.bits_per_dim(likelihood.make_bound_fn(model, schedule, config), state.ema_params, state.ema_batch_stats,
                                 images, e.bpd_batch_size, jax.random.fold_in(root_keys(config)['eval'], step),
-                                mesh))
+                                mesh, log_every_seconds=config.progress_log_every_seconds))
     logging.info('Bits/dim at step %d: %.4f (prior %.2e, decoder %.4f).', step, results['bpd'],
                  results['bpd_prior'], results['bpd_decoder'])
   if e.num_samples:

@@ -10,14 +10,13 @@ network: fid, is, kid (Inception); fid_classifier, kid_classifier, classifier_te
 import hashlib
 import json
 import os
-import time
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from absl import logging
 import ml_collections
 import numpy as np
 
-from ddpm_jax import atomic_io, configuration, data
+from ddpm_jax import atomic_io, configuration, data, progress
 from ddpm_jax.errors import ClassifierCacheError, InceptionWeightsError, MetricsError
 from ddpm_jax.evaluation import offline_classifier, scores
 from ddpm_jax.nets import inception
@@ -129,9 +128,9 @@ def reference(net: FeatureNet, config: ml_collections.ConfigDict) -> Reference:
   images = data.load_dataset(config.data, e.reference_split).images
   logging.info('Reference statistics of %d %s images in %s features (once; cached in %s).', len(images),
                e.reference_split, net.name, stats_path)
-  features = scores.accumulate_features(
-      batches_of(images, e.feature_batch_size), net.features, keep_pool3=True, total=len(images),
-      progress=_progress_logger('reference features'))
+  with _feature_progress(len(images), 'Reference features', config) as bar:
+    features = scores.accumulate_features(batches_of(images, e.feature_batch_size), net.features, keep_pool3=True,
+                                          total=len(images), progress=lambda done, _: bar.update(done))
   mu, sigma = scores.mean_and_cov(features.stats)
   scores.save_stats(stats_path, mu, sigma, features.stats.count)
   kid_features = features.pool3[:e.kid_reference_size]
@@ -139,15 +138,9 @@ def reference(net: FeatureNet, config: ml_collections.ConfigDict) -> Reference:
   return Reference(mu, sigma, kid_features)
 
 
-def _progress_logger(what: str, every_seconds: float = 30.0) -> Callable[[int, Optional[int]], None]:
-  last = [0.0]
-
-  def report(done: int, total: Optional[int]) -> None:
-    if time.time() - last[0] >= every_seconds or done == total:
-      last[0] = time.time()
-      logging.info('  %s: %d/%s images', what, done, total if total is not None else '?')
-
-  return report
+def _feature_progress(num_images: int, label: str, config: ml_collections.ConfigDict) -> progress.Progress:
+  """The progress of a pass of a feature network over num_images images."""
+  return progress.Progress(num_images, label, log_every_seconds=config.progress_log_every_seconds)
 
 
 def sample_metrics(batches: Iterable[np.ndarray], num_images: int, nets: list[FeatureNet],
@@ -157,9 +150,10 @@ def sample_metrics(batches: Iterable[np.ndarray], num_images: int, nets: list[Fe
   batches = list(batches) if len(nets) > 1 else batches  # Several passes need the batches kept.
   metrics = {}
   for net, ref in zip(nets, references):
-    features = scores.accumulate_features(batches, net.features, keep_pool3=True,
-                                              keep_logits=net.name == 'inception', total=num_images,
-                                              progress=_progress_logger(f'{net.name} features'))
+    with _feature_progress(num_images, f'Features ({net.name})', config) as bar:
+      features = scores.accumulate_features(batches, net.features, keep_pool3=True,
+                                            keep_logits=net.name == 'inception', total=num_images,
+                                            progress=lambda done, _: bar.update(done))
     suffix = metric_suffix(net.name)
     mu, sigma = scores.mean_and_cov(features.stats)
     metrics[f'fid{suffix}'] = scores.frechet_distance(mu, sigma, ref.mu, ref.sigma)
@@ -186,12 +180,14 @@ def batch_path(directory: str, index: int) -> str:
 
 
 def ensure_samples(directory: str, manifest: dict, num_samples: int, batch_size: int,
-                   sample_batch: Callable[[int], np.ndarray]) -> int:
+                   sample_batch: Callable[[int], np.ndarray], *,
+                   log_every_seconds: float = progress.LOG_EVERY_SECONDS) -> int:
   """Makes directory hold ceil(num_samples / batch_size) batches; returns how many were generated now.
 
   Batch i comes from sample_batch(i) (a pure function of i), written atomically, so batches left
   by a killed run are reused as they are. The manifest (what made the samples) must match the
-  one already there.
+  one already there. Progress in images, with rate and ETA (ddpm_jax/progress.py; a log line at
+  most every log_every_seconds without a terminal).
   """
   os.makedirs(directory, exist_ok=True)
   manifest_path = os.path.join(directory, SAMPLES_MANIFEST)
@@ -207,13 +203,19 @@ def ensure_samples(directory: str, manifest: dict, num_samples: int, batch_size:
   missing = [i for i in range(num_batches) if not os.path.exists(batch_path(directory, i))]
   if len(missing) < num_batches:
     logging.info('Reusing %d sample batches already in %s.', num_batches - len(missing), directory)
-  start = time.time()
-  for done, i in enumerate(missing, 1):
-    images = sample_batch(i)
-    atomic_io.savez(batch_path(directory, i), images=images)
-    elapsed = time.time() - start
-    logging.info('Sample batch %d/%d written (%d left, ~%.0f s to go).', i + 1, num_batches, len(missing) - done,
-                 elapsed / done * (len(missing) - done))
+  if not missing:
+    return 0
+
+  def written(batches: int) -> int:  # Images in that many batches.
+    return min(num_samples, batches * batch_size)
+
+  with progress.Progress(num_samples, 'FID samples', start=written(num_batches - len(missing)),
+                         log_every_seconds=log_every_seconds) as bar:
+    for done, i in enumerate(missing, num_batches - len(missing)):
+      with progress.item(bar, written(done), written(done + 1) - written(done)):  # Sampling moves it on.
+        images = sample_batch(i)
+      atomic_io.savez(batch_path(directory, i), images=images)
+      bar.update(written(done + 1))
   return len(missing)
 
 

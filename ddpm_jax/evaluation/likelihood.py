@@ -2,7 +2,6 @@
 discrete chain (every one of the T terms, the decoder and the prior), batch by batch.
 """
 
-import time
 from typing import Callable
 
 from absl import logging
@@ -10,16 +9,19 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import data, diffusion, generate, parallel
+from ddpm_jax import data, diffusion, generate, parallel, progress
 
 
 def make_bound_fn(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict) -> Callable:
-  """bound(params, batch_stats, uint8 images, key) -> diffusion.BoundTerms, compiled."""
+  """bound(params, batch_stats, uint8 images, key) -> diffusion.BoundTerms, compiled; it reports every
+  tenth of its terms: inside bits_per_dim they move its bar on within the batch, elsewhere each
+  report is a log line."""
   d = config.diffusion
   every = max(1, schedule.num_timesteps // 10)
 
   def report(terms_done):
-    logging.info('  bound term %d/%d', int(terms_done), schedule.num_timesteps)
+    if not progress.report_within(int(terms_done) / schedule.num_timesteps):
+      logging.info('  bound term %d/%d', int(terms_done), schedule.num_timesteps)
 
   def bound(params, batch_stats, images, key):
     return diffusion.bound_bpd(schedule, generate.model_fn_for(model, params, batch_stats), data.to_model_range(images),
@@ -29,24 +31,27 @@ def make_bound_fn(model, schedule: diffusion.Schedule, config: ml_collections.Co
 
 
 def bits_per_dim(bound_fn: Callable, params, batch_stats, images: np.ndarray, batch_size: int,
-                 key: jax.Array, mesh) -> dict:
+                 key: jax.Array, mesh, *, log_every_seconds: float = progress.LOG_EVERY_SECONDS) -> dict:
   """The variational bound in bits/dim over `images`, batch by batch (batch i: fold_in(key, i)).
 
   The last batch is padded with copies of its first image, which are left out of the means.
+  Progress in images, with rate and ETA (ddpm_jax/progress.py; a log line at most every
+  log_every_seconds without a terminal).
   """
   totals, priors, terms = [], [], []
   num_batches = -(-len(images) // batch_size)
-  for i in range(num_batches):
-    start = time.time()
-    batch = images[i * batch_size:(i + 1) * batch_size]
-    real = len(batch)
-    batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
-    out = jax.device_get(bound_fn(params, batch_stats, parallel.shard_batch(batch, mesh), jax.random.fold_in(key, i)))
-    totals.append(out.total[:real])
-    priors.append(out.prior[:real])
-    terms.append(out.terms[:, :real])
-    logging.info('Bits/dim batch %d/%d: %.4f (%.1fs).', i + 1, num_batches, float(np.mean(out.total[:real])),
-                 time.time() - start)
+  with progress.Progress(len(images), 'Bits/dim', log_every_seconds=log_every_seconds) as bar:
+    for i in range(num_batches):
+      batch = images[i * batch_size:(i + 1) * batch_size]
+      real = len(batch)
+      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
+      with progress.item(bar, i * batch_size, real):  # The bound's term reports move it on.
+        out = jax.device_get(bound_fn(params, batch_stats, parallel.shard_batch(batch, mesh),
+                                      jax.random.fold_in(key, i)))
+      totals.append(out.total[:real])
+      priors.append(out.prior[:real])
+      terms.append(out.terms[:, :real])
+      bar.update(i * batch_size + real)
   terms = np.concatenate(terms, axis=1)
   return {'bpd': float(np.mean(np.concatenate(totals))), 'bpd_prior': float(np.mean(np.concatenate(priors))),
           'bpd_decoder': float(np.mean(terms[0])), 'bpd_diffusion': float(np.mean(terms[1:].sum(0))),

@@ -24,10 +24,9 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from ddpm_jax import checkpoints, configuration, nets, parallel
+from ddpm_jax import checkpoints, configuration, nets, parallel, workdir_lock
 from ddpm_jax.errors import ConfigError, ConversionError, WorkdirError
 from ddpm_jax.train_state import create_train_state, make_optimizer
 
@@ -294,24 +293,25 @@ def default_step(config) -> int:
 def write_workdir(params: dict, config, workdir: str, step: int) -> str:
   """Saves params as both params and EMA params of a TrainState at `step`, as train.py would.
 
-  Returns the checkpoint directory. Refuses a workdir that already holds checkpoints.
+  Returns the checkpoint directory. Refuses a workdir that already holds checkpoints, or that
+  another process writes (its lock, ddpm_jax/workdir_lock.py).
   """
-
   if step <= 0:
     raise ValueError(f'The checkpoint step must be positive, got {step}.')
   configuration.validate_config(config)
-  configuration.check_workdir_config(config, workdir)
-  checkpoint_dir = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
-  if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
-    raise WorkdirError(
-        f'{checkpoint_dir} already holds checkpoints; convert into a new --workdir.')
-  mesh = parallel.make_mesh()
-  state = create_train_state({'params': jax.tree.map(jnp.asarray, params)}, make_optimizer(config.optim))
-  state = jax.device_put(state.replace(step=jnp.asarray(step, jnp.int32)), parallel.replicated(mesh))
-  configuration.save_config(config, workdir)
-  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
-  manager.save(step, args=ocp.args.StandardSave(state))
-  manager.wait_until_finished()
+  with workdir_lock.exclusive(workdir):  # The one writer, as training: a second one is refused.
+    configuration.check_workdir_config(config, workdir)
+    checkpoint_dir = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+    if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
+      raise WorkdirError(
+          f'{checkpoint_dir} already holds checkpoints; convert into a new --workdir.')
+    mesh = parallel.make_mesh()
+    state = create_train_state({'params': jax.tree.map(jnp.asarray, params)}, make_optimizer(config.optim))
+    state = jax.device_put(state.replace(step=jnp.asarray(step, jnp.int32)), parallel.replicated(mesh))
+    configuration.save_config(config, workdir)
+    writer = checkpoints.CheckpointWriter(checkpoints.make_manager(workdir, config.training.keep_checkpoints))
+    writer.save(step, state)  # With its digests, as training saves.
+    writer.wait()
   return os.path.join(checkpoint_dir, str(step))
 
 
