@@ -9,6 +9,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # One seed for everything: parameter init, data order, noise, timesteps.
+  # Range: [0, 2**32 - 1] (jax.random.key keeps 32 bits).
   config.seed = 0
   # JAX random-number generator: rbg (its programs compile faster on the CPU than threefry's;
   # benchmarks/README.md) or threefry2x32 (JAX's default). With either, 1 and 8 devices draw the
@@ -18,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   # One is the default because it measured fastest: with Eigen convolutions (below) one device
   # already uses every core (benchmarks/README.md). Ignored on GPU/TPU, where every accelerator
   # is used.
+  # Range: [0, inf) integer.
   config.cpu_devices = 1
   # On the CPU, run convolutions with Eigen instead of YNNPACK, whose weight-gradient
   # convolutions are slow (ddpm_jax/xla_flags.py; figures in benchmarks/README.md). Ignored where
@@ -28,13 +30,16 @@ def get_config() -> ml_collections.ConfigDict:
   # set per host. Each host reads its share of every batch; host 0 writes logs, samples, configs.
   config.distributed = distributed = ml_collections.ConfigDict()
   distributed.coordinator_address = ''
+  # Range: [1, inf) integer.
   distributed.num_processes = 1
+  # Range: [0, num_processes - 1] integer.
   distributed.process_id = 0
   # Directory where compiled XLA programs are kept between runs ('' = off).
   config.compilation_cache_dir = '~/.cache/ddpm-jax/xla'
   # Long loops (sampling, FID samples and features, bits/dim) show a bar with rate and ETA on a
   # terminal; otherwise (a log file, a pipe) a log line at most every this many seconds, and one at
   # the end; 0 = after every batch.
+  # Range: [0, inf] (inf = only the line at the end).
   config.progress_log_every_seconds = 30.0
 
   config.data = data = ml_collections.ConfigDict()
@@ -48,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   # idx, image_folder: the folder holding the files (required).
   data.data_dir = ''
   # Class ids to keep, e.g. (0, 1, 2, 3, 4); labels keep their original ids. () = all classes.
+  # Range: each id in [0, inf) integer, ids of the dataset.
   data.classes = ()
   # image_folder: images whose size is not image_size x image_size are centre-cropped to a
   # square and resized (bicubic) when True; False = such an image is an error naming it.
@@ -63,9 +69,11 @@ def get_config() -> ml_collections.ConfigDict:
   data.download = True
   # Split trained on (TFDS split names; idx: train | test; image_folder: a subfolder of data_dir).
   data.train_split = 'train'
+  # Range: [1, inf) integer; the network may need it divisible by 2 ** halvings.
   data.image_size = 28
   # 1 or 3; image_folder converts every image to greyscale (L) or RGB: transparency is
   # composited on black, 16-bit greyscale scaled to 8 bits.
+  # Range: 1 or 3.
   data.num_channels = 1
   # Random horizontal flips of training images (off for digits).
   data.random_flip = False
@@ -74,30 +82,42 @@ def get_config() -> ml_collections.ConfigDict:
   # Network name from the registry in ddpm_jax/nets (unet_simple, unet_conv, unet_resnet, ddpm).
   model.name = 'unet_simple'
   # Unet-Simple: widths of its five blocks (down, down, middle, up, up).
+  # Range: five integers in [1, inf).
   model.widths = (64, 128, 128, 64, 32)
   # Size of the sinusoidal timestep embedding (all networks; DDPM: 128 = model.ch).
+  # Range: [4, inf), even.
   model.time_embed_dim = 128
   # Unet-Simple: momentum of the batch-norm running statistics used for sampling.
+  # Range: [0, 1).
   model.batch_norm_momentum = 0.99
   # The level UNets (unet_conv, unet_resnet, ddpm); defaults are the official DDPM CIFAR-10 net.
   # Width of the first level; level i has ch * ch_mult[i] channels.
+  # Range: [1, inf) integer.
   model.ch = 128
   # Width multiplier per level; the image side halves between levels, so image_size must be
   # divisible by 2 ** (len(ch_mult) - 1).
+  # Range: non-empty, each in [1, inf) integer.
   model.ch_mult = (1, 2, 2, 2)
   # Blocks per level on the down path (the up path has one more per level, as in DDPM).
+  # Range: [1, inf) integer.
   model.num_res_blocks = 2
   # Feature-map sides where self-attention follows every block (unet_resnet, ddpm; not unet_conv).
+  # Range: each a level side, in [1, image_size].
   model.attn_resolutions = (16,)
   # Attention heads (1 = DDPM's single head); must divide the width where attention runs.
+  # Range: [1, inf) integer, dividing the widths with attention.
   model.num_heads = 1
   # Dropout rate inside every block, active in training only.
+  # Range: [0, 1).
   model.dropout = 0.1
   # Number of groups of every GroupNorm; must divide every level width ch * ch_mult[i].
+  # Range: [1, inf) integer, dividing every level width.
   model.norm_groups = 32
   # Epsilon of every GroupNorm.
+  # Range: (0, inf).
   model.norm_eps = 1e-6
   # Width of the timestep MLP (sinusoid -> dense -> swish -> dense) fed to every block (DDPM: 4 * ch).
+  # Range: [1, inf) integer.
   model.time_mlp_dim = 512
   # Upsampling on the up path of unet_conv, unet_resnet: nearest (+ 3x3 conv) | transpose (2x2
   # stride-2 transposed conv). ddpm is always nearest; downsampling is fixed per network
@@ -106,14 +126,18 @@ def get_config() -> ml_collections.ConfigDict:
   # Class-conditional generation: the number of classes of config.data (a learned class
   # embedding joins the timestep embedding, plus a null class for classifier-free guidance);
   # 0 = unconditional.
+  # Range: [0, inf) integer.
   model.num_classes = 0
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   # Variance schedule over T steps: linear | quad (sqrt linear, squared) | sigmoid | const (all
   # beta_end) use beta_start/beta_end; cosine (Nichol & Dhariwal) | jsd (1/T, ..., 1/2, 0.999) ignore them.
   diffusion.schedule = 'linear'
+  # Range: (0, 1), at most beta_end; changed only with a schedule that uses it.
   diffusion.beta_start = 1e-4
+  # Range: (0, 1); changed only with a schedule that uses it.
   diffusion.beta_end = 0.02
+  # Range: [2, inf) integer.
   diffusion.num_timesteps = 1000
   # What the network predicts: eps (the noise, as DDPM) | x0 | xprev (the mean of x_{t-1}).
   diffusion.model_mean_type = 'eps'
@@ -129,19 +153,27 @@ def get_config() -> ml_collections.ConfigDict:
   # batch, plus mmd_simple_weight * simple).
   diffusion.loss = 'simple'
   # hybrid: weight of the bound term (Improved DDPM: 0.001).
+  # Range: (0, inf); changed only with loss=hybrid.
   diffusion.hybrid_lambda = 0.001
   # mmd: weight of MMD^2 and of L_simple beside it (0 = MMD alone).
+  # Range: (0, inf); changed only with loss=mmd.
   diffusion.mmd_weight = 1.0
+  # Range: [0, inf); changed only with loss=mmd.
   diffusion.mmd_simple_weight = 1.0
   # mmd: bandwidths of the summed Gaussian kernels, on mean squared pixel differences in [-1, 1].
+  # Range: non-empty, each in (0, inf); changed only with loss=mmd.
   diffusion.mmd_bandwidths = (0.1, 0.2, 0.5, 1.0, 2.0)
 
   config.training = training = ml_collections.ConfigDict()
   # Global batch size, split over all devices.
+  # Range: [1, inf) integer.
   training.batch_size = 128
   # Length of training: num_train_steps if > 0, else num_epochs passes over the train split.
+  # Range: [0, inf) integer.
   training.num_train_steps = 0
+  # Range: [0, inf); one of the two positive.
   training.num_epochs = 50.0
+  # Range: [0, 1).
   training.ema_decay = 0.9999
   # Training timesteps: uniform | importance (Improved DDPM: p(t) ~ sqrt(E[L_t^2]) over the last
   # importance_history losses at each t, losses reweighted by 1/(T p(t)); uniform until every t
@@ -149,16 +181,23 @@ def get_config() -> ml_collections.ConfigDict:
   training.timestep_sampler = 'uniform'
   # Class-conditional networks: probability of replacing a label by the null class, so that one
   # network learns the conditional and the unconditional model (classifier-free guidance).
+  # Range: [0, 1); changed only with model.num_classes > 0.
   training.cond_drop_prob = 0.1
+  # Range: [1, inf) integer; changed only with timestep_sampler=importance.
   training.importance_history = 10
   # importance: probability mass spread uniformly over all t, so no t is starved.
+  # Range: [0, 1]; changed only with timestep_sampler=importance.
   training.importance_uniform_prob = 0.001
   # Batch-norm networks: training batches used to recompute the statistics of the EMA
   # network before it samples or is checkpointed; 0 = reuse the raw params' running ones.
+  # Range: [0, inf) integer.
   training.bn_calibration_batches = 4
+  # Range: [1, inf) integer.
   training.log_every_steps = 100
   # Checkpoint every this many steps (and always at the last step); keep the newest few.
+  # Range: [1, inf) integer.
   training.checkpoint_every_steps = 1000
+  # Range: [1, inf) integer.
   training.keep_checkpoints = 3
   # A step whose loss or gradient is NaN or infinite leaves the state (params, optimizer, EMA)
   # unchanged. False = training stops with an error naming it (the last good checkpoint is kept);
@@ -166,7 +205,9 @@ def get_config() -> ml_collections.ConfigDict:
   # logged scalar nonfinite_steps.
   training.skip_nonfinite_steps = False
   # Sample a preview grid every this many steps (and at the last step); 0 = never.
+  # Range: [0, inf) integer.
   training.sample_every_steps = 5000
+  # Range: [1, inf) integer.
   training.num_preview_samples = 64
   # Pre-training: '' = start from random init; else another run's workdir (its latest
   # checkpoint) or one checkpoint folder WORKDIR/checkpoints/<step>, whose params (and batch
@@ -178,14 +219,18 @@ def get_config() -> ml_collections.ConfigDict:
   training.init_ema = True
   # FID during training on fid_num_samples samples (config.eval's feature networks and reference)
   # every this many steps, logged as a curve; 0 = never.
+  # Range: [0, inf) integer.
   training.fid_every_steps = 0
+  # Range: [2, inf) integer; changed only with fid_every_steps > 0.
   training.fid_num_samples = 1000
   # Train steps per compiled call (unrolled in one jit, like score_sde's n_jitted_steps): fewer
   # dispatches and host round trips; log, checkpoint, sample and FID intervals must be multiples.
+  # Range: [1, inf) integer.
   training.n_jitted_steps = 1
   # Several hosts: they compare their stop flags (SIGTERM, SIGINT) every this many steps, so all
   # save the same step and stop together; each comparison waits for the device steps in flight.
   # One host acts on a signal at once.
+  # Range: [1, inf) integer.
   training.stop_check_every_steps = 10
   # Forward and backward compute dtype: float32 | bfloat16 (mixed precision: params, optimizer,
   # EMA and loss stay float32; see ddpm_jax/nets/precision.py). Sampling computes in float32.
@@ -193,21 +238,29 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = 'adam'
+  # Range: (0, inf).
   optim.lr = 2e-4
+  # Range: [0, 1).
   optim.beta1 = 0.9
+  # Range: [0, 1).
   optim.beta2 = 0.999
+  # Range: (0, inf).
   optim.eps = 1e-8
   # Linear learning-rate warm-up from 0 over this many steps.
+  # Range: [0, inf) integer.
   optim.warmup_steps = 0
   # Clip gradients to this global norm; 0 = no clipping.
+  # Range: [0, inf).
   optim.grad_clip = 1.0
 
   config.sampling = sampling = ml_collections.ConfigDict()
   # Sampler: ancestral (the DDPM reverse process, T steps) | ddim (DDIM, ddim_steps steps).
   sampling.sampler = 'ancestral'
   # DDIM: number of steps, 1 to diffusion.num_timesteps.
+  # Range: [1, diffusion.num_timesteps] integer; changed only with sampler=ddim.
   sampling.ddim_steps = 50
   # DDIM: noise scale eta >= 0 (0 = deterministic, 1 = DDPM-like posterior noise).
+  # Range: [0, inf); changed only with sampler=ddim.
   sampling.ddim_eta = 0.0
   # DDIM: timesteps visited, uniform (0, k, 2k, ...) | quad (quadratic, dense near t = 0).
   sampling.ddim_spacing = 'uniform'
@@ -216,24 +269,32 @@ def get_config() -> ml_collections.ConfigDict:
   # diffusers' DDIMScheduler default).
   sampling.ddim_clipped_eps = True
   # --mode=sample: how many images, generated in batches of batch_size.
+  # Range: [1, inf) integer.
   sampling.num_samples = 64
+  # Range: [1, inf) integer.
   sampling.batch_size = 64
   # Move the progress bar (or report a step) every this many reverse steps within a batch;
   # 0 = only once per batch.
+  # Range: [0, inf) integer.
   sampling.progress_every = 100
   # Class-conditional networks: the classes to draw (() = every class in turn), one grid row per
   # class in --mode=sample, and the guidance scale w: eps = (1 + w) eps(class) - w eps(null).
+  # Range: each in [0, model.num_classes) integer.
   sampling.classes = ()
+  # Range: [0, inf); changed only with model.num_classes > 0.
   sampling.guidance_scale = 0.0
   # --mode=eval of a class-conditional network: FID and the offline classifier's accuracy on
   # conditional samples for each of these guidance scales.
+  # Range: each in [0, inf); changed only with model.num_classes > 0.
   sampling.eval_guidance_scales = (0.0, 1.0, 3.0)
 
   config.figures = figures = ml_collections.ConfigDict()
   # --mode=figures (ddpm_jax/figures.py): images (rows) of the reverse- and forward-process
   # figures and of the reverse-process GIF.
+  # Range: [1, inf) integer.
   figures.num_images = 8
   # Timesteps shown (columns, GIF frames), evenly spaced from T (ddim: its first step) down to 0.
+  # Range: [2, inf) integer.
   figures.num_frames = 11
 
   config.eval = evaluation = ml_collections.ConfigDict()
@@ -241,12 +302,16 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.split = 'test'
   # Bits/dim by the full variational bound (all T terms + the prior) on the first this many
   # examples of the split (capped at its size; each costs T network evaluations); 0 = skip.
+  # Range: [0, inf) integer.
   evaluation.bpd_num_examples = 10000
+  # Range: [1, inf) integer.
   evaluation.bpd_batch_size = 100
   # Sample quality: FID (+ IS, KID) of num_samples images from the EMA params (0 = skip), made
   # with config.sampling's sampler in batches of sample_batch_size, kept in the workdir's eval/
   # folder so a killed evaluation continues where it stopped.
+  # Range: [0, inf) integer.
   evaluation.num_samples = 50000
+  # Range: [1, inf) integer.
   evaluation.sample_batch_size = 500
   # Feature networks: inception (pytorch-fid's; comparable with published FIDs; convert its
   # weights once: python -m ddpm_jax.tools.convert_inception) | classifier (trained here on the
@@ -254,17 +319,23 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.feature_nets = ('inception',)
   # Converted Inception weights ('' = ~/.cache/ddpm-jax/inception/pt_inception-2015-12-05.npz).
   evaluation.inception_weights = ''
+  # Range: [1, inf) integer.
   evaluation.feature_batch_size = 100
   # Reference statistics of this split of config.data, cached in stats_dir (pytorch-fid's .npz).
   evaluation.reference_split = 'train'
   evaluation.stats_dir = '~/.cache/ddpm-jax/stats'
   # KID: subsets of subset_size (capped by the sample counts) against up to kid_reference_size
   # reference features; IS: splits of the samples.
+  # Range: [1, inf) integer.
   evaluation.kid_subsets = 100
+  # Range: [2, inf) integer.
   evaluation.kid_subset_size = 1000
+  # Range: [2, inf) integer.
   evaluation.kid_reference_size = 10000
+  # Range: [1, inf) integer.
   evaluation.is_splits = 10
   # The offline classifier: its cache, and its training steps (0 = the preset for the image shape).
   evaluation.classifier_dir = '~/.cache/ddpm-jax/classifiers'
+  # Range: [0, inf) integer.
   evaluation.classifier_steps = 0
   return config

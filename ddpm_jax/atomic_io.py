@@ -23,6 +23,10 @@ def replacing(path: str, mode: str = 'wb') -> Iterator[IO]:
       os.fsync(f.fileno())
     os.replace(tmp, path)
     sync_directory(os.path.dirname(os.path.abspath(path)))
+  except OSError as e:  # A failed write or close (a full disk) names no file: name the target.
+    if e.filename is None:
+      e.filename = path
+    raise
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

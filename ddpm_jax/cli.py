@@ -3,10 +3,12 @@ CPU flags, the compilation cache, several hosts, TensorFlow kept off the acceler
 library logs), signals, and the exit status. main.py defines the flags and calls `run`.
 
 Exit status: 0 done; 1 with one line `error: ...` on stderr for a bad command line, config, workdir,
-dataset, a diverged run or a failed checkpoint write; 128 + the signal number (SIGINT 130,
-SIGTERM 143) when a signal stopped the run, with one line `stopped: ...`: during training after
-saving the current step (the line says where), elsewhere (setup, sampling, eval) at once, keeping
-every complete checkpoint and eval batch written so far.
+dataset, a diverged run, a failed checkpoint write or any other operating-system error (a full or
+read-only disk, a file where a folder should be: errors.os_error_line names the path and the fix;
+any other error is a bug, shown whole); 128 + the signal number (SIGINT 130, SIGTERM 143) when a
+signal stopped the run, with one line `stopped: ...`: during training after saving the current step
+(the line says where), elsewhere (setup, sampling, eval) at once, keeping every complete checkpoint
+and eval batch written so far.
 """
 
 import os
@@ -17,7 +19,7 @@ from absl import flags, logging
 import ml_collections
 
 from ddpm_jax import xla_flags
-from ddpm_jax.errors import Preempted, Terminated, UserError, one_line
+from ddpm_jax.errors import Preempted, Terminated, UserError, disk_full_error, one_line, os_error_line
 
 FLAGS = flags.FLAGS
 MODES = ('train', 'sample', 'eval', 'figures')
@@ -113,16 +115,31 @@ def hide_gpus_from_tensorflow() -> None:
 def quiet_library_logs() -> None:
   """Keeps orbax's per-save INFO chatter out of the training log, and its tracebacks: an orbax
   failure reaches our code, which reports it once (one line for a file-system error, whole for a
-  bug). Its warnings and error lines still show."""
+  bug). Its warnings and error lines still show. asyncio's reports of orbax's writes that failed
+  on the file system after the save was given up (`exception was never retrieved`) are left out."""
   import logging as py_logging  # pylint: disable=g-import-not-at-top
 
   def keep(record: py_logging.LogRecord) -> bool:
+    if record.name == 'asyncio' and record.exc_info and says_io_error(record.exc_info[1]):
+      return False  # orbax's writes left unawaited after a failed save, which our one line reports.
     if '/orbax/' not in record.pathname:
       return True
     record.exc_info, record.exc_text = None, None
     return record.levelno >= py_logging.WARNING
 
   logging.get_absl_handler().addFilter(keep)
+
+
+def says_disk_full(error: BaseException) -> bool:
+  """Whether a library's own error type (TensorFlow's event writer, tensorstore) reports a full disk."""
+  from ddpm_jax import checkpoints  # pylint: disable=g-import-not-at-top  # After the XLA flags.
+  return checkpoints.is_disk_full(error)
+
+
+def says_io_error(error: BaseException) -> bool:
+  """Whether an error, in a library's own type too (tensorstore's), is the file system's."""
+  from ddpm_jax import checkpoints  # pylint: disable=g-import-not-at-top  # After the XLA flags.
+  return checkpoints.is_io_error(error)
 
 
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str, force_workdir_config: bool = False) -> None:
@@ -161,6 +178,8 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str, force_w
       train.train_and_evaluate(config, workdir, force_workdir_config=force_workdir_config)
   except (UserError, FloatingPointError) as e:  # Config, workdir, data, checkpoint; a diverged run names its step.
     sys.exit(f'error: {one_line(e)}')
+  except OSError as e:  # The file system's, wherever it arose: the path and the fix, never a traceback.
+    sys.exit(f'error: {os_error_line(e, workdir)}')
   except Preempted as e:
     print(f'stopped: {e}', file=sys.stderr)
     sys.exit(128 + e.signum)
@@ -168,3 +187,7 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str, force_w
     signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
     print(f'stopped: {signum.name}; the checkpoints written so far are complete and kept.', file=sys.stderr)
     sys.exit(128 + signum)
+  except Exception as e:  # pylint: disable=broad-except  # Only a full disk in another library's words.
+    if not says_disk_full(e):
+      raise  # A bug: seen whole.
+    sys.exit(f'error: {os_error_line(disk_full_error(workdir), workdir)}')

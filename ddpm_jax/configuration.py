@@ -1,14 +1,17 @@
 """Checks of a config before any compile or data loading, and the workdir's copy of it."""
 
 import json
+import math
+import numbers
 import os
 
 import ml_collections
+import numpy as np
 
 from ddpm_jax import atomic_io, data, diffusion, nets, sampling, train_state
 from ddpm_jax.errors import ConfigError, DataError, WorkdirError
 from ddpm_jax.nets import precision
-from ddpm_jax.layout import CONFIG_FILE
+from ddpm_jax.layout import CONFIG_FILE, read_config_file
 
 # Sections whose change makes existing checkpoints meaningless or unloadable.
 MODEL_DEFINING_SECTIONS = ('model', 'diffusion')
@@ -26,9 +29,122 @@ def _one_of(value, valid, field: str) -> None:
   _require(value in valid, f'Unknown {field} {value!r}; valid: {", ".join(map(str, valid))}.')
 
 
+_UINT32_MAX = 2 ** 32 - 1
+
+
+def _bounds(low, high, low_open: bool, high_open: bool) -> str:
+  text = lambda x: 'inf' if x == math.inf else '-inf' if x == -math.inf else repr(x)
+  return f'{"(" if low_open else "["}{text(low)}, {text(high)}{")" if high_open else "]"}'
+
+
+def _in_range(value, field: str, low=-math.inf, high=math.inf, low_open: bool = False,
+              high_open: bool = False, integer: bool = False, allow_inf: bool = False, note: str = '') -> None:
+  """The one range check: `value` of config.`field` is a number (an integer with `integer`; never a
+  bool) in the interval from low to high, each end open or closed. Infinite ends are excluded (inf
+  and -inf are refused) unless allow_inf (then high=math.inf is a closed end); NaN is never in range.
+  Raises ConfigError naming the field, the value and the range; `note` (e.g. ' (0 = never)') follows
+  the range."""
+  low_open = low_open or low == -math.inf
+  high_open = high_open or (high == math.inf and not allow_inf)
+  interval = _bounds(low, high, low_open, high_open)
+  number = (numbers.Integral if integer else numbers.Real)
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, number):
+    raise ConfigError(f'config.{field}={value!r} is not {"an integer" if integer else "a number"}: it must be '
+                      f'{"an integer" if integer else "a number"} in {interval}{note}.')
+  above = low < value if low_open else low <= value
+  below = value < high if high_open else value <= high
+  if not (above and below):  # NaN fails both comparisons.
+    raise ConfigError(f'config.{field}={value!r} is out of range: it must be in {interval}{note}.')
+
+
+def _each_in_range(values, field: str, *args, non_empty: bool = False, **kwargs) -> None:
+  """_in_range for every element of a tuple field, named config.field[i]."""
+  values = tuple(values)
+  _require(values or not non_empty, f'config.{field}=() is empty: it needs at least one value.')
+  for i, value in enumerate(values):
+    _in_range(value, f'{field}[{i}]', *args, **kwargs)
+
+
+def _get(config, field: str):
+  section, _, name = field.rpartition('.')
+  return (config[section] if section else config)[name]
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  """The stated range of every numeric knob of configs/default.py (there, in its comment)."""
+  positive_ints = ('data.image_size', 'model.ch', 'model.num_res_blocks', 'model.num_heads', 'model.norm_groups',
+                   'model.time_mlp_dim', 'distributed.num_processes', 'training.batch_size',
+                   'training.log_every_steps', 'training.checkpoint_every_steps', 'training.keep_checkpoints',
+                   'training.num_preview_samples', 'training.importance_history', 'training.n_jitted_steps',
+                   'training.stop_check_every_steps', 'sampling.ddim_steps', 'sampling.num_samples',
+                   'sampling.batch_size', 'figures.num_images', 'eval.bpd_batch_size', 'eval.sample_batch_size',
+                   'eval.feature_batch_size', 'eval.kid_subsets', 'eval.is_splits')
+  for field in positive_ints:
+    _in_range(_get(config, field), field, 1, integer=True)
+  zero_means = {'cpu_devices': ' (0 = one per core)', 'model.num_classes': ' (0 = unconditional)',
+                'training.num_train_steps': ' (0 = train config.training.num_epochs epochs)',
+                'training.bn_calibration_batches': ' (0 = keep the running statistics)',
+                'training.sample_every_steps': ' (0 = never)', 'training.fid_every_steps': ' (0 = never)',
+                'optim.warmup_steps': ' (0 = none)', 'sampling.progress_every': ' (0 = once per batch)',
+                'eval.bpd_num_examples': ' (0 = skip bits/dim)', 'eval.num_samples': ' (0 = skip FID)',
+                'eval.classifier_steps': ' (0 = the preset)'}
+  for field, note in zero_means.items():
+    _in_range(_get(config, field), field, 0, integer=True, note=note)
+  _in_range(config.seed, 'seed', 0, _UINT32_MAX, integer=True,
+            note=' (jax.random.key keeps 32 bits: a larger seed would repeat a smaller one)')
+  _in_range(config.distributed.process_id, 'distributed.process_id', 0, integer=True)
+  if config.distributed.process_id >= config.distributed.num_processes:
+    _in_range(config.distributed.process_id, 'distributed.process_id', 0, config.distributed.num_processes - 1,
+              integer=True, note=' (below config.distributed.num_processes)')
+  _in_range(config.progress_log_every_seconds, 'progress_log_every_seconds', 0, allow_inf=True,
+            note=' (0 = a log line after every batch; inf = only at the end)')
+  _in_range(config.data.num_channels, 'data.num_channels', 1, 3, integer=True, note=' (1 or 3)')
+  _each_in_range(config.data.classes, 'data.classes', 0, integer=True)
+  m = config.model
+  _each_in_range(m.widths, 'model.widths', 1, integer=True, non_empty=True)
+  _in_range(m.time_embed_dim, 'model.time_embed_dim', 4, integer=True, note=', even')
+  _in_range(m.batch_norm_momentum, 'model.batch_norm_momentum', 0, 1, high_open=True)
+  _each_in_range(m.ch_mult, 'model.ch_mult', 1, integer=True, non_empty=True)
+  _each_in_range(m.attn_resolutions, 'model.attn_resolutions', 1, integer=True)
+  _in_range(m.dropout, 'model.dropout', 0, 1, high_open=True)
+  _in_range(m.norm_eps, 'model.norm_eps', 0, low_open=True)
+  d = config.diffusion
+  _in_range(d.num_timesteps, 'diffusion.num_timesteps', 2, integer=True)
+  for field in ('beta_start', 'beta_end'):
+    _in_range(d[field], f'diffusion.{field}', 0, 1, low_open=True, high_open=True)
+  _in_range(d.hybrid_lambda, 'diffusion.hybrid_lambda', 0, low_open=True)
+  _in_range(d.mmd_weight, 'diffusion.mmd_weight', 0, low_open=True)
+  _in_range(d.mmd_simple_weight, 'diffusion.mmd_simple_weight', 0, note=' (0 = MMD alone)')
+  _each_in_range(d.mmd_bandwidths, 'diffusion.mmd_bandwidths', 0, low_open=True, non_empty=True)
+  t = config.training
+  _in_range(t.num_epochs, 'training.num_epochs', 0, note=' (used when num_train_steps is 0)')
+  _in_range(t.ema_decay, 'training.ema_decay', 0, 1, high_open=True)
+  _in_range(t.cond_drop_prob, 'training.cond_drop_prob', 0, 1, high_open=True,
+            note=' (1 would never train the conditional model)')
+  _in_range(t.importance_uniform_prob, 'training.importance_uniform_prob', 0, 1)
+  _in_range(t.fid_num_samples, 'training.fid_num_samples', 2, integer=True)
+  o = config.optim
+  _in_range(o.lr, 'optim.lr', 0, low_open=True)
+  _in_range(o.beta1, 'optim.beta1', 0, 1, high_open=True)
+  _in_range(o.beta2, 'optim.beta2', 0, 1, high_open=True)
+  _in_range(o.eps, 'optim.eps', 0, low_open=True)
+  _in_range(o.grad_clip, 'optim.grad_clip', 0, note=' (0 = no clipping)')
+  s = config.sampling
+  _in_range(s.ddim_eta, 'sampling.ddim_eta', 0, note=' (0 = deterministic)')
+  _in_range(s.guidance_scale, 'sampling.guidance_scale', 0, note=' (0 = no guidance)')
+  _each_in_range(s.eval_guidance_scales, 'sampling.eval_guidance_scales', 0)
+  _each_in_range(s.classes, 'sampling.classes', 0, integer=True)
+  _in_range(config.figures.num_frames, 'figures.num_frames', 2, integer=True, note=' (the noise and the sample)')
+  e = config.eval
+  _in_range(e.kid_subset_size, 'eval.kid_subset_size', 2, integer=True)
+  _in_range(e.kid_reference_size, 'eval.kid_reference_size', 2, integer=True)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError on unknown names and impossible settings; cheap, runs first."""
+  """Raises ConfigError on unknown names, values out of range, impossible settings and changed knobs
+  that would have no effect; cheap, runs first (the command line calls it once)."""
   _one_of(config.rng_impl, train_state.RNG_IMPLS, 'config.rng_impl')
+  _check_ranges(config)
   try:
     data.check_data_config(config.data)
   except DataError as e:
@@ -43,75 +159,39 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _one_of(d.model_var_type, diffusion.MODEL_VAR_TYPES, 'config.diffusion.model_var_type')
   _one_of(d.loss, diffusion.LOSS_NAMES, 'config.diffusion.loss')
   _check_loss(config)
-  _require(d.num_timesteps >= 2, f'config.diffusion.num_timesteps must be at least 2, got {d.num_timesteps}.')
-  _require(0 < d.beta_start <= d.beta_end < 1,
-           f'config.diffusion needs 0 < beta_start <= beta_end < 1, got {d.beta_start}, {d.beta_end}.')
+  _require(d.beta_start <= d.beta_end,
+           f'config.diffusion.beta_start={d.beta_start} exceeds beta_end={d.beta_end}: it must be '
+           f'0 < beta_start <= beta_end < 1.')
   t = config.training
-  _require(t.batch_size > 0, f'config.training.batch_size must be positive, got {t.batch_size}.')
   _require(t.num_train_steps > 0 or t.num_epochs > 0,
            'Set config.training.num_train_steps or config.training.num_epochs to a positive value.')
-  _require(0 <= t.ema_decay < 1, f'config.training.ema_decay must be in [0, 1), got {t.ema_decay}.')
-  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    _require(t[field] > 0, f'config.training.{field} must be positive, got {t[field]}.')
-  _require(t.bn_calibration_batches >= 0, 'config.training.bn_calibration_batches must be >= 0.')
-  _require(t.sample_every_steps >= 0, 'config.training.sample_every_steps must be >= 0 (0 = never).')
-  _require(t.num_preview_samples > 0, 'config.training.num_preview_samples must be positive.')
   _one_of(t.timestep_sampler, diffusion.TIMESTEP_SAMPLERS, 'config.training.timestep_sampler')
   if t.timestep_sampler == 'importance':
-    _require(t.importance_history >= 1, 'config.training.importance_history must be at least 1.')
-    _require(0 <= t.importance_uniform_prob <= 1, 'config.training.importance_uniform_prob must be in [0, 1].')
     _require(d.loss != 'mmd', 'config.training.timestep_sampler=importance reweights per-example losses, '
              'but the MMD of loss=mmd is a batch statistic: use timestep_sampler=uniform with loss=mmd.')
-  o = config.optim
-  _one_of(o.optimizer, train_state.OPTIMIZERS, 'config.optim.optimizer')
-  _require(o.lr > 0, f'config.optim.lr must be positive, got {o.lr}.')
-  _require(o.warmup_steps >= 0 and o.grad_clip >= 0,
-           'config.optim.warmup_steps and config.optim.grad_clip must be >= 0.')
+  _one_of(config.optim.optimizer, train_state.OPTIMIZERS, 'config.optim.optimizer')
   s = config.sampling
   _one_of(s.sampler, sampling.SAMPLERS, 'config.sampling.sampler')
+  _one_of(s.ddim_spacing, sampling.DDIM_SPACINGS, 'config.sampling.ddim_spacing')
   if s.sampler == 'ddim':  # Only then: short test schedules (T < 50) keep the default ddim_steps.
-    _require(1 <= s.ddim_steps <= d.num_timesteps,
+    _require(s.ddim_steps <= d.num_timesteps,
              f'config.sampling.ddim_steps={s.ddim_steps} must be between 1 and '
              f'config.diffusion.num_timesteps={d.num_timesteps}: set ddim_steps in that range.')
-    _require(s.ddim_eta >= 0, f'config.sampling.ddim_eta must be >= 0, got {s.ddim_eta}.')
-    _one_of(s.ddim_spacing, sampling.DDIM_SPACINGS, 'config.sampling.ddim_spacing')
-  _require(s.num_samples > 0 and s.batch_size > 0,
-           'config.sampling.num_samples and config.sampling.batch_size must be positive.')
-  _require(config.cpu_devices >= 0, 'config.cpu_devices must be >= 0 (0 = one per core).')
-  _require(config.progress_log_every_seconds >= 0,  # Also refuses NaN.
-           f'config.progress_log_every_seconds must be >= 0 (0 = a log line after every batch), got '
-           f'{config.progress_log_every_seconds}.')
-  e = config.eval
-  _require(e.bpd_num_examples >= 0 and e.bpd_batch_size > 0,
-           'config.eval.bpd_num_examples must be >= 0 (0 = skip bits/dim) and config.eval.bpd_batch_size positive.')
-  _require(e.num_samples >= 0 and e.sample_batch_size > 0 and e.feature_batch_size > 0,
-           'config.eval.num_samples must be >= 0 (0 = skip FID) and config.eval.sample_batch_size and '
-           'feature_batch_size positive.')
-  for name in e.feature_nets:
+  for name in config.eval.feature_nets:
     _one_of(name, FEATURE_NETS, 'feature network in config.eval.feature_nets')
-  _require(e.kid_subsets > 0 and e.kid_subset_size >= 2 and e.kid_reference_size >= 2 and e.is_splits >= 1,
-           'config.eval needs kid_subsets > 0, kid_subset_size >= 2, kid_reference_size >= 2 and is_splits >= 1.')
-  _require(e.classifier_steps >= 0, 'config.eval.classifier_steps must be >= 0 (0 = the preset).')
-  _require(t.fid_every_steps >= 0 and t.fid_num_samples > 0,
-           'config.training.fid_every_steps must be >= 0 (0 = never) and fid_num_samples positive.')
   _check_throughput(config)
   _check_conditioning(config)
+  _check_knobs_apply(config)
 
 
 def _check_throughput(config: ml_collections.ConfigDict) -> None:
   """Steps per compiled call, compute dtype, hosts."""
   t, dist = config.training, config.distributed
-  _require(t.n_jitted_steps >= 1, f'config.training.n_jitted_steps must be at least 1, got {t.n_jitted_steps}.')
-  _require(t.stop_check_every_steps >= 1,
-           f'config.training.stop_check_every_steps must be at least 1, got {t.stop_check_every_steps}.')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'sample_every_steps', 'fid_every_steps'):
     _require(t[field] % t.n_jitted_steps == 0,
              f'config.training.{field}={t[field]} is not a multiple of config.training.n_jitted_steps='
              f'{t.n_jitted_steps}, which runs that many steps per call: make it a multiple.')
   _one_of(t.compute_dtype, precision.COMPUTE_DTYPES, 'config.training.compute_dtype')
-  _require(dist.num_processes >= 1 and 0 <= dist.process_id < dist.num_processes,
-           f'config.distributed needs num_processes >= 1 and 0 <= process_id < num_processes, got '
-           f'{dist.num_processes} and {dist.process_id}.')
   if dist.coordinator_address not in ('', 'auto'):
     _require(':' in dist.coordinator_address, f'config.distributed.coordinator_address='
              f'{dist.coordinator_address!r} must be host:port (or \'auto\', or \'\' for one host).')
@@ -119,12 +199,8 @@ def _check_throughput(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_conditioning(config: ml_collections.ConfigDict) -> None:
-  """Class-conditional settings: label dropout, guidance scales, requested classes."""
+  """Class-conditional settings: requested classes, the class count of the dataset."""
   num_classes, s = config.model.num_classes, config.sampling
-  _require(0 <= config.training.cond_drop_prob <= 1,
-           f'config.training.cond_drop_prob must be in [0, 1], got {config.training.cond_drop_prob}.')
-  _require(s.guidance_scale >= 0 and all(w >= 0 for w in s.eval_guidance_scales),
-           'config.sampling.guidance_scale and eval_guidance_scales must be >= 0 (0 = no guidance).')
   if not num_classes:
     _require(not s.classes, 'config.sampling.classes needs a class-conditional network: set '
              'config.model.num_classes (the dataset\'s class count) and train with labels.')
@@ -148,15 +224,57 @@ def _check_loss(config: ml_collections.ConfigDict) -> None:
   _require(d.loss != 'hybrid' or learned,
            'config.diffusion.loss=hybrid adds a bound term that only trains a learned variance: set '
            'config.diffusion.model_var_type=learned_range, or use loss=simple (hybrid equals it here).')
-  if d.loss == 'hybrid':
-    _require(d.hybrid_lambda > 0, f'config.diffusion.hybrid_lambda must be positive, got {d.hybrid_lambda}.')
   if d.loss == 'mmd':
-    _require(d.mmd_weight > 0 and d.mmd_simple_weight >= 0,
-             'config.diffusion.mmd_weight must be positive and mmd_simple_weight >= 0 (0 = MMD alone).')
-    _require(len(d.mmd_bandwidths) > 0 and min(d.mmd_bandwidths) > 0,
-             f'config.diffusion.mmd_bandwidths must be non-empty and positive, got {tuple(d.mmd_bandwidths)}.')
     _require(config.training.batch_size >= 2, 'loss=mmd compares samples within a batch: '
              'config.training.batch_size must be at least 2.')
+
+
+# Knobs that act only in some configs, each with the value configs/default.py gives it (a test keeps
+# them equal), a test of whether it acts, and what it needs: a value changed from the default where
+# the knob has no effect is refused, not silently ignored.
+# The networks' own fields (widths of unet_simple, ch of the level UNets, ...) are not refused on
+# other networks: shipped configs derive one network's config from another's (cifar10_resnet from
+# cifar10_simple) and keep its fields.
+_CONDITIONAL = (lambda c: c.model.num_classes > 0,
+                'a class-conditional network: set config.model.num_classes (the dataset\'s class count)')
+_DDIM = (lambda c: c.sampling.sampler == 'ddim', 'config.sampling.sampler=ddim')
+_MMD = (lambda c: c.diffusion.loss == 'mmd', 'config.diffusion.loss=mmd')
+_IMPORTANCE = (lambda c: c.training.timestep_sampler == 'importance', 'config.training.timestep_sampler=importance')
+_SCHEDULES_WITHOUT_BETAS = ('cosine', 'jsd')  # diffusion.BETA_SCHEDULES that ignore beta_start, beta_end.
+_BETAS = (lambda c: c.diffusion.schedule not in _SCHEDULES_WITHOUT_BETAS,
+          f'a schedule that uses them (not {" or ".join(_SCHEDULES_WITHOUT_BETAS)})')
+KNOB_DEFAULTS = {
+    'sampling.guidance_scale': (0.0, *_CONDITIONAL),
+    'sampling.eval_guidance_scales': ((0.0, 1.0, 3.0), *_CONDITIONAL),
+    'training.cond_drop_prob': (0.1, *_CONDITIONAL),
+    'sampling.ddim_steps': (50, *_DDIM),
+    'sampling.ddim_eta': (0.0, *_DDIM),
+    'sampling.ddim_spacing': ('uniform', *_DDIM),
+    'sampling.ddim_clipped_eps': (True, *_DDIM),
+    'diffusion.hybrid_lambda': (0.001, lambda c: c.diffusion.loss == 'hybrid', 'config.diffusion.loss=hybrid'),
+    'diffusion.mmd_weight': (1.0, *_MMD),
+    'diffusion.mmd_simple_weight': (1.0, *_MMD),
+    'diffusion.mmd_bandwidths': ((0.1, 0.2, 0.5, 1.0, 2.0), *_MMD),
+    'training.importance_history': (10, *_IMPORTANCE),
+    'training.importance_uniform_prob': (0.001, *_IMPORTANCE),
+    'diffusion.beta_start': (1e-4, *_BETAS),
+    'diffusion.beta_end': (0.02, *_BETAS),
+    'training.init_ema': (True, lambda c: bool(c.training.init_from), 'config.training.init_from'),
+    'training.fid_num_samples': (1000, lambda c: c.training.fid_every_steps > 0, 'config.training.fid_every_steps > 0'),
+}
+def _same(value, default) -> bool:
+  if isinstance(default, tuple):
+    return tuple(value) == default
+  return value == default and type(value) is type(default)
+
+
+def _check_knobs_apply(config: ml_collections.ConfigDict) -> None:
+  """Refuses a knob changed from its default where it has no effect."""
+  for field, (default, applies, needs) in KNOB_DEFAULTS.items():
+    value = _get(config, field)
+    _require(applies(config) or _same(value, default),
+             f'config.{field}={value!r} has no effect here: it needs {needs}. Leave it at its default '
+             f'{default!r}, or set what it needs.')
 
 
 def check_batches_divide(config: ml_collections.ConfigDict, num_devices: int, evaluating: bool = False) -> None:
@@ -201,8 +319,7 @@ def model_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    saved = flatten_dict(_model_defining(json.load(f)))
+  saved = flatten_dict(_model_defining(read_config_file(path)))  # WorkdirFileError when it does not parse.
   current = flatten_dict(_model_defining(config_to_dict(config)))
   return [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}'
           for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]

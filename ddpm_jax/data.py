@@ -464,6 +464,24 @@ def load_dataset(data_config, split: str) -> ImageDataset:
   return dataset
 
 
+def check_labels(dataset: ImageDataset, num_classes: int, what: str = 'the dataset') -> None:
+  """Raises DataError when labels of `dataset` lie outside [0, num_classes): how many, which values,
+  and the fix. num_classes: the conditional network's config.model.num_classes, or
+  FIXED_NUM_CLASSES of the dataset; 0 (unknown, or an unconditional network) checks nothing.
+  Labels out of range would index past the class embedding and train on NaN."""
+  if num_classes <= 0 or not len(dataset.labels):
+    return
+  labels = np.asarray(dataset.labels)
+  bad = (labels < 0) | (labels >= num_classes)
+  count = int(bad.sum())
+  if count:
+    values = np.unique(labels[bad])
+    shown = ', '.join(str(int(v)) for v in values[:10]) + (f' and {len(values) - 10} more' if len(values) > 10 else '')
+    raise DataError(f'{count} of the {len(labels)} labels of {what} lie outside the classes 0 to {num_classes - 1} '
+                    f'(values {shown}): fix the labels, or set --config.model.num_classes to the true class '
+                    f'count (above the largest label), or keep only valid classes with config.data.classes.')
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   """Full batches per pass over the data (the remainder of each shuffled pass is dropped)."""
   return num_examples // batch_size

@@ -5,6 +5,9 @@ with status 1, so each message names the problem and the fix. The others are rai
 of the library (or handled where they arise) and say the same in their messages.
 """
 
+import errno
+import os
+import re
 import signal
 
 
@@ -17,6 +20,44 @@ def one_line(text: object, limit: int = 0) -> str:
     lines = head + [next(line for line in reversed(lines) if line.strip())]
   line = ' '.join(' '.join(lines).split())
   return line if limit <= 0 or len(line) <= limit else line[:limit - 3] + '...'
+
+
+# Temporary names of files written whole (ddpm_jax/atomic_io.py): the file meant is without the suffix.
+_TEMPORARY_SUFFIX = re.compile(r'\.tmp-\d+$')
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+
+
+def os_error_line(error: OSError, workdir: str = '') -> str:
+  """An operating-system error of a run in one line: what failed, the path, the reason and the fix
+  (which depends on the errno). `workdir` is named when the error carries no file name; the fixes
+  speak of --workdir only for paths in it."""
+  path = _TEMPORARY_SUFFIX.sub('', str(error.filename)) if error.filename else workdir
+  reason = error.strerror or one_line(error)
+  where = f' {path}' if path else ''
+  in_workdir = bool(workdir) and (path == workdir or path.startswith(workdir.rstrip(os.sep) + os.sep))
+  if error.errno in _DISK_FULL:
+    other = ' (or give a --workdir on another disk)' if in_workdir else ''
+    return f'Could not write{where}: {reason}. Free space on that disk{other} and rerun the same command.'
+  if error.errno == errno.EROFS:
+    fix = ('Give a --workdir on a writable disk (to sample or evaluate a run kept on a read-only one, copy its '
+           'workdir to a writable disk)' if in_workdir else 'Point the config at a writable disk')
+    return f'Could not write{where}: {reason}. {fix}.'
+  if error.errno in _NOT_WRITABLE:
+    fix = 'Give a --workdir you may read and write, or change' if in_workdir else 'Change'
+    return f'Could not use{where}: {reason}. {fix} its permissions.'
+  if error.errno in _NOT_A_FOLDER:
+    return f'Could not use{where}: {reason}. Give a --workdir that is a folder (or a new path), not a file.'
+  if error.errno == errno.ENOENT:
+    return f'Could not find{where}: {reason}. Check that the path exists (was it moved or deleted?) and rerun.'
+  name = errno.errorcode.get(error.errno, 'OSError') if error.errno else type(error).__name__
+  return f'Could not use{where}: {reason} ({name}). Check that file system and rerun the same command.'
+
+
+def disk_full_error(path: str) -> OSError:
+  """The OSError of a full disk at `path`, for another library's error that only says so in its text."""
+  return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
 
 class UserError(Exception):
@@ -38,6 +79,11 @@ class MetricsError(ConfigError):
 
 class WorkdirError(UserError, RuntimeError):
   """The workdir cannot be used as asked (another run's model, no checkpoint, ...)."""
+
+
+class WorkdirFileError(WorkdirError, ValueError):
+  """A file of a workdir (config.json, run_info.json) that cannot be read back: the message names
+  it and says to restore or delete it. A ValueError too, for the tools that read runs (compare)."""
 
 
 class DataError(UserError, ValueError):

@@ -7,7 +7,7 @@ Checkpoint folders are named in ddpm_jax/checkpoints.py, which owns them.
 import json
 import os
 
-from ddpm_jax.errors import RunError
+from ddpm_jax.errors import RunError, WorkdirFileError, one_line
 
 CONFIG_FILE = 'config.json'  # The resolved config of the run (configuration.save_config).
 RUN_INFO_FILE = 'run_info.json'  # {"num_params": int, "wall_time_s": float, "step": int, ...}.
@@ -22,8 +22,29 @@ def read_config(workdir: str) -> dict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise RunError(f'No {CONFIG_FILE} in {workdir}: is it the --workdir of a training run?')
-  with open(path) as f:
-    return json.load(f)
+  return read_config_file(path)
+
+
+def read_json_record(path: str, fix: str) -> dict:
+  """The JSON object in the workdir file `path`; WorkdirFileError (naming it, the problem and `fix`)
+  when it does not parse (truncated, emptied, not an object)."""
+  with open(path, 'rb') as f:
+    content = f.read()
+  try:
+    value = json.loads(content)
+  except ValueError as e:  # JSONDecodeError, or bytes that are not text.
+    problem = 'is empty' if not content.strip() else f'does not parse ({one_line(e, limit=120)})'
+  else:
+    if isinstance(value, dict):
+      return value
+    problem = f'holds a JSON {type(value).__name__}, not an object'
+  raise WorkdirFileError(f'{path} {problem}: it may have been cut short or edited. {fix}')
+
+
+def read_config_file(path: str) -> dict:
+  """A workdir's config.json (at `path`) as a nested dict; WorkdirFileError when it does not parse."""
+  return read_json_record(path, 'Restore it from a backup, or delete it and rerun with the --config that run was '
+                                'made with (training then writes it anew).')
 
 
 def read_run_info(workdir: str) -> dict:
@@ -31,8 +52,9 @@ def read_run_info(workdir: str) -> dict:
   path = os.path.join(workdir, RUN_INFO_FILE)
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  return read_json_record(path, 'Restore it, or delete it: it holds only statistics (parameter count, wall '
+                                'time, non-finite steps), which training writes anew; the wall time counted so far '
+                                'is then lost.')
 
 
 def config_value(config: dict, dotted: str, default=None):

@@ -114,17 +114,35 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
   session_start = time.time()
+  t = config.training
   mesh, model, schedule, tx = components(config)
+  # Every check that can fail runs before the first byte is written to the workdir, so a failed
+  # start leaves it as it was: the config against the workdir's, the data, the checkpoints,
+  # init_from and the FID feature networks.
   changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
   abstract = abstract_state(model, config, tx, mesh)
   if changes:
     checkpoints.check_fits(checkpoints.checkpoint_dir(workdir), abstract)
   dataset = data.load_dataset(config.data, config.data.train_split)
+  data.batch_indices(len(dataset.images), t.batch_size, 0, config.seed)  # A batch larger than the data: DataError.
+  data.check_labels(dataset, config.model.num_classes or data.FIXED_NUM_CLASSES.get(config.data.dataset, 0),
+                    f'split {config.data.train_split} of {config.data.dataset}')
   total_steps = num_train_steps(config, len(dataset.images))
+  existing = os.path.isdir(checkpoints.checkpoint_dir(workdir))  # Else the manager would make the folder now.
+  manager = checkpoints.make_manager(workdir, t.keep_checkpoints) if existing else None
+  state, start_step, unreadable = checkpoints.restore_newest(manager, abstract) if existing else (None, None, [])
+  run_info = layout.read_run_info(workdir) if start_step else {}  # A damaged one: WorkdirFileError.
+  loaded = None
+  if not start_step and t.init_from:  # Pre-training: a new run starts from another run's params.
+    loaded = pretrain.load_init_params(config, t.init_from, abstract)
+  fid_nets, fid_references = [], []
+  if t.fid_every_steps:  # Feature networks and reference statistics once, before the loop.
+    fid_nets = features.load_feature_nets(config, mesh)
+    fid_references = [features.reference(net, config) for net in fid_nets]
 
   keys = root_keys(config)
-  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
-  state, start_step, unreadable = checkpoints.restore_newest(manager, abstract)
+  if manager is None:
+    manager = checkpoints.make_manager(workdir, t.keep_checkpoints)
   if unreadable:  # Newer than the one restored: renamed aside, so those steps can be saved again.
     checkpoints.set_aside(manager, unreadable)
   if changes:
@@ -136,12 +154,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
   else:
     state, start_step = initial_state(model, config, tx, mesh), 0
-    if config.training.init_from:  # Pre-training: a new run starts from another run's params.
-      loaded = pretrain.load_init_params(config, config.training.init_from, abstract)
-      state = pretrain.apply_init(state, loaded, config.training.init_ema)
-      logging.info('Initialised the params from %s.', config.training.init_from)
+    if loaded is not None:
+      state = pretrain.apply_init(state, loaded, t.init_ema)
+      logging.info('Initialised the params from %s.', t.init_from)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  run_info = layout.read_run_info(workdir) if start_step else {}
   earlier_wall_time = run_info.get('wall_time_s', 0.0)
   nonfinite_steps = run_info.get('nonfinite_steps', 0)
   logging.info('%s: %d params on %d device(s); %d examples; steps %d -> %d.', config.model.name,
@@ -164,14 +180,9 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
   sample_fn = generate.make_sampler(model, schedule, config)
   report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
-  t = config.training
   skip_nonfinite = t.get('skip_nonfinite_steps', False)
   saver = checkpoints.CheckpointWriter(manager)
   preview_labels, preview_columns = generate.grid_labels(config, t.num_preview_samples)
-  fid_nets, fid_references = [], []
-  if t.fid_every_steps:  # Feature networks and reference statistics once, before the loop.
-    fid_nets = features.load_feature_nets(config, mesh)
-    fid_references = [features.reference(net, config) for net in fid_nets]
 
   pending = []  # Metrics still on the device, not yet checked.
   interval = []  # Checked metrics since the last log.

@@ -14,8 +14,8 @@ figures: samples/reverse_process_*, samples/forward_process_*; --mode=eval: eval
 file; event files carry the writer's pid in their names).
 
 A locked block that writes nothing at the workdir's top level leaves no trace of the lock: the lock
-file it made is removed, a workdir made for it too, or else the workdir's times are put back, so a
-run refused by a later check leaves the workdir as it was.
+file it made is removed, a workdir made for it too, or else the workdir's times (and an earlier lock
+file's content and times) are put back, so a run refused by a later check leaves the workdir as it was.
 """
 
 import contextlib
@@ -41,6 +41,8 @@ class _Trace:
   """What taking the lock changed in the workdir, to undo when the locked block wrote nothing."""
   made_dirs: tuple[str, ...]  # Folders made for the lock, innermost first.
   made_file: bool  # Whether the lock file was made (not already there).
+  old_holder: bytes  # The content of a lock file already there (an earlier run's holder).
+  old_file_times_ns: tuple[int, int]  # Its (atime, mtime).
   times_ns: tuple[int, int]  # The workdir's (atime, mtime) before the lock file was made.
   names: frozenset[str]  # The workdir's entries right after the lock was taken.
   mtime_ns: int  # The workdir's mtime right after the lock was taken.
@@ -126,14 +128,20 @@ def take(workdir: str) -> tuple[Optional[int], _Trace]:
   """Locks the workdir; (the lock file's fd or None, what taking it changed)."""
   made_dirs = missing_dirs(workdir)
   had_file = os.path.lexists(lock_path(workdir))
+  old_holder, old_file_times = b'', (0, 0)
+  if had_file:
+    with open(lock_path(workdir), 'rb') as f:
+      old_holder = f.read()
+    info = os.stat(lock_path(workdir))
+    old_file_times = (info.st_atime_ns, info.st_mtime_ns)
   before = None if made_dirs else os.stat(workdir)
   fd = lock_file(workdir)
   if fd is not None:
     write_holder(fd)
   after = os.stat(workdir)
   times = (before.st_atime_ns, before.st_mtime_ns) if before else (after.st_atime_ns, after.st_mtime_ns)
-  return fd, _Trace(made_dirs, fd is not None and not had_file, times, frozenset(os.listdir(workdir)),
-                    after.st_mtime_ns)
+  return fd, _Trace(made_dirs, fd is not None and not had_file, old_holder, old_file_times, times,
+                    frozenset(os.listdir(workdir)), after.st_mtime_ns)
 
 
 def untouched(workdir: str, trace: _Trace) -> bool:
@@ -145,8 +153,15 @@ def untouched(workdir: str, trace: _Trace) -> bool:
     return False
 
 
-def remove_trace(workdir: str, trace: _Trace) -> None:
-  """Removes the lock file, and the folders made for it or else puts back the workdir's times."""
+def remove_trace(workdir: str, trace: _Trace, fd: int) -> None:
+  """Removes the lock file, and the folders made for it or else puts back the workdir's times; a
+  lock file that was there before gets its earlier content and times back."""
+  if not trace.made_file:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, trace.old_holder, 0)
+    os.utime(lock_path(workdir), ns=trace.old_file_times_ns)
+    os.utime(workdir, ns=trace.times_ns)
+    return
   with contextlib.suppress(FileNotFoundError):
     os.remove(lock_path(workdir))
   if not trace.made_dirs:
@@ -177,8 +192,8 @@ def exclusive(workdir: str, enabled: bool = True) -> Iterator[None]:
   try:
     yield
   finally:
-    if fd is not None and trace.made_file and untouched(workdir, trace):
+    if fd is not None and untouched(workdir, trace):
       with contextlib.suppress(OSError):
-        remove_trace(workdir, trace)
+        remove_trace(workdir, trace, fd)
     if fd is not None:
       os.close(fd)  # Releases the lock.

@@ -42,3 +42,18 @@ def test_the_data_and_the_rename_are_synced_to_the_disk(tmp_path, monkeypatch):
   assert [e[0] for e in events] == ['fsync', 'replace', 'fsync']
   assert events[0][1].startswith(path + '.tmp-') and events[1][1] == path and events[2][1] == str(tmp_path)
   assert json.load(open(path)) == {'step': 3}
+
+
+def test_a_failed_write_names_the_target_file(tmp_path, monkeypatch):
+  """A full disk fails a write or close with an OSError that names no file: the target is named."""
+  import errno  # pylint: disable=g-import-not-at-top
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(os, 'fsync', full)
+  path = str(tmp_path / 'samples.npz')
+  with pytest.raises(OSError) as error:
+    atomic_io.savez(path, a=np.arange(3))
+  assert error.value.errno == errno.ENOSPC and error.value.filename == path
+  assert os.listdir(tmp_path) == []

@@ -29,13 +29,14 @@ def test_every_shipped_config_is_valid(name):
     ('diffusion.schedule', 'squaredcos', 'valid: linear, quad, cosine, sigmoid, const, jsd'),
     ('data.image_size', 30, 'divisible by 4'),
     ('data.num_channels', 2, r'num_channels must be 1 \(greyscale\) or 3'),
-    ('optim.lr', 0.0, 'lr must be positive'),
-    ('optim.lr', -1e-3, 'lr must be positive'),
-    ('training.batch_size', 0, 'batch_size must be positive'),
+    ('optim.lr', 0.0, r'config.optim.lr=0.0 is out of range: it must be in \(0, inf\)'),
+    ('optim.lr', -1e-3, r'lr=-0.001 is out of range'),
+    ('training.batch_size', 0, r'batch_size=0 is out of range: it must be in \[1, inf\)'),
     ('training.ema_decay', 1.0, 'ema_decay'),
-    ('diffusion.num_timesteps', 1, 'at least 2'),
-    ('diffusion.beta_end', 1.5, 'beta_start <= beta_end < 1'),
-    ('training.checkpoint_every_steps', 0, 'checkpoint_every_steps must be positive'),
+    ('diffusion.num_timesteps', 1, r'num_timesteps=1 is out of range: it must be in \[2, inf\)'),
+    ('diffusion.beta_end', 1.5, r'beta_end=1.5 is out of range: it must be in \(0, 1\)'),
+    ('diffusion.beta_end', 5e-5, r'beta_start=0.0001 exceeds beta_end=5e-05'),
+    ('training.checkpoint_every_steps', 0, 'checkpoint_every_steps=0 is out of range'),
     ('sampling.num_samples', 0, 'num_samples'),
 ])
 def test_bad_values_name_the_field_and_the_valid_choices(field, value, message):
@@ -47,20 +48,21 @@ def test_bad_values_name_the_field_and_the_valid_choices(field, value, message):
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('ddim_steps', 0, 'ddim_steps=0 must be between 1 and config.diffusion.num_timesteps=1000'),
-    ('ddim_steps', 1001, 'set ddim_steps in that range'),
-    ('ddim_eta', -0.5, 'ddim_eta must be >= 0'),
+    ('ddim_steps', 0, r'ddim_steps=0 is out of range: it must be in \[1, inf\)'),
+    ('ddim_steps', 1001, 'ddim_steps=1001 must be between 1 and config.diffusion.num_timesteps=1000'),
+    ('ddim_eta', -0.5, r'ddim_eta=-0.5 is out of range: it must be in \[0, inf\)'),
     ('ddim_spacing', 'linear', 'valid: uniform, quad'),
 ])
-def test_bad_ddim_knobs_are_refused_when_ddim_samples(field, value, message):
+def test_bad_ddim_knobs_are_refused(field, value, message):
   config = default.get_config()
   config.sampling.sampler = 'ddim'
   configuration.validate_config(config)
   config.sampling[field] = value
   with pytest.raises(errors.ConfigError, match=message):
     configuration.validate_config(config)
-  config.sampling.sampler = 'ancestral'
-  configuration.validate_config(config)
+  config.sampling.sampler = 'ancestral'  # Out of range, or else of no effect: refused either way.
+  with pytest.raises(errors.ConfigError):
+    configuration.validate_config(config)
 
 
 @pytest.mark.parametrize('schedule', ['linear', 'quad', 'cosine', 'sigmoid', 'const', 'jsd'])
@@ -133,5 +135,221 @@ def test_progress_log_interval_is_a_number_of_seconds_at_least_zero(value, valid
   if valid:
     configuration.validate_config(config)
   else:
-    with pytest.raises(errors.ConfigError, match=r'config.progress_log_every_seconds must be >= 0 .*got (-1.0|nan)'):
+    with pytest.raises(errors.ConfigError, match=r'config.progress_log_every_seconds=(-1.0|nan) is out of range: it must be in \[0, inf\]'):
       configuration.validate_config(config)
+
+
+# Bad values across every section: (field, value, the field and range the one-line message names).
+NAN, INF = float('nan'), float('inf')
+OUT_OF_RANGE = [
+    ('seed', -1, r'config.seed=-1 is out of range: it must be in \[0, 4294967295\]'),
+    ('seed', 2 ** 32, r'config.seed=4294967296 is out of range: it must be in \[0, 4294967295\]'),
+    ('seed', 2 ** 70, r'config.seed=1180591620717411303424 is out of range'),
+    ('seed', True, r'config.seed=True is not an integer: it must be an integer in \[0, 4294967295\]'),
+    ('cpu_devices', -1, r'config.cpu_devices=-1 is out of range: it must be in \[0, inf\) \(0 = one per core\)'),
+    ('progress_log_every_seconds', -INF, r'progress_log_every_seconds=-inf is out of range: it must be in \[0, inf\]'),
+    ('distributed.num_processes', 0, r'config.distributed.num_processes=0 is out of range: it must be in \[1, inf\)'),
+    ('distributed.process_id', -1, r'config.distributed.process_id=-1 is out of range: it must be in \[0, inf\)'),
+    ('distributed.process_id', 1, r'config.distributed.process_id=1 is out of range: it must be in \[0, 0\]'),
+    ('data.image_size', 0, r'config.data.image_size=0 is out of range: it must be in \[1, inf\)'),
+    ('data.num_channels', 0, r'config.data.num_channels=0 is out of range: it must be in \[1, 3\] \(1 or 3\)'),
+    ('data.num_channels', True, r'config.data.num_channels=True is not an integer'),
+    ('data.classes', (1, -2), r'config.data.classes\[1\]=-2 is out of range: it must be in \[0, inf\)'),
+    ('model.widths', (0, 0, 0, 0, 0), r'config.model.widths\[0\]=0 is out of range: it must be in \[1, inf\)'),
+    ('model.widths', (8, 16, -16, 8, 8), r'config.model.widths\[2\]=-16 is out of range'),
+    ('model.widths', (), r'config.model.widths=\(\) is empty'),
+    ('model.time_embed_dim', 2, r'config.model.time_embed_dim=2 is out of range: it must be in \[4, inf\), even'),
+    ('model.time_embed_dim', 127, r'config.model.time_embed_dim=127 is out of range: it must be an even integer >= 4'),
+    ('model.batch_norm_momentum', 1.0, r'config.model.batch_norm_momentum=1.0 is out of range: it must be in \[0, 1\)'),
+    ('model.batch_norm_momentum', NAN, r'batch_norm_momentum=nan is out of range'),
+    ('model.ch', 0, r'config.model.ch=0 is out of range: it must be in \[1, inf\)'),
+    ('model.ch_mult', (1, 0), r'config.model.ch_mult\[1\]=0 is out of range'),
+    ('model.num_res_blocks', -1, r'config.model.num_res_blocks=-1 is out of range'),
+    ('model.attn_resolutions', (0,), r'config.model.attn_resolutions\[0\]=0 is out of range'),
+    ('model.num_heads', 0, r'config.model.num_heads=0 is out of range: it must be in \[1, inf\)'),
+    ('model.dropout', 1.0, r'config.model.dropout=1.0 is out of range: it must be in \[0, 1\)'),
+    ('model.dropout', -0.1, r'config.model.dropout=-0.1 is out of range'),
+    ('model.norm_groups', 0, r'config.model.norm_groups=0 is out of range'),
+    ('model.norm_eps', 0.0, r'config.model.norm_eps=0.0 is out of range: it must be in \(0, inf\)'),
+    ('model.norm_eps', INF, r'config.model.norm_eps=inf is out of range'),
+    ('model.time_mlp_dim', 0, r'config.model.time_mlp_dim=0 is out of range'),
+    ('model.num_classes', -1, r'config.model.num_classes=-1 is out of range: it must be in \[0, inf\) \(0 = unconditional\)'),
+    ('diffusion.num_timesteps', 0, r'config.diffusion.num_timesteps=0 is out of range: it must be in \[2, inf\)'),
+    ('diffusion.beta_start', 0.0, r'config.diffusion.beta_start=0.0 is out of range: it must be in \(0, 1\)'),
+    ('diffusion.beta_start', NAN, r'config.diffusion.beta_start=nan is out of range'),
+    ('diffusion.beta_end', 1.0, r'config.diffusion.beta_end=1.0 is out of range: it must be in \(0, 1\)'),
+    ('diffusion.hybrid_lambda', INF, r'config.diffusion.hybrid_lambda=inf is out of range: it must be in \(0, inf\)'),
+    ('diffusion.mmd_weight', 0.0, r'config.diffusion.mmd_weight=0.0 is out of range'),
+    ('diffusion.mmd_simple_weight', -1.0, r'mmd_simple_weight=-1.0 is out of range: it must be in \[0, inf\) \(0 = MMD alone\)'),
+    ('diffusion.mmd_bandwidths', (0.1, 0.0), r'config.diffusion.mmd_bandwidths\[1\]=0.0 is out of range'),
+    ('diffusion.mmd_bandwidths', (), r'config.diffusion.mmd_bandwidths=\(\) is empty'),
+    ('training.batch_size', -8, r'config.training.batch_size=-8 is out of range'),
+    ('training.num_train_steps', -5, r'config.training.num_train_steps=-5 is out of range: it must be in \[0, inf\)'),
+    ('training.num_epochs', INF, r'config.training.num_epochs=inf is out of range: it must be in \[0, inf\)'),
+    ('training.num_epochs', NAN, r'config.training.num_epochs=nan is out of range'),
+    ('training.ema_decay', 1.0, r'config.training.ema_decay=1.0 is out of range: it must be in \[0, 1\)'),
+    ('training.ema_decay', NAN, r'config.training.ema_decay=nan is out of range'),
+    ('training.cond_drop_prob', 1.0, r'config.training.cond_drop_prob=1.0 is out of range: it must be in \[0, 1\)'),
+    ('training.importance_history', 0, r'config.training.importance_history=0 is out of range'),
+    ('training.importance_uniform_prob', 1.5, r'importance_uniform_prob=1.5 is out of range: it must be in \[0, 1\]'),
+    ('training.bn_calibration_batches', -1, r'config.training.bn_calibration_batches=-1 is out of range'),
+    ('training.log_every_steps', 0, r'config.training.log_every_steps=0 is out of range'),
+    ('training.keep_checkpoints', 0, r'config.training.keep_checkpoints=0 is out of range: it must be in \[1, inf\)'),
+    ('training.sample_every_steps', -1, r'config.training.sample_every_steps=-1 is out of range: it must be in \[0, inf\) \(0 = never\)'),
+    ('training.num_preview_samples', 0, r'config.training.num_preview_samples=0 is out of range'),
+    ('training.fid_every_steps', -100, r'config.training.fid_every_steps=-100 is out of range'),
+    ('training.fid_num_samples', 1, r'config.training.fid_num_samples=1 is out of range: it must be in \[2, inf\)'),
+    ('training.n_jitted_steps', 0, r'config.training.n_jitted_steps=0 is out of range'),
+    ('training.stop_check_every_steps', 0, r'config.training.stop_check_every_steps=0 is out of range'),
+    ('optim.lr', INF, r'config.optim.lr=inf is out of range: it must be in \(0, inf\)'),
+    ('optim.lr', NAN, r'config.optim.lr=nan is out of range: it must be in \(0, inf\)'),
+    ('optim.beta1', -0.1, r'config.optim.beta1=-0.1 is out of range: it must be in \[0, 1\)'),
+    ('optim.beta2', 1.0, r'config.optim.beta2=1.0 is out of range: it must be in \[0, 1\)\.'),
+    ('optim.eps', 0.0, r'config.optim.eps=0.0 is out of range: it must be in \(0, inf\)'),
+    ('optim.warmup_steps', -1, r'config.optim.warmup_steps=-1 is out of range: it must be in \[0, inf\)'),
+    ('optim.grad_clip', NAN, r'config.optim.grad_clip=nan is out of range: it must be in \[0, inf\) \(0 = no clipping\)'),
+    ('optim.grad_clip', INF, r'config.optim.grad_clip=inf is out of range'),
+    ('sampling.ddim_steps', 0, r'config.sampling.ddim_steps=0 is out of range'),
+    ('sampling.ddim_eta', INF, r'config.sampling.ddim_eta=inf is out of range'),
+    ('sampling.num_samples', 0, r'config.sampling.num_samples=0 is out of range'),
+    ('sampling.batch_size', 0, r'config.sampling.batch_size=0 is out of range'),
+    ('sampling.progress_every', -1, r'config.sampling.progress_every=-1 is out of range: it must be in \[0, inf\) \(0 = once per batch\)'),
+    ('sampling.guidance_scale', -1.0, r'config.sampling.guidance_scale=-1.0 is out of range: it must be in \[0, inf\)'),
+    ('sampling.guidance_scale', NAN, r'config.sampling.guidance_scale=nan is out of range'),
+    ('sampling.eval_guidance_scales', (0.0, INF), r'config.sampling.eval_guidance_scales\[1\]=inf is out of range'),
+    ('sampling.classes', (-1,), r'config.sampling.classes\[0\]=-1 is out of range'),
+    ('figures.num_images', 0, r'config.figures.num_images=0 is out of range: it must be in \[1, inf\)'),
+    ('figures.num_frames', 1, r'config.figures.num_frames=1 is out of range: it must be in \[2, inf\)'),
+    ('eval.bpd_num_examples', -1, r'config.eval.bpd_num_examples=-1 is out of range: it must be in \[0, inf\) \(0 = skip bits/dim\)'),
+    ('eval.bpd_batch_size', 0, r'config.eval.bpd_batch_size=0 is out of range'),
+    ('eval.num_samples', -1, r'config.eval.num_samples=-1 is out of range'),
+    ('eval.sample_batch_size', 0, r'config.eval.sample_batch_size=0 is out of range'),
+    ('eval.feature_batch_size', 0, r'config.eval.feature_batch_size=0 is out of range'),
+    ('eval.kid_subsets', 0, r'config.eval.kid_subsets=0 is out of range'),
+    ('eval.kid_subset_size', 1, r'config.eval.kid_subset_size=1 is out of range: it must be in \[2, inf\)'),
+    ('eval.kid_reference_size', 1, r'config.eval.kid_reference_size=1 is out of range'),
+    ('eval.is_splits', 0, r'config.eval.is_splits=0 is out of range'),
+    ('eval.classifier_steps', -1, r'config.eval.classifier_steps=-1 is out of range'),
+]
+
+
+def _set(config, field, value):
+  section, _, name = field.rpartition('.')
+  (config[section] if section else config)[name] = value
+
+
+@pytest.mark.parametrize('field,value,message', OUT_OF_RANGE, ids=[f'{f}={v!r}' for f, v, _ in OUT_OF_RANGE])
+def test_values_out_of_range_are_refused_in_one_line_naming_field_value_and_range(field, value, message):
+  config = default.get_config()
+  _set(config, field, value)
+  with pytest.raises(errors.ConfigError, match=message) as raised:
+    configuration.validate_config(config)
+  assert '\n' not in str(raised.value)
+
+
+def test_the_table_covers_every_section():
+  assert {f.split('.')[0] for f, _, _ in OUT_OF_RANGE if '.' in f} == {
+      'distributed', 'data', 'model', 'diffusion', 'training', 'optim', 'sampling', 'figures', 'eval'}
+  assert len(OUT_OF_RANGE) >= 40
+
+
+def _numeric_fields(config, prefix=''):
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      yield from _numeric_fields(value, f'{prefix}{key}.')
+    elif not isinstance(value, (bool, str)) and (
+        isinstance(value, (int, float)) or (isinstance(value, tuple) and value and isinstance(value[0], (int, float)))):
+      yield f'{prefix}{key}'
+
+
+def test_every_numeric_knob_refuses_nan_or_a_wrong_type():
+  """Each numeric field (and tuple of numbers) of default.py is range-checked: NaN for floats, a
+  bool for integers (ml_collections accepts True in an int field)."""
+  for field in _numeric_fields(default.get_config()):
+    config = default.get_config()
+    section, _, name = field.rpartition('.')
+    value = (config[section] if section else config)[name]
+    sample = value[0] if isinstance(value, tuple) else value
+    bad = NAN if isinstance(sample, float) else True
+    _set(config, field, (bad,) * max(len(value), 1) if isinstance(value, tuple) else bad)
+    with pytest.raises(errors.ConfigError, match=r'config\.' + field.replace('.', r'\.')):
+      configuration.validate_config(config)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2 ** 32 - 1])
+def test_the_seed_range_is_what_jax_random_key_keeps(seed):
+  import jax  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.seed = seed
+  configuration.validate_config(config)
+  key_data = jax.random.key_data(jax.random.key(seed, impl='threefry2x32'))
+  assert int(key_data[-1]) == seed  # All 32 bits kept: distinct seeds, distinct keys.
+  # One past the range: jax.random.key keeps the low 32 bits, so 2**32 would repeat seed 0.
+  assert (jax.random.key_data(jax.random.key(2 ** 32, impl='threefry2x32')) ==
+          jax.random.key_data(jax.random.key(0, impl='threefry2x32'))).all()
+
+
+@pytest.mark.parametrize('field,value,needs', [
+    ('sampling.guidance_scale', 3.0, 'a class-conditional network'),
+    ('sampling.eval_guidance_scales', (0.0, 2.0), 'a class-conditional network'),
+    ('training.cond_drop_prob', 0.2, 'a class-conditional network'),
+    ('sampling.ddim_steps', 100, 'config.sampling.sampler=ddim'),
+    ('sampling.ddim_eta', 1.0, 'config.sampling.sampler=ddim'),
+    ('sampling.ddim_spacing', 'quad', 'config.sampling.sampler=ddim'),
+    ('sampling.ddim_clipped_eps', False, 'config.sampling.sampler=ddim'),
+    ('diffusion.hybrid_lambda', 0.01, 'config.diffusion.loss=hybrid'),
+    ('diffusion.mmd_weight', 2.0, 'config.diffusion.loss=mmd'),
+    ('diffusion.mmd_simple_weight', 0.0, 'config.diffusion.loss=mmd'),
+    ('diffusion.mmd_bandwidths', (1.0,), 'config.diffusion.loss=mmd'),
+    ('training.importance_history', 5, 'config.training.timestep_sampler=importance'),
+    ('training.importance_uniform_prob', 0.01, 'config.training.timestep_sampler=importance'),
+    ('training.init_ema', False, 'config.training.init_from'),
+    ('training.fid_num_samples', 500, r'config.training.fid_every_steps > 0'),
+])
+def test_a_changed_knob_without_effect_is_refused_not_ignored(field, value, needs):
+  config = default.get_config()
+  _set(config, field, value)
+  with pytest.raises(errors.ConfigError, match=rf'config.{field}=.* has no effect here: it needs {needs}'):
+    configuration.validate_config(config)
+
+
+@pytest.mark.parametrize('schedule', ['cosine', 'jsd'])
+def test_betas_are_refused_on_schedules_that_ignore_them(schedule):
+  config = default.get_config()
+  config.diffusion.schedule = schedule
+  configuration.validate_config(config)
+  config.diffusion.beta_end = 0.05
+  with pytest.raises(errors.ConfigError, match=r'config.diffusion.beta_end=0.05 has no effect here'):
+    configuration.validate_config(config)
+
+
+def test_guidance_and_label_dropout_apply_to_a_conditional_network():
+  config = default.get_config()
+  config.model.num_classes = 10
+  config.sampling.guidance_scale, config.training.cond_drop_prob = 3.0, 0.2
+  config.sampling.eval_guidance_scales = (0.0, 2.0)
+  configuration.validate_config(config)
+
+
+def test_the_knobs_defaults_are_those_of_configs_default():
+  config = default.get_config()
+  for field, (value, _, _) in configuration.KNOB_DEFAULTS.items():
+    section, name = field.split('.')
+    assert config[section][name] == value, field
+
+
+def test_the_default_config_validates_and_every_knob_comment_states_a_range():
+  configuration.validate_config(default.get_config())
+  source = open(default.__file__).read()
+  import re  # pylint: disable=g-import-not-at-top
+  for field in _numeric_fields(default.get_config()):
+    name = field.rpartition('.')[2]
+    # The comment block just above `<section>.<name> =` (or `config.<name> =`) states the range.
+    line = next(i for i, text in enumerate(source.splitlines()) if re.match(rf'\s*\w+\.{name} = ', text))
+    comments = []
+    for text in reversed(source.splitlines()[:line + 1]):
+      if text.strip().startswith('#') or re.match(rf'\s*\w+\.{name} = ', text):
+        comments.append(text)
+      else:
+        break
+    assert re.search(r'# Range: ([\[(][^,]+, [^\])]+[\])]|1 or 3|five integers|each|non-empty)', ' '.join(comments)), field

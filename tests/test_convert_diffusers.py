@@ -260,3 +260,35 @@ def test_bin_weights_load_like_safetensors(tmp_path):
              str(tmp_path / 'diffusion_pytorch_model.bin'))
   diffusers_config, loaded = cd.load_model_dir(str(tmp_path))
   assert_trees_equal(cd.convert(diffusers_config, loaded, config), expected)
+
+
+@pytest.mark.parametrize('content, message', [('{"block_out_channels": [8', 'is not JSON'),
+                                              ('', 'is not JSON'), ('[1, 2]', 'holds a JSON list')])
+def test_a_malformed_config_json_is_refused_naming_it(tmp_path, content, message):
+  (tmp_path / 'config.json').write_text(content)
+  with pytest.raises(errors.ConversionError) as error:
+    cd.load_model_dir(str(tmp_path))
+  assert str(error.value).startswith(f'{tmp_path / "config.json"} {message}') and 'download it again' in str(error.value)
+
+
+def test_the_command_refuses_a_truncated_safetensors_file_in_one_line(tmp_path):
+  safetensors_numpy = pytest.importorskip('safetensors.numpy')
+  config = tiny_config()
+  state_dict, _ = fake_state_dict(config)
+  model_dir, workdir = tmp_path / 'model', tmp_path / 'workdir'
+  model_dir.mkdir()
+  (model_dir / 'config.json').write_text(json.dumps(TINY_DIFFUSERS_CONFIG))
+  weights = model_dir / 'diffusion_pytorch_model.safetensors'
+  safetensors_numpy.save_file(state_dict, str(weights))
+  weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])  # An interrupted download.
+  with pytest.raises(errors.ConversionError, match='is not a readable safetensors file'):
+    cd.load_model_dir(str(model_dir))
+  overrides = [f'--config.{k}={v}'.replace(' ', '') for k, v in TINY_OVERRIDES.items()]
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  result = subprocess.run(
+      [sys.executable, '-m', 'ddpm_jax.tools.convert_diffusers', f'--model_dir={model_dir}', f'--workdir={workdir}',
+       '--config=configs/cifar10_ddpm.py', *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(f'error: {weights} is not a readable safetensors file')
+  assert not workdir.exists()

@@ -458,3 +458,30 @@ def test_num_classes_of_named_datasets():
 def test_check_data_config_refuses_impossible_settings(overrides, message):
   with pytest.raises(errors.DataError, match=message):
     data.check_data_config(data_config(**overrides))
+
+
+def _labelled(labels):
+  labels = np.asarray(labels, np.int32)
+  return data.ImageDataset(np.zeros((len(labels), 2, 2, 1), np.uint8), labels)
+
+
+def test_check_labels_accepts_labels_inside_the_classes_and_skips_unknown_counts():
+  data.check_labels(_labelled([0, 9, 5, 9]), 10)
+  data.check_labels(_labelled([-3, 40]), 0)  # Unconditional or unknown count: nothing to check.
+  data.check_labels(_labelled([]), 10)
+
+
+@pytest.mark.parametrize('labels, num_classes, message', [
+    ([0, 10, 3, 10, 12], 10, r'3 of the 5 labels of the dataset lie outside the classes 0 to 9 \(values 10, 12\)'),
+    ([-1, 0, 1], 2, r'1 of the 3 labels .* 0 to 1 \(values -1\)'),
+    (list(range(30)), 5, r'25 of the 30 labels .*values 5, 6, 7, 8, 9, 10, 11, 12, 13, 14 and 15 more'),
+])
+def test_check_labels_names_how_many_which_and_the_fix(labels, num_classes, message):
+  with pytest.raises(errors.DataError, match=message) as raised:
+    data.check_labels(_labelled(labels), num_classes)
+  assert '--config.model.num_classes' in str(raised.value) and '\n' not in str(raised.value)
+
+
+def test_check_labels_names_the_split():
+  with pytest.raises(errors.DataError, match='labels of split train of idx lie outside'):
+    data.check_labels(_labelled([7]), 3, what='split train of idx')

@@ -1,6 +1,7 @@
 """The training loop (ddpm_jax/train.py), in process: TFDS input, NaN stop or skip, every loss and schedule end to end, exact resume."""
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -123,6 +124,67 @@ def test_num_train_steps_from_epochs():
   config.training.num_train_steps = 0
   config.training.num_epochs = 2.5
   assert train.num_train_steps(config, num_examples=100) == 15  # 6 full batches of 16 per epoch.
+
+
+def snapshot(root: str) -> dict:
+  """Every file and folder under root: its size, mtime and (files) sha256."""
+  out = {}
+  for directory, dirs, files in os.walk(root):
+    for name in dirs + files:
+      path = os.path.join(directory, name)
+      info = os.stat(path)
+      digest = hashlib.sha256(open(path, 'rb').read()).hexdigest() if os.path.isfile(path) else ''
+      out[os.path.relpath(path, root)] = (info.st_size, info.st_mtime_ns, digest)
+  out['.'] = (0, os.stat(root).st_mtime_ns, '')
+  return out
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory) -> str:
+  """A run of 2 steps (config.json, events, checkpoints/2, run_info.json)."""
+  config = train_testlib.tiny_level_config()
+  config.training.num_train_steps = 2
+  workdir = str(tmp_path_factory.mktemp('trained') / 'run')
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def failing_start(case: str, other_run: str):
+  """(config, expected error type, message pattern) of a start that must fail before any write."""
+  config = train_testlib.tiny_level_config()
+  if case == 'batch_larger_than_the_data':
+    config.training.batch_size = 8000
+    return config, errors.DataError, 'batch size 8000 exceeds the 5000 examples'
+  if case == 'init_from_missing':
+    config.training.init_from = other_run + '-missing'
+    return config, errors.InitFromError, 'does not exist'
+  if case == 'init_from_another_network':
+    config.model.ch = 16
+    config.training.init_from = other_run
+    return config, errors.InitFromError, 'network'
+  config.training.fid_every_steps = 2  # Inception weights that are not there.
+  config.eval.feature_nets = ('inception',)
+  config.eval.inception_weights = other_run + '-missing/inception.npz'
+  return config, errors.MetricsError, 'inception'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', ['batch_larger_than_the_data', 'init_from_missing', 'init_from_another_network',
+                                  'missing_inception_weights'])
+def test_a_failed_start_writes_nothing(tmp_path, trained_workdir, case):
+  """A new workdir is not even created; an existing run's workdir is left byte for byte (resuming
+  ignores init_from, so only the other two cases apply to it)."""
+  config, error, pattern = failing_start(case, trained_workdir)
+  new = str(tmp_path / 'new')
+  with pytest.raises(error, match=re.compile(pattern, re.IGNORECASE)):
+    train.train_and_evaluate(config, new)
+  assert not os.path.exists(new)
+  if case.startswith('init_from'):
+    return
+  before = snapshot(trained_workdir)
+  with pytest.raises(error, match=re.compile(pattern, re.IGNORECASE)):
+    train.train_and_evaluate(config, trained_workdir)
+  assert snapshot(trained_workdir) == before
 
 
 # Each loss and each schedule, with every mean and variance type somewhere, end to end: train,

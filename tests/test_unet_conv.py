@@ -61,9 +61,9 @@ def test_dropout_only_in_training(trained):
     ('data.image_size', 7, 'halves the image 1 times .* divisible by 2; got 7'),
     ('model.norm_groups', 3, 'norm_groups=3 must divide every level width'),
     ('model.upsample', 'bilinear', 'valid: nearest, transpose'),
-    ('model.num_res_blocks', 0, 'num_res_blocks must be at least 1'),
-    ('model.dropout', 1.0, r'dropout must be in \[0, 1\)'),
-    ('model.time_embed_dim', 7, 'time_embed_dim must be positive and even'),
+    ('model.num_res_blocks', 0, r'config.model.num_res_blocks(=0 is out of range: it must be in \[1, inf\)| must be at least 1)'),
+    ('model.dropout', 1.0, r'config.model.dropout(=1.0 is out of range: it must be in | must be in )\[0, 1\)'),
+    ('model.time_embed_dim', 7, 'config.model.time_embed_dim=7 is out of range: it must be an even integer >= 4'),
 ])
 def test_impossible_settings_are_refused_before_any_compile(field, value, message):
   config = lib.tiny_config('unet_conv', attn=())

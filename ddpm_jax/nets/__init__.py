@@ -24,9 +24,24 @@ def _unet_simple(config) -> nn.Module:
       num_classes=config.model.num_classes)
 
 
+def _check_time_embed_dim(config) -> None:
+  """The sinusoidal timestep embedding (layers.timestep_embedding) of every network: half sines, half
+  cosines, at least two frequencies."""
+  dim = config.model.time_embed_dim
+  if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4 or dim % 2:
+    raise ValueError(f'config.model.time_embed_dim={dim!r} is out of range: it must be an even integer >= 4 '
+                     f'(half sines, half cosines of at least two frequencies).')
+
+
 def _check_unet_simple(config) -> None:
-  if len(config.model.widths) != 5:
-    raise ValueError(f'unet_simple needs 5 widths (config.model.widths), got {tuple(config.model.widths)}.')
+  widths = tuple(config.model.widths)
+  if len(widths) != 5:
+    raise ValueError(f'unet_simple needs 5 widths (config.model.widths), got {widths}.')
+  if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+    raise ValueError(f'config.model.widths={widths} must be 5 integers >= 1 (the channels of the five blocks).')
+  if not 0 <= config.model.batch_norm_momentum < 1:
+    raise ValueError(f'config.model.batch_norm_momentum={config.model.batch_norm_momentum} is out of range: '
+                     f'it must be in [0, 1).')
   if config.data.image_size % unet_simple.SIZE_DIVISOR:
     raise ValueError(
         f'unet_simple downsamples twice, so config.data.image_size must be divisible by '
@@ -69,10 +84,8 @@ def _check_level_unet(config, name: str, attention: bool) -> None:
   if m.norm_groups <= 0 or any(w % m.norm_groups for w in widths):
     raise ValueError(f'config.model.norm_groups={m.norm_groups} must divide every level width '
                      f'config.model.ch * ch_mult = {tuple(widths)}; change norm_groups or ch.')
-  if m.norm_eps <= 0:
+  if not 0 < m.norm_eps < float('inf'):
     raise ValueError(f'config.model.norm_eps must be positive, got {m.norm_eps}.')
-  if m.time_embed_dim <= 0 or m.time_embed_dim % 2:
-    raise ValueError(f'config.model.time_embed_dim must be positive and even, got {m.time_embed_dim}.')
   if m.time_mlp_dim <= 0:
     raise ValueError(f'config.model.time_mlp_dim must be positive, got {m.time_mlp_dim}.')
   if not 0 <= m.dropout < 1:
@@ -136,6 +149,7 @@ def check_model_config(config) -> None:
                      f'valid: {", ".join(MODELS)}.')
   if config.model.num_classes < 0:
     raise ValueError(f'config.model.num_classes must be >= 0 (0 = unconditional), got {config.model.num_classes}.')
+  _check_time_embed_dim(config)
   MODELS[config.model.name][1](config)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from ddpm_jax import checkpoints, configuration, nets, parallel, workdir_lock
-from ddpm_jax.errors import ConfigError, ConversionError, WorkdirError
+from ddpm_jax.errors import ConversionError, UserError, WorkdirError, one_line, os_error_line
 from ddpm_jax.train_state import create_train_state, make_optimizer
 
 DIFFUSERS_CONFIG_FILE = 'config.json'
@@ -259,19 +259,43 @@ def load_model_dir(model_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
   if not os.path.exists(config_path):
     raise ConversionError(f'No {DIFFUSERS_CONFIG_FILE} in {model_dir}: pass the folder of a diffusers UNet2DModel '
                           f'(e.g. a download of google/ddpm-cifar10-32).')
-  with open(config_path) as f:
-    diffusers_config = json.load(f)
+  unreadable = 'it may be cut short (an interrupted download) or not the file meant: download it again'
+  try:
+    with open(config_path, 'rb') as f:
+      diffusers_config = json.loads(f.read())
+  except OSError as e:
+    raise ConversionError(f'Cannot read {config_path}: {e.strerror or e}.') from e
+  except ValueError as e:  # JSONDecodeError, or bytes that are not text.
+    raise ConversionError(f'{config_path} is not JSON ({one_line(e, limit=120)}): {unreadable}.') from e
+  if not isinstance(diffusers_config, dict):
+    raise ConversionError(f'{config_path} holds a JSON {type(diffusers_config).__name__}, not the object of a '
+                          f'UNet2DModel config: {unreadable}.')
   safetensors_path, bin_path = (os.path.join(model_dir, name) for name in WEIGHT_FILES)
   if os.path.exists(safetensors_path):
+    from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    return diffusers_config, dict(load_file(safetensors_path))
+    try:
+      return diffusers_config, dict(load_file(safetensors_path))
+    except OSError as e:
+      raise ConversionError(f'Cannot read {safetensors_path}: {e.strerror or e}.') from e
+    except SafetensorError as e:
+      raise ConversionError(f'{safetensors_path} is not a readable safetensors file ({one_line(e, limit=120)}): '
+                            f'{unreadable}.') from e
   if os.path.exists(bin_path):
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError:
       raise ConversionError(f'{bin_path} is a PyTorch pickle and needs torch; install torch, or use '
                             f'the .safetensors file of the model instead.') from None
-    state = torch.load(bin_path, map_location='cpu', weights_only=True)
+    try:
+      state = torch.load(bin_path, map_location='cpu', weights_only=True)
+    except OSError as e:
+      raise ConversionError(f'Cannot read {bin_path}: {e.strerror or e}.') from e
+    except Exception as e:  # pylint: disable=broad-except  # pickle, zip and torch's own errors of a bad file.
+      raise ConversionError(f'{bin_path} is not a readable PyTorch state dict ({one_line(e, limit=120)}): '
+                            f'{unreadable}.') from e
+    if not isinstance(state, Mapping):
+      raise ConversionError(f'{bin_path} holds a {type(state).__name__}, not a state dict: {unreadable}.')
     return diffusers_config, {k: v.float().numpy() for k, v in state.items()}
   raise ConversionError(f'No weights in {model_dir}: expected {" or ".join(WEIGHT_FILES)}.')
 
@@ -329,8 +353,10 @@ def main(argv) -> None:
     diffusers_config, state_dict = load_model_dir(flags_.model_dir)
     params = convert(diffusers_config, state_dict, config)
     path = write_workdir(params, config, flags_.workdir, step)
-  except (ConversionError, ConfigError, WorkdirError) as e:
-    sys.exit(f'error: {e}')
+  except (ConversionError, UserError) as e:
+    sys.exit(f'error: {one_line(e)}')
+  except OSError as e:  # A full or read-only disk while writing the workdir.
+    sys.exit(f'error: {os_error_line(e, flags_.workdir)}')
   num_params = sum(x.size for x in jax.tree.leaves(params))
   logging.info('Wrote %d converted params as step %d to %s.', num_params, step, path)
   config_file = config_flags.get_config_filename(flags_['config'])
