@@ -69,6 +69,16 @@ def assert_trees_equal(a, b):
 # ---------------------------------------------------------------------------
 # The mapping, in numpy only.
 
+def run_converter(model_dir, workdir) -> subprocess.CompletedProcess:
+  """`python -m ddpm_jax.tools.convert_diffusers` on the tiny config, as a user runs it."""
+  overrides = [f'--config.{k}={v}'.replace(' ', '') for k, v in TINY_OVERRIDES.items()]
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  return subprocess.run(
+      [sys.executable, '-m', 'ddpm_jax.tools.convert_diffusers', f'--model_dir={model_dir}', f'--workdir={workdir}',
+       '--config=configs/cifar10_ddpm.py', *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600)
+
+
 @pytest.mark.parametrize('path,key', [
     (('conv_in', 'kernel'), 'conv_in.weight'),
     (('temb', 'dense_1', 'bias'), 'time_embedding.linear_2.bias'),
@@ -83,6 +93,8 @@ def assert_trees_equal(a, b):
     (('up_1_upsample', 'conv', 'kernel'), 'up_blocks.2.upsamplers.0.conv.weight'),
     (('norm_out', 'scale'), 'conv_norm_out.weight'),
 ])
+
+
 def test_diffusers_key_of_each_kind_of_parameter(path, key):
   assert cd.diffusers_key(path, num_levels=4) == key
 
@@ -181,12 +193,7 @@ def test_command_writes_a_workdir_that_sampling_loads(tmp_path):
   model_dir.mkdir()
   (model_dir / 'config.json').write_text(json.dumps(TINY_DIFFUSERS_CONFIG))
   safetensors_numpy.save_file(state_dict, str(model_dir / 'diffusion_pytorch_model.safetensors'))
-  overrides = [f'--config.{k}={v}'.replace(' ', '') for k, v in TINY_OVERRIDES.items()]
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  result = subprocess.run(
-      [sys.executable, '-m', 'ddpm_jax.tools.convert_diffusers', f'--model_dir={model_dir}', f'--workdir={workdir}',
-       '--config=configs/cifar10_ddpm.py', *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=600)
+  result = run_converter(model_dir, workdir)
   assert result.returncode == 0, result.stderr[-4000:]
   assert 'as step 800000' in result.stdout and '--mode=sample' in result.stdout
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['800000']
@@ -283,12 +290,7 @@ def test_the_command_refuses_a_truncated_safetensors_file_in_one_line(tmp_path):
   weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])  # An interrupted download.
   with pytest.raises(errors.ConversionError, match='is not a readable safetensors file'):
     cd.load_model_dir(str(model_dir))
-  overrides = [f'--config.{k}={v}'.replace(' ', '') for k, v in TINY_OVERRIDES.items()]
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  result = subprocess.run(
-      [sys.executable, '-m', 'ddpm_jax.tools.convert_diffusers', f'--model_dir={model_dir}', f'--workdir={workdir}',
-       '--config=configs/cifar10_ddpm.py', *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=600)
+  result = run_converter(model_dir, workdir)
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(f'error: {weights} is not a readable safetensors file')
   assert not workdir.exists()

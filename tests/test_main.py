@@ -10,7 +10,6 @@ this process; a few go through `python main.py` to show the exit without a trace
 
 import errno
 import glob
-import hashlib
 import json
 import os
 import random
@@ -24,6 +23,7 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import files_testlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -392,18 +392,6 @@ def parse(argv: list[str]) -> list[str]:
     sys.argv = saved
 
 
-def snapshot(directory: str) -> dict:
-  """Every file and folder below `directory`: its size, modification time and bytes' hash."""
-  state = {}
-  for path in sorted(glob.glob(os.path.join(directory, '**'), recursive=True)):
-    digest = 'dir'
-    if os.path.isfile(path):
-      with open(path, 'rb') as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    state[os.path.relpath(path, directory)] = (os.path.getsize(path), os.stat(path).st_mtime_ns, digest)
-  return state
-
-
 DDIM = ['--config.sampling.sampler=ddim']
 BAD_COMMAND_LINES = [
     # Unknown names list the valid ones.
@@ -481,7 +469,7 @@ def test_every_bad_command_line_is_one_error_line_and_changes_no_file(workdirs, 
   import main  # pylint: disable=g-import-not-at-top
   assert len(BAD_COMMAND_LINES) >= 30
   assert jax_device_count() == 1  # The rows that need 2 devices run main.py in a subprocess, below.
-  before = {name: snapshot(path) for name, path in workdirs.items()}
+  before = {name: files_testlib.snapshot(path) for name, path in workdirs.items()}
   failures = []
   for name, args, message in BAD_COMMAND_LINES:
     args = [a.format(**workdirs) for a in args]
@@ -499,7 +487,7 @@ def test_every_bad_command_line_is_one_error_line_and_changes_no_file(workdirs, 
       failures.append(f'{args}: {code!r} lacks {message.format(**workdirs)!r}')
     if 'Traceback' in stderr:
       failures.append(f'{args}: a traceback: {stderr[-2000:]}')
-    after = {n: snapshot(p) for n, p in workdirs.items()}
+    after = {n: files_testlib.snapshot(p) for n, p in workdirs.items()}
     if after != before:
       failures.append(f'{args}: changed the workdirs: {set(after["run"].items()) ^ set(before["run"].items())}')
       before = after

