@@ -10,7 +10,6 @@ Nothing here deletes a checkpoint.
 """
 
 import contextlib
-import errno
 import zlib
 import os
 import signal
@@ -27,14 +26,12 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ddpm_jax.errors import CheckpointError, TrainingDiverged, WorkdirError, one_line
+from ddpm_jax.errors import CheckpointError, TrainingDiverged, WorkdirError, is_disk_full, is_io_error, one_line
 from ddpm_jax.train_state import TrainState, abstract_state
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_PREFIX = 'corrupt-'  # Unreadable step dirs set aside: checkpoints/corrupt-<step>-<time>.
 TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's unfinished saves: checkpoints/<step>.orbax-checkpoint-tmp.
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-DISK_FULL_TEXTS = ('No space left on device', 'Disk quota exceeded', "os_error_code='28'")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DEFAULT_ITEM = 'default'  # The folder of a step that holds the train state (orbax's single item).
 # Each step's custom metadata: {array name: crc32 of its bytes}, checked on restore.
@@ -200,22 +197,6 @@ def check_fits(directory: str, abstract: Any) -> None:
     raise CheckpointError(
         f'The checkpoint {os.path.join(directory, str(step))} does not fit the new model ({len(differences)} '
         f'arrays differ: {"; ".join(differences[:3])}). Use a new --workdir for this model.')
-
-
-def is_disk_full(error: BaseException) -> bool:
-  """True when `error` (or one it was raised from) says the disk or quota is full."""
-  while error is not None:
-    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
-      return True
-    if any(text in str(error) for text in DISK_FULL_TEXTS):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
-def is_io_error(error: BaseException) -> bool:
-  """True for failures of the file system (OSError, or tensorstore's errors carrying an OS code)."""
-  return isinstance(error, OSError) or 'os_error_code=' in str(error) or is_disk_full(error)
 
 
 class CheckpointWriter:

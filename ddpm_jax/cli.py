@@ -19,7 +19,8 @@ from absl import flags, logging
 import ml_collections
 
 from ddpm_jax import xla_flags
-from ddpm_jax.errors import Preempted, Terminated, UserError, disk_full_error, one_line, os_error_line
+from ddpm_jax.errors import (Preempted, Terminated, UserError, disk_full_error, is_disk_full, is_io_error, one_line,
+                             os_error_line)
 
 FLAGS = flags.FLAGS
 MODES = ('train', 'sample', 'eval', 'figures')
@@ -120,7 +121,7 @@ def quiet_library_logs() -> None:
   import logging as py_logging  # pylint: disable=g-import-not-at-top
 
   def keep(record: py_logging.LogRecord) -> bool:
-    if record.name == 'asyncio' and record.exc_info and says_io_error(record.exc_info[1]):
+    if record.name == 'asyncio' and record.exc_info and is_io_error(record.exc_info[1]):
       return False  # orbax's writes left unawaited after a failed save, which our one line reports.
     if '/orbax/' not in record.pathname:
       return True
@@ -128,18 +129,6 @@ def quiet_library_logs() -> None:
     return record.levelno >= py_logging.WARNING
 
   logging.get_absl_handler().addFilter(keep)
-
-
-def says_disk_full(error: BaseException) -> bool:
-  """Whether a library's own error type (TensorFlow's event writer, tensorstore) reports a full disk."""
-  from ddpm_jax import checkpoints  # pylint: disable=g-import-not-at-top  # After the XLA flags.
-  return checkpoints.is_disk_full(error)
-
-
-def says_io_error(error: BaseException) -> bool:
-  """Whether an error, in a library's own type too (tensorstore's), is the file system's."""
-  from ddpm_jax import checkpoints  # pylint: disable=g-import-not-at-top  # After the XLA flags.
-  return checkpoints.is_io_error(error)
 
 
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str, force_workdir_config: bool = False) -> None:
@@ -188,6 +177,6 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str, force_w
     print(f'stopped: {signum.name}; the checkpoints written so far are complete and kept.', file=sys.stderr)
     sys.exit(128 + signum)
   except Exception as e:  # pylint: disable=broad-except  # Only a full disk in another library's words.
-    if not says_disk_full(e):
+    if not is_disk_full(e):
       raise  # A bug: seen whole.
     sys.exit(f'error: {os_error_line(disk_full_error(workdir), workdir)}')

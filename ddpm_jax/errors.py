@@ -24,7 +24,9 @@ def one_line(text: object, limit: int = 0) -> str:
 
 # Temporary names of files written whole (ddpm_jax/atomic_io.py): the file meant is without the suffix.
 _TEMPORARY_SUFFIX = re.compile(r'\.tmp-\d+$')
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# A full disk in other libraries' words (TensorFlow's event writer, tensorstore).
+DISK_FULL_TEXTS = ('No space left on device', 'Disk quota exceeded', "os_error_code='28'")
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 
@@ -37,7 +39,7 @@ def os_error_line(error: OSError, workdir: str = '') -> str:
   reason = error.strerror or one_line(error)
   where = f' {path}' if path else ''
   in_workdir = bool(workdir) and (path == workdir or path.startswith(workdir.rstrip(os.sep) + os.sep))
-  if error.errno in _DISK_FULL:
+  if error.errno in DISK_FULL_ERRNOS:
     other = ' (or give a --workdir on another disk)' if in_workdir else ''
     return f'Could not write{where}: {reason}. Free space on that disk{other} and rerun the same command.'
   if error.errno == errno.EROFS:
@@ -141,3 +143,19 @@ class Terminated(BaseException):
 
   A BaseException, like KeyboardInterrupt for SIGINT, so that no `except Exception` on the way
   (a checkpoint judged unreadable, an image file judged bad) mistakes a stop for damage."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """True when `error` (or one it was raised from) says the disk or quota is full."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+      return True
+    if any(text in str(error) for text in DISK_FULL_TEXTS):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def is_io_error(error: BaseException) -> bool:
+  """True for failures of the file system (OSError, or tensorstore's errors carrying an OS code)."""
+  return isinstance(error, OSError) or 'os_error_code=' in str(error) or is_disk_full(error)

@@ -267,16 +267,16 @@ def test_a_full_disk_names_the_checkpoint_and_keeps_the_older_ones(tmp_path, mon
 
 
 def test_disk_full_is_recognised_in_orbax_and_tensorstore_errors():
-  assert checkpoints.is_disk_full(OSError(errno.ENOSPC, 'No space left on device'))
+  assert errors.is_disk_full(OSError(errno.ENOSPC, 'No space left on device'))
   tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/3.orbax-checkpoint-tmp/'
                            'x": Failed to write 169 bytes to file 4: No space left on device [os_error_code=\'28\']')
   try:
     raise RuntimeError('save failed') from tensorstore
   except RuntimeError as wrapped:
-    assert checkpoints.is_disk_full(wrapped)
-  assert not checkpoints.is_disk_full(ValueError('shapes differ'))
-  assert checkpoints.is_io_error(ValueError("PERMISSION_DENIED ... [os_error_code='13']"))
-  assert not checkpoints.is_io_error(TypeError('not an array'))
+    assert errors.is_disk_full(wrapped)
+  assert not errors.is_disk_full(ValueError('shapes differ'))
+  assert errors.is_io_error(ValueError("PERMISSION_DENIED ... [os_error_code='13']"))
+  assert not errors.is_io_error(TypeError('not an array'))
 
 
 def test_a_stop_signal_sets_a_flag_a_second_stops_at_once_and_handlers_come_back(monkeypatch):
