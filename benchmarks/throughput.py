@@ -62,7 +62,10 @@ from ddpm_jax import xla_flags  # pylint: disable=wrong-import-position  # Impor
 
 # Network -> the config it is measured with.
 MODELS = {'unet_simple': 'mnist_simple', 'unet_conv': 'cifar10_conv', 'unet_resnet': 'cifar10_resnet',
-          'ddpm': 'cifar10_ddpm'}
+          'ddpm': 'cifar10_ddpm', 'ddpm_256': 'lsun_church_256'}
+# Measured unless --models says otherwise: ddpm_256 (the 113.7M-parameter LSUN/CelebA-HQ UNet at
+# 256x256) only on request, e.g. --models=ddpm_256 --batch=1 --steps=1 --skip_sampling --skip_torch.
+DEFAULT_MODELS = ['unet_simple', 'unet_conv', 'unet_resnet', 'ddpm']
 DTYPES = ('float32', 'bfloat16')
 
 # Dense (no sparsity) peak FLOP/s by device kind (a substring of jax's device_kind) and dtype.
@@ -81,7 +84,7 @@ PEAK_FLOPS = (
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('models', list(MODELS), f'Networks to measure: {", ".join(MODELS)}.')
+flags.DEFINE_list('models', DEFAULT_MODELS, f'Networks to measure: {", ".join(MODELS)}.')
 flags.DEFINE_integer('batch', 0, 'Global batch size; 0 = each config\'s training batch size.')
 flags.DEFINE_integer('steps', 3, 'Timed train steps (and forward calls), run back to back after a warm-up step.')
 flags.DEFINE_integer('sample_steps', -1, 'Reverse steps timed per sampler: -1 = the full chains on an '
@@ -435,7 +438,7 @@ def measure_torch(name: str, batch: int, steps: int, sample_steps: int, sample_b
   config = load_config(MODELS[name])
   batch = batch or config.training.batch_size
   check = None
-  if name != 'ddpm':
+  if name not in ('ddpm', 'ddpm_256'):
     import jax  # pylint: disable=g-import-not-at-top
     from ddpm_jax import nets  # pylint: disable=g-import-not-at-top
     model = nets.get_model(config)
@@ -487,6 +490,8 @@ def main(argv):
   unknown = [m for m in FLAGS.models if m not in MODELS] + [d for d in FLAGS.dtype if d not in DTYPES]
   if unknown:
     raise app.UsageError(f'Unknown --models/--dtype {unknown}; valid: {", ".join(MODELS)}; {", ".join(DTYPES)}.')
+  if 'ddpm_256' in FLAGS.models and not FLAGS.skip_torch:
+    raise app.UsageError('--models=ddpm_256 has no PyTorch reference here: add --skip_torch.')
   xla_flags.configure_cpu(FLAGS.cpu_devices, FLAGS.eigen_cpu_convolutions)  # As main.py does.
   if FLAGS.worker:
     print(json.dumps(run_worker(FLAGS.worker)), flush=True)

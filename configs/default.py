@@ -77,9 +77,26 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_channels = 1
   # Random horizontal flips of training images (off for digits).
   data.random_flip = False
+  # Input pipeline: memory (the split held whole as one uint8 array: the fastest for small sets)
+  # | streaming (ddpm_jax/streaming.py: grain reads each batch's records by index, worker processes
+  # decode and resize them ahead of the train step, host memory stays bounded whatever the split's
+  # size; for dataset=array_record, folders made by `python -m ddpm_jax.tools.prepare_data`, and
+  # the TFDS datasets prepared in array_record format). Both give the same batch at every step.
+  data.pipeline = 'memory'
+  # streaming: worker processes reading batches (0 = threads of the training process only).
+  # Range: [0, inf) integer.
+  data.num_workers = 2
+  # streaming: batches each worker reads at once (threads; decoding releases the GIL).
+  # Range: [1, inf) integer.
+  data.worker_threads = 2
+  # streaming: batches each worker keeps ready ahead of the train step. Host memory in flight is
+  # about (num_workers + 1) * (worker_threads + prefetch_batches) batches.
+  # Range: [1, inf) integer.
+  data.prefetch_batches = 2
 
   config.model = model = ml_collections.ConfigDict()
-  # Network name from the registry in ddpm_jax/nets (unet_simple, unet_conv, unet_resnet, ddpm).
+  # Network name from the registry in ddpm_jax/nets (unet_simple, unet_conv, unet_resnet, ddpm,
+  # ncsnpp, ddpmpp: the score_sde networks NCSN++ and DDPM++, ddpm_jax/nets/ncsnpp.py).
   model.name = 'unet_simple'
   # Unet-Simple: widths of its five blocks (down, down, middle, up, up).
   # Range: five integers in [1, inf).
@@ -110,7 +127,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Dropout rate inside every block, active in training only.
   # Range: [0, 1).
   model.dropout = 0.1
-  # Number of groups of every GroupNorm; must divide every level width ch * ch_mult[i].
+  # Number of groups of every GroupNorm; must divide every level width ch * ch_mult[i]. ncsnpp,
+  # ddpmpp: the most groups, a map of C channels has min(C // 4, norm_groups) (score_sde: 32).
   # Range: [1, inf) integer, dividing every level width.
   model.norm_groups = 32
   # Epsilon of every GroupNorm.
@@ -128,8 +146,65 @@ def get_config() -> ml_collections.ConfigDict:
   # 0 = unconditional.
   # Range: [0, inf) integer.
   model.num_classes = 0
+  # Rematerialisation: recompute each block's activations (nn.remat) in the backward pass instead of
+  # keeping them from the forward pass: lower peak memory for about one more forward pass of compute
+  # (benchmarks/README.md); the same parameters, outputs and gradients, so a run may switch it on resume.
+  # XLA:CPU undoes it (CSE) unless XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander.
+  model.remat = False
+  # NCSN++ / DDPM++ (ncsnpp, ddpmpp; ddpm_jax/nets/ncsnpp.py), defaults as score_sde's CIFAR-10 NCSN++
+  # cont. (VE), which also reads ch, ch_mult, num_res_blocks, attn_resolutions, num_heads, dropout,
+  # norm_groups, norm_eps, time_embed_dim (its Fourier frequencies or sinusoid size: score_sde's nf)
+  # and time_mlp_dim (4 nf). Ranges are checked by the registry (ddpm_jax/nets/__init__.py).
+  # Residual sums (blocks, attention, pyramids) divided by sqrt(2) (ncsnpp, ddpmpp).
+  model.skip_rescale = True
+  # ncsnpp only (ddpmpp is positional, without FIR or progressive paths):
+  # Time features: fourier (Gaussian Fourier features, for the VE network's log sigma) | positional
+  # (DDPM's sinusoids, for VP / sub-VP's (num_scales - 1) t).
+  model.embedding_type = 'fourier'
+  # Standard deviation of the Fourier frequencies (fixed after initialisation).
+  # Range: (0, inf).
+  model.fourier_scale = 16.0
+  # FIR (anti-aliased) up/down-sampling with fir_kernel; False = nearest neighbour up, 2x2 mean down.
+  model.fir = True
+  # Range: each in [0, inf), at least 2 taps with a positive sum.
+  model.fir_kernel = (1, 3, 3, 1)
+  # Output: none | output_skip (each up level adds a conv of its features to an upsampled image pyramid).
+  model.progressive = 'none'
+  # Input: none | input_skip (the downsampled image, 1x1 conv, added at each level) | residual (a
+  # strided-conv pyramid of the image averaged with the features at each level).
+  model.progressive_input = 'residual'
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
+  # The diffusion process (ddpm_jax/sde.py): ddpm (the discrete chain of num_timesteps steps below,
+  # trained at integer timesteps) | vpsde | subvpsde | vesde (Song et al. 2021: continuous time
+  # t ~ U(train_eps, 1), the network seeing (num_scales - 1) t (VP, sub-VP) or log sigma(t) (VE)).
+  # Every sampler but ancestral and ddim runs on all four: a ddpm network is the score model of the
+  # VP SDE whose marginals match its schedule.
+  diffusion.process = 'ddpm'
+  # vpsde, subvpsde: beta(t) = beta_min + t (beta_max - beta_min) (score_sde: 0.1, 20).
+  # Range: (0, inf), at most beta_max; changed only with process vpsde or subvpsde.
+  diffusion.beta_min = 0.1
+  # Range: (0, inf), at least beta_min; changed only with process vpsde or subvpsde.
+  diffusion.beta_max = 20.0
+  # vesde: sigma(t) = sigma_min (sigma_max / sigma_min)^t, in the units of images in [-1, 1].
+  # Range: (0, inf), below sigma_max; changed only with process vesde.
+  diffusion.sigma_min = 0.01
+  # score_sde's technique 1 takes sigma_max from the data: the largest distance between two training
+  # images (sde.ve_sigma_max_from_data): CIFAR-10 about 100 here (score_sde's 50 on images in [0, 1]),
+  # the offline digits 32.
+  # Range: (0, inf), above sigma_min; changed only with process vesde.
+  diffusion.sigma_max = 50.0
+  # Continuous processes: steps of the discretised SDE (predictor-corrector sampling, the network's
+  # time scale of VP and sub-VP).
+  # Range: [2, inf) integer; changed only with a continuous process.
+  diffusion.num_scales = 1000
+  # Continuous processes: the smallest training time (score_sde: 1e-5).
+  # Range: (0, 1); changed only with a continuous process.
+  diffusion.train_eps = 1e-5
+  # Continuous processes: weight the loss at t by g(t)^2 / std(t)^2, so it bounds the negative
+  # log-likelihood (Song et al. 2021, maximum likelihood training); with
+  # training.timestep_sampler=importance, t is drawn in proportion to that weight instead.
+  diffusion.likelihood_weighting = False
   # Variance schedule over T steps: linear | quad (sqrt linear, squared) | sigmoid | const (all
   # beta_end) use beta_start/beta_end; cosine (Nichol & Dhariwal) | jsd (1/T, ..., 1/2, 0.999) ignore them.
   diffusion.schedule = 'linear'
@@ -175,6 +250,10 @@ def get_config() -> ml_collections.ConfigDict:
   training.num_epochs = 50.0
   # Range: [0, 1).
   training.ema_decay = 0.9999
+  # EMA warm-up: the update after n steps decays by min(ema_decay, (1 + n) / (10 + n)) (0.1, 2/11, ...:
+  # tf.train.ExponentialMovingAverage's num_updates, diffusers' EMAModel), so early previews come
+  # from an EMA of trained params rather than mostly the random init; False = ema_decay from step 0.
+  training.ema_warmup = False
   # Training timesteps: uniform | importance (Improved DDPM: p(t) ~ sqrt(E[L_t^2]) over the last
   # importance_history losses at each t, losses reweighted by 1/(T p(t)); uniform until every t
   # has a full history; meant for loss=kl).
@@ -227,6 +306,15 @@ def get_config() -> ml_collections.ConfigDict:
   # dispatches and host round trips; log, checkpoint, sample and FID intervals must be multiples.
   # Range: [1, inf) integer.
   training.n_jitted_steps = 1
+  # Gradient accumulation: each step's batch of batch_size runs as this many micro-batches of
+  # batch_size / grad_accum_steps, one after another inside the compiled step, their gradients
+  # averaged; the optimizer, EMA and batch statistics update once per step (ddpm_jax/train_step.py).
+  # The same training as the whole batch at once (batch-norm networks normalise each micro-batch
+  # by its own statistics) in the memory of a micro-batch; 1 = off. The micro-batch must divide
+  # over the devices; not with loss=mmd (a statistic of the whole batch). For accelerators: XLA:CPU
+  # runs the loop ~20x slower (benchmarks/README.md).
+  # Range: [1, inf) integer, dividing batch_size.
+  training.grad_accum_steps = 1
   # Several hosts: they compare their stop flags (SIGTERM, SIGINT) every this many steps, so all
   # save the same step and stop together; each comparison waits for the device steps in flight.
   # One host acts on a signal at once.
@@ -254,8 +342,39 @@ def get_config() -> ml_collections.ConfigDict:
   optim.grad_clip = 1.0
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  # Sampler: ancestral (the DDPM reverse process, T steps) | ddim (DDIM, ddim_steps steps).
+  # Sampler: ancestral (the DDPM reverse process, T steps; process ddpm) | ddim (DDIM, ddim_steps
+  # steps; process ddpm) | dpm_solver_pp_2m | unipc | euler | heun (ddpm_jax/solvers.py: num_steps
+  # steps; heun calls the network about twice per step) | pc (predictor-corrector,
+  # ddpm_jax/pc_sampling.py) | ode (the probability-flow ODE with an adaptive diffrax solver,
+  # ddpm_jax/ode.py).
   sampling.sampler = 'ancestral'
+  # dpm_solver_pp_2m, unipc, euler, heun: number of steps.
+  # Range: [1, inf) integer (process ddpm: at most num_timesteps); changed only with those samplers.
+  sampling.num_steps = 20
+  # Their times: auto (ddpm: linspace; continuous: logsnr) | linspace | leading | trailing (diffusers'
+  # timestep_spacing; ddpm only) | logsnr (even in log signal-to-noise) | uniform (even in t)
+  # (continuous processes only).
+  sampling.spacing = 'auto'
+  # pc: predictor euler_maruyama | reverse_diffusion | ancestral | none, corrector none | langevin |
+  # annealed_langevin, the corrector's signal-to-noise ratio and its steps per predictor step,
+  # over the num_scales steps of the process (ddpm: num_timesteps).
+  sampling.predictor = 'reverse_diffusion'
+  sampling.corrector = 'langevin'
+  # Range: (0, inf); changed only with sampler=pc.
+  sampling.snr = 0.16
+  # Range: [1, inf) integer; changed only with sampler=pc.
+  sampling.n_steps_each = 1
+  # pc, ode: end with one noise-free denoising step at the last time.
+  sampling.denoise = True
+  # ode: diffrax solver dopri5 | tsit5, with a PID step-size controller of these tolerances, and at
+  # most ode_max_steps steps (each 6 network calls).
+  sampling.ode_solver = 'dopri5'
+  # Range: (0, inf); changed only with sampler=ode (or eval.ode_bpd_num_examples > 0).
+  sampling.ode_rtol = 1e-5
+  # Range: (0, inf); changed only with sampler=ode (or eval.ode_bpd_num_examples > 0).
+  sampling.ode_atol = 1e-5
+  # Range: [1, inf) integer; changed only with sampler=ode.
+  sampling.ode_max_steps = 4096
   # DDIM: number of steps, 1 to diffusion.num_timesteps.
   # Range: [1, diffusion.num_timesteps] integer; changed only with sampler=ddim.
   sampling.ddim_steps = 50
@@ -301,11 +420,24 @@ def get_config() -> ml_collections.ConfigDict:
   # --mode=eval: the data split the likelihood is measured on.
   evaluation.split = 'test'
   # Bits/dim by the full variational bound (all T terms + the prior) on the first this many
-  # examples of the split (capped at its size; each costs T network evaluations); 0 = skip.
+  # examples of the split (capped at its size; each costs T network evaluations); 0 = skip. Process
+  # ddpm only: continuous processes have no such bound (their bits/dim: ode_bpd_num_examples).
   # Range: [0, inf) integer.
   evaluation.bpd_num_examples = 10000
   # Range: [1, inf) integer.
   evaluation.bpd_batch_size = 100
+  # Exact bits/dim through the probability-flow ODE (ddpm_jax/ode.py: uniform dequantisation,
+  # Hutchinson-Skilling trace estimator gaussian | rademacher, config.sampling's ode_* solver and
+  # tolerances) on the first this many examples of the split, in batches of bpd_batch_size;
+  # 0 = skip. For a ddpm process beside the variational bound's bits/dim.
+  # Range: [0, inf) integer.
+  evaluation.ode_bpd_num_examples = 0
+  evaluation.hutchinson = 'rademacher'
+  # Sample quality against cost: FID of num_samples samples for each entry, 'SAMPLER' or
+  # 'SAMPLER:STEPS' (STEPS = sampling.num_steps, or ddim_steps for ddim), written with the number
+  # of network calls (NFE) and the wall time as eval/nfe.md and a plot eval/nfe.png; () = skip.
+  # E.g. ('ancestral', 'ddim:50', 'dpm_solver_pp_2m:10', 'dpm_solver_pp_2m:20', 'heun:10', 'pc').
+  evaluation.sampler_sweep = ()
   # Sample quality: FID (+ IS, KID) of num_samples images from the EMA params (0 = skip), made
   # with config.sampling's sampler in batches of sample_batch_size, kept in the workdir's eval/
   # folder so a killed evaluation continues where it stopped.

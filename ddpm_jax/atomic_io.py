@@ -12,24 +12,45 @@ import numpy as np
 
 @contextlib.contextmanager
 def replacing(path: str, mode: str = 'wb') -> Iterator[IO]:
-  """Opens a temporary file for writing; renames it to `path` on success, removes it on error."""
+  """Opens a temporary file for writing; renames it to `path` on success. On error (a full disk, a
+  signal) it removes the temporary file and the folders made for it, and puts back the times of the
+  folder they were made in, so a failed write leaves the disk as it was."""
   path = os.path.expanduser(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  directory = os.path.dirname(os.path.abspath(path))
+  missing, existing = [], directory
+  while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+    missing.append(existing)  # Innermost first.
+    existing = os.path.dirname(existing)
+  times = os.stat(existing)
   tmp = f'{path}.tmp-{os.getpid()}'
+  written = False
   try:
+    os.makedirs(directory, exist_ok=True)
     with open(tmp, mode) as f:
       yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-    sync_directory(os.path.dirname(os.path.abspath(path)))
+    written = True
+    sync_directory(directory)
   except OSError as e:  # A failed write or close (a full disk) names no file: name the target.
     if e.filename is None:
       e.filename = path
     raise
   finally:
+    if not written:
+      _undo(tmp, missing, existing, times)
+
+
+def _undo(tmp: str, made: list[str], parent: str, times: os.stat_result) -> None:
+  """Removes a failed write's temporary file and the folders made for it (innermost first), and
+  gives `parent` back its times."""
+  with contextlib.suppress(OSError):
     if os.path.exists(tmp):
       os.remove(tmp)
+    for directory in made:
+      os.rmdir(directory)
+    os.utime(parent, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 def sync_directory(directory: str) -> None:

@@ -322,6 +322,12 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, model, tx, m
   CheckpointError when the checkpoints hold other arrays than this model's.
   """
   directory = os.path.join(workdir, CHECKPOINT_DIR)
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):  # The workdir, or the part of its path that exists.
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise WorkdirError(f'The workdir {workdir} cannot hold a run: {existing} is a file. Give a --workdir '
+                       f'that is a folder (the one the run was trained in).')
   manager = make_manager(workdir, config.training.keep_checkpoints) if os.path.isdir(directory) else None
   if manager is None or manager.latest_step() is None:
     raise WorkdirError(

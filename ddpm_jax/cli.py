@@ -19,8 +19,8 @@ from absl import flags, logging
 import ml_collections
 
 from ddpm_jax import xla_flags
-from ddpm_jax.errors import (Preempted, Terminated, UserError, disk_full_error, is_disk_full, is_io_error, one_line,
-                             os_error_line)
+from ddpm_jax.errors import (ConfigError, Preempted, Terminated, UserError, disk_full_error, is_disk_full, is_io_error,
+                             one_line, os_error_line)
 
 FLAGS = flags.FLAGS
 MODES = ('train', 'sample', 'eval', 'figures')
@@ -78,7 +78,29 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f'{cannot_load}: its get_config() returned {type(config).__name__}, not a ConfigDict.')
   if len(rest) > 1:
     sys.exit(f'error: unexpected arguments {" ".join(rest[1:])!r}; flags take the form --name=value.')
+  if 'workdir' in FLAGS and FLAGS.workdir is not None and not FLAGS.workdir.strip():
+    sys.exit('error: --workdir is empty: give the folder of the run (e.g. --workdir=workdirs/NAME); '
+             'a new one is made.')
   return rest
+
+
+def overridden_model_fields() -> list[str]:
+  """The config.model fields set on the command line (--config.model.F=...), in FLAGS' order."""
+  prefix = 'config.model.'
+  return [name[len(prefix):] for name in FLAGS if name.startswith(prefix) and FLAGS[name].present]
+
+
+def check_model_overrides(config: ml_collections.ConfigDict) -> None:
+  """Refuses a command-line override of a config.model field the chosen network does not read: it
+  would be silently ignored (a valid config.model.name is checked first, by validate_config)."""
+  from ddpm_jax import nets  # pylint: disable=g-import-not-at-top  # After the XLA flags.
+  used = nets.MODEL_FIELDS[config.model.name]
+  ignored = [f for f in overridden_model_fields() if f != 'name' and f not in used]
+  if ignored:
+    raise ConfigError(
+        f'--config.model.{ignored[0]}: {config.model.name} does not use config.model.{ignored[0]}, so the '
+        f'override has no effect. Drop it, or pick a network that uses it (config.model.name); '
+        f'{config.model.name} uses: {", ".join(f for f in used if f != "num_classes")}, num_classes.')
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -148,6 +170,7 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str, force_w
   try:
     from ddpm_jax import configuration  # pylint: disable=g-import-not-at-top  # After the XLA flags.
     configuration.validate_config(config)  # Once, before TensorFlow, data or compiling: fails fast.
+    check_model_overrides(config)
     start_distributed(config.distributed)
     import jax  # pylint: disable=g-import-not-at-top
     configuration.check_batches_divide(config, jax.device_count(), evaluating=mode == 'eval')

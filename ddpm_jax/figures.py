@@ -99,6 +99,10 @@ def reverse_process(config: ml_collections.ConfigDict, workdir: str, num_images:
   num_images = config.figures.num_images if num_images is None else num_images
   num_frames = config.figures.num_frames if num_frames is None else num_frames
   _check_counts(num_images, num_frames)
+  if config.sampling.sampler not in sampling.SAMPLERS:
+    raise ConfigError(f'--mode=figures shows the frames of the discrete chain\'s samplers ('
+                      f'{" or ".join(sampling.SAMPLERS)}); config.sampling.sampler={config.sampling.sampler} keeps '
+                      f'none: set --config.sampling.sampler=ancestral or ddim (process ddpm).')
   configuration.check_workdir_config(config, workdir)
   mesh, model, schedule, tx = components(config)
   state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh)
@@ -116,7 +120,7 @@ def reverse_process(config: ml_collections.ConfigDict, workdir: str, num_images:
   labels, _ = generate.grid_labels(config, num_images)  # Class-conditional: one class per row, in turn.
   if labels is not None:
     labels = jax.device_put(labels, sharding)
-  _, frames = sample_fn(state.ema_params, state.ema_batch_stats, jax.device_put(x_T, sharding), sampler_key,
+  _, frames, _ = sample_fn(state.ema_params, state.ema_batch_stats, jax.device_put(x_T, sharding), sampler_key,
                         labels)
   reverse = data.to_uint8(frames)
 

@@ -10,9 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import diffusion
+from ddpm_jax import diffusion, solvers
 
-SAMPLERS = ('ancestral', 'ddim')
+SAMPLERS = ('ancestral', 'ddim')  # Here: the discrete chain's own samplers, which keep frames.
+# config.sampling.sampler's other names: the fast solvers (solvers.py), predictor-corrector
+# (pc_sampling.py) and the probability-flow ODE (ode.py), on every diffusion process.
+SOLVER_SAMPLERS = tuple(solvers.SOLVERS)
+SCORE_SAMPLERS = ('pc', 'ode')
+ALL_SAMPLERS = SAMPLERS + SOLVER_SAMPLERS + SCORE_SAMPLERS
 DDIM_SPACINGS = ('uniform', 'quad')
 
 

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import atomic_io, checkpoints, configuration, data, generate, parallel, pretrain, train_step, viz
+from ddpm_jax import atomic_io, checkpoints, configuration, data, generate, parallel, pretrain, streaming, train_step, viz
 from ddpm_jax import layout, workdir_lock
 from ddpm_jax.errors import Preempted, TrainingDiverged
 from ddpm_jax.evaluation import features
@@ -123,11 +123,13 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
   abstract = abstract_state(model, config, tx, mesh)
   if changes:
     checkpoints.check_fits(checkpoints.checkpoint_dir(workdir), abstract)
-  dataset = data.load_dataset(config.data, config.data.train_split)
-  data.batch_indices(len(dataset.images), t.batch_size, 0, config.seed)  # A batch larger than the data: DataError.
-  data.check_labels(dataset, config.model.num_classes or data.FIXED_NUM_CLASSES.get(config.data.dataset, 0),
+  host = (jax.process_index(), jax.process_count())  # Each host reads its share of every batch.
+  # The batch of step s, from the pipeline config.data.pipeline names (memory or streaming).
+  pipeline = streaming.open_batches(config.data, config.data.train_split, t.batch_size, config.seed, *host)
+  data.batch_indices(pipeline.num_examples, t.batch_size, 0, config.seed)  # A batch larger than the data: DataError.
+  data.check_labels(pipeline, config.model.num_classes or data.FIXED_NUM_CLASSES.get(config.data.dataset, 0),
                     f'split {config.data.train_split} of {config.data.dataset}')
-  total_steps = num_train_steps(config, len(dataset.images))
+  total_steps = num_train_steps(config, pipeline.num_examples)
   existing = os.path.isdir(checkpoints.checkpoint_dir(workdir))  # Else the manager would make the folder now.
   manager = checkpoints.make_manager(workdir, t.keep_checkpoints) if existing else None
   state, start_step, unreadable = checkpoints.restore_newest(manager, abstract) if existing else (None, None, [])
@@ -161,7 +163,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
   earlier_wall_time = run_info.get('wall_time_s', 0.0)
   nonfinite_steps = run_info.get('nonfinite_steps', 0)
   logging.info('%s: %d params on %d device(s); %d examples; steps %d -> %d.', config.model.name,
-               num_params, mesh.size, len(dataset.images), start_step, total_steps)
+               num_params, mesh.size, pipeline.num_examples, start_step, total_steps)
   if start_step >= total_steps:
     logging.info('Training is already complete at step %d; raise config.training.num_train_steps '
                  '(or num_epochs) to train on, or use --mode=sample.', start_step)
@@ -186,13 +188,13 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
 
   pending = []  # Metrics still on the device, not yet checked.
   interval = []  # Checked metrics since the last log.
-  host = (jax.process_index(), jax.process_count())  # Each host reads its share of every batch.
   done = start_step
   agreement = checkpoints.StopAgreement(t.stop_check_every_steps)
-  with checkpoints.stop_signals() as stop:
+  with checkpoints.stop_signals() as stop, pipeline:  # Leaving stops the streaming pipeline's workers.
+    read_ahead = pipeline.batches(done, total_steps)
     while done < total_steps:
       steps = next_call_steps(done, total_steps, t.n_jitted_steps)
-      batches = [data.get_batch(dataset, t.batch_size, step, config.seed, *host) for step in steps]
+      batches = [next(read_ahead) for _ in steps]
       state, steps_metrics = train_steps(state, parallel.shard_batches(np.stack([b.images for b in batches]), mesh),
                                          parallel.shard_batches(np.stack([b.labels for b in batches]), mesh))
       pending.append(steps_metrics)
@@ -214,12 +216,11 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
         if skip_nonfinite:
           summary['nonfinite_steps'] = nonfinite_steps
         writer.write_scalars(done, {**summary, 'epoch': done / data.steps_per_epoch(
-            len(dataset.images), t.batch_size)})
+            pipeline.num_examples, t.batch_size)})
         logging.info('step %d/%d: loss %.5f%s', done, total_steps, summary.get('loss', float('nan')),
                      f' ({nonfinite_steps} non-finite steps skipped so far)' if nonfinite_steps else '')
       if sample_now or checkpoint_now or fid_now:
-        calibration = [data.get_batch(dataset, t.batch_size, done + i, config.seed, *host).images
-                       for i in range(t.bn_calibration_batches)]
+        calibration = [pipeline.batch(done + i).images for i in range(t.bn_calibration_batches)]
         state = calibrate(state, parallel.shard_batches(
             np.stack(calibration) if calibration else np.zeros((0, t.batch_size // host[1]) + image_shape, np.uint8),
             mesh))

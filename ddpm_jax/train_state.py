@@ -66,22 +66,32 @@ def create_train_state(variables: dict, tx: optax.GradientTransformation, loss_h
   )
 
 
-def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
+def ema_update(ema_params: Any, params: Any, decay: float | jax.Array) -> Any:
   """ema <- decay * ema + (1 - decay) * params."""
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
+def warmed_up_ema_decay(decay: float, step: jax.Array) -> jax.Array:
+  """min(decay, (1 + n) / (10 + n)) for the update after n optimizer steps (tf.train.ExponentialMovingAverage's
+  num_updates, diffusers' EMAModel without use_ema_warmup): 0.1, 2/11, 3/12, ... until it reaches decay, so the
+  early EMA follows the params instead of staying mostly the random init (config.training.ema_warmup)."""
+  n = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
+
+
 def apply_gradients(state: TrainState, grads: Any, batch_stats: Any,
-                    tx: optax.GradientTransformation, ema_decay: float) -> TrainState:
-  """One optimizer step, the new batch statistics, the EMA update, and step + 1."""
+                    tx: optax.GradientTransformation, ema_decay: float, ema_warmup: bool = False) -> TrainState:
+  """One optimizer step, the new batch statistics, the EMA update, and step + 1. With ema_warmup the
+  EMA decays by warmed_up_ema_decay(ema_decay, state.step); without, by ema_decay (a constant)."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  decay = warmed_up_ema_decay(ema_decay, state.step) if ema_warmup else ema_decay
   return state.replace(
       step=state.step + 1,
       params=params,
       batch_stats=batch_stats,
       opt_state=opt_state,
-      ema_params=ema_update(state.ema_params, params, ema_decay),
+      ema_params=ema_update(state.ema_params, params, decay),
   )
 
 

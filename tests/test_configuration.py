@@ -2,6 +2,7 @@
 
 import glob
 import importlib
+import json
 import os
 
 import pytest
@@ -123,6 +124,31 @@ def test_a_model_change_is_allowed_when_forced_and_listed(tmp_path):
       "data.image_size: 28 -> 32", "diffusion.schedule: 'linear' -> 'cosine'"]
 
 
+def test_remat_is_no_model_change_and_a_config_saved_without_it_resumes(tmp_path):
+  config = default.get_config()
+  configuration.save_config(config, str(tmp_path))
+  config.model.remat = True  # Same params and outputs: a run may switch it on to fit in memory.
+  assert configuration.check_workdir_config(config, str(tmp_path)) == []
+  saved = configuration.config_to_dict(default.get_config())
+  del saved['model']['remat']  # A workdir of a version without the knob.
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(saved, f)
+  assert configuration.check_workdir_config(config, str(tmp_path)) == []
+
+
+def test_gradient_accumulation_needs_micro_batches_that_divide_and_a_per_example_loss():
+  config = default.get_config()
+  config.training.batch_size, config.training.grad_accum_steps = 32, 4
+  configuration.validate_config(config)
+  configuration.check_batches_divide(config, 8)
+  with pytest.raises(errors.ConfigError, match=r'The micro-batch config.training.batch_size / grad_accum_steps=8 '
+                     r'does not divide over the 16 devices'):
+    configuration.check_batches_divide(config, 16)
+  config.diffusion.loss = 'mmd'
+  with pytest.raises(errors.ConfigError, match='grad_accum_steps > 1 would compute the MMD of loss=mmd per micro-batch'):
+    configuration.validate_config(config)
+
+
 def test_check_workdir_accepts_a_new_workdir(tmp_path):
   configuration.check_workdir_config(default.get_config(), str(tmp_path / 'new'))
 
@@ -183,6 +209,15 @@ OUT_OF_RANGE = [
     ('diffusion.mmd_simple_weight', -1.0, r'mmd_simple_weight=-1.0 is out of range: it must be in \[0, inf\) \(0 = MMD alone\)'),
     ('diffusion.mmd_bandwidths', (0.1, 0.0), r'config.diffusion.mmd_bandwidths\[1\]=0.0 is out of range'),
     ('diffusion.mmd_bandwidths', (), r'config.diffusion.mmd_bandwidths=\(\) is empty'),
+    ('diffusion.beta_min', 0.0, r'config.diffusion.beta_min=0.0 is out of range: it must be in \(0, inf\)'),
+    ('diffusion.beta_max', -1.0, r'config.diffusion.beta_max=-1.0 is out of range: it must be in \(0, inf\)'),
+    ('diffusion.beta_min', 30.0, r'config.diffusion.beta_min=30.0 exceeds beta_max=20.0'),
+    ('diffusion.sigma_min', 0.0, r'config.diffusion.sigma_min=0.0 is out of range: it must be in \(0, inf\)'),
+    ('diffusion.sigma_max', INF, r'config.diffusion.sigma_max=inf is out of range: it must be in \(0, inf\)'),
+    ('diffusion.sigma_min', 60.0, r'config.diffusion.sigma_min=60.0 must be below sigma_max=50.0'),
+    ('diffusion.num_scales', 1, r'config.diffusion.num_scales=1 is out of range: it must be in \[2, inf\)'),
+    ('diffusion.train_eps', 0.0, r'config.diffusion.train_eps=0.0 is out of range: it must be in \(0, 1\)'),
+    ('diffusion.train_eps', 1.0, r'config.diffusion.train_eps=1.0 is out of range: it must be in \(0, 1\)'),
     ('training.batch_size', -8, r'config.training.batch_size=-8 is out of range'),
     ('training.num_train_steps', -5, r'config.training.num_train_steps=-5 is out of range: it must be in \[0, inf\)'),
     ('training.num_epochs', INF, r'config.training.num_epochs=inf is out of range: it must be in \[0, inf\)'),
@@ -200,6 +235,8 @@ OUT_OF_RANGE = [
     ('training.fid_every_steps', -100, r'config.training.fid_every_steps=-100 is out of range'),
     ('training.fid_num_samples', 1, r'config.training.fid_num_samples=1 is out of range: it must be in \[2, inf\)'),
     ('training.n_jitted_steps', 0, r'config.training.n_jitted_steps=0 is out of range'),
+    ('training.grad_accum_steps', 0, r'config.training.grad_accum_steps=0 is out of range: it must be in \[1, inf\)'),
+    ('training.grad_accum_steps', 3, r'config.training.batch_size=128 does not split into config.training.grad_accum_steps=3'),
     ('training.stop_check_every_steps', 0, r'config.training.stop_check_every_steps=0 is out of range'),
     ('optim.lr', INF, r'config.optim.lr=inf is out of range: it must be in \(0, inf\)'),
     ('optim.lr', NAN, r'config.optim.lr=nan is out of range: it must be in \(0, inf\)'),
@@ -218,6 +255,12 @@ OUT_OF_RANGE = [
     ('sampling.guidance_scale', NAN, r'config.sampling.guidance_scale=nan is out of range'),
     ('sampling.eval_guidance_scales', (0.0, INF), r'config.sampling.eval_guidance_scales\[1\]=inf is out of range'),
     ('sampling.classes', (-1,), r'config.sampling.classes\[0\]=-1 is out of range'),
+    ('sampling.num_steps', 0, r'config.sampling.num_steps=0 is out of range: it must be in \[1, inf\)'),
+    ('sampling.n_steps_each', 0, r'config.sampling.n_steps_each=0 is out of range: it must be in \[1, inf\)'),
+    ('sampling.ode_max_steps', 0, r'config.sampling.ode_max_steps=0 is out of range: it must be in \[1, inf\)'),
+    ('sampling.snr', 0.0, r'config.sampling.snr=0.0 is out of range: it must be in \(0, inf\)'),
+    ('sampling.ode_rtol', -1e-5, r'config.sampling.ode_rtol=-1e-05 is out of range: it must be in \(0, inf\)'),
+    ('sampling.ode_atol', NAN, r'config.sampling.ode_atol=nan is out of range: it must be in \(0, inf\)'),
     ('figures.num_images', 0, r'config.figures.num_images=0 is out of range: it must be in \[1, inf\)'),
     ('figures.num_frames', 1, r'config.figures.num_frames=1 is out of range: it must be in \[2, inf\)'),
     ('eval.bpd_num_examples', -1, r'config.eval.bpd_num_examples=-1 is out of range: it must be in \[0, inf\) \(0 = skip bits/dim\)'),
@@ -230,6 +273,8 @@ OUT_OF_RANGE = [
     ('eval.kid_reference_size', 1, r'config.eval.kid_reference_size=1 is out of range'),
     ('eval.is_splits', 0, r'config.eval.is_splits=0 is out of range'),
     ('eval.classifier_steps', -1, r'config.eval.classifier_steps=-1 is out of range'),
+    ('eval.ode_bpd_num_examples', -1, r'config.eval.ode_bpd_num_examples=-1 is out of range: it must be in '
+                                      r'\[0, inf\) \(0 = skip the ODE bits/dim\)'),
 ]
 
 
@@ -289,14 +334,18 @@ def test_the_seed_range_is_what_jax_random_key_keeps(seed):
           jax.random.key_data(jax.random.key(0, impl='threefry2x32'))).all()
 
 
+_USES = r'config.sampling.sampler={} \(or in config.eval.sampler_sweep\)'
+_USES_DDIM, _USES_PC = _USES.format('ddim'), _USES.format('pc')
+
+
 @pytest.mark.parametrize('field,value,needs', [
     ('sampling.guidance_scale', 3.0, 'a class-conditional network'),
     ('sampling.eval_guidance_scales', (0.0, 2.0), 'a class-conditional network'),
     ('training.cond_drop_prob', 0.2, 'a class-conditional network'),
-    ('sampling.ddim_steps', 100, 'config.sampling.sampler=ddim'),
-    ('sampling.ddim_eta', 1.0, 'config.sampling.sampler=ddim'),
-    ('sampling.ddim_spacing', 'quad', 'config.sampling.sampler=ddim'),
-    ('sampling.ddim_clipped_eps', False, 'config.sampling.sampler=ddim'),
+    ('sampling.ddim_steps', 100, _USES_DDIM),
+    ('sampling.ddim_eta', 1.0, _USES_DDIM),
+    ('sampling.ddim_spacing', 'quad', _USES_DDIM),
+    ('sampling.ddim_clipped_eps', False, _USES_DDIM),
     ('diffusion.hybrid_lambda', 0.01, 'config.diffusion.loss=hybrid'),
     ('diffusion.mmd_weight', 2.0, 'config.diffusion.loss=mmd'),
     ('diffusion.mmd_simple_weight', 0.0, 'config.diffusion.loss=mmd'),
@@ -305,6 +354,22 @@ def test_the_seed_range_is_what_jax_random_key_keeps(seed):
     ('training.importance_uniform_prob', 0.01, 'config.training.timestep_sampler=importance'),
     ('training.init_ema', False, 'config.training.init_from'),
     ('training.fid_num_samples', 500, r'config.training.fid_every_steps > 0'),
+    # The score-based half: each knob of a process or sampler, changed under another.
+    ('diffusion.num_scales', 10, r'a continuous config.diffusion.process \(vpsde, subvpsde, vesde\)'),
+    ('diffusion.train_eps', 1e-3, 'a continuous config.diffusion.process'),
+    ('diffusion.likelihood_weighting', True, 'a continuous config.diffusion.process'),
+    ('diffusion.beta_max', 10.0, 'config.diffusion.process=vpsde or subvpsde'),
+    ('diffusion.sigma_max', 80.0, 'config.diffusion.process=vesde'),
+    ('sampling.snr', 0.2, _USES_PC),
+    ('sampling.n_steps_each', 2, _USES_PC),
+    ('sampling.predictor', 'euler_maruyama', _USES_PC),
+    ('sampling.corrector', 'none', _USES_PC),
+    ('sampling.num_steps', 10, _USES.format('dpm_solver_pp_2m or unipc or euler or heun')),
+    ('sampling.denoise', False, _USES.format('pc or ode')),
+    ('sampling.ode_rtol', 1e-3, r'config.sampling.sampler=ode \(or in config.eval.sampler_sweep\), or '
+                                r'config.eval.ode_bpd_num_examples > 0'),
+    ('sampling.ode_max_steps', 100, 'config.sampling.sampler=ode'),
+    ('eval.hutchinson', 'gaussian', r'config.eval.ode_bpd_num_examples > 0'),
 ])
 def test_a_changed_knob_without_effect_is_refused_not_ignored(field, value, needs):
   config = default.get_config()
@@ -336,6 +401,9 @@ def test_the_knobs_defaults_are_those_of_configs_default():
   for field, (value, _, _) in configuration.KNOB_DEFAULTS.items():
     section, name = field.split('.')
     assert config[section][name] == value, field
+  for field, value in configuration.FIELDS_ADDED_LATER.items():
+    section, name = field.split('.')
+    assert config[section][name] == value, field
 
 
 def test_the_default_config_validates_and_every_knob_comment_states_a_range():
@@ -353,3 +421,124 @@ def test_the_default_config_validates_and_every_knob_comment_states_a_range():
       else:
         break
     assert re.search(r'# Range: ([\[(][^,]+, [^\])]+[\])]|1 or 3|five integers|each|non-empty)', ' '.join(comments)), field
+
+
+# ---------------------------------------------------------------------------
+# The diffusion process (config.diffusion.process) and the samplers each allows.
+
+def _config(**fields):
+  """default.get_config() with fields given as section__name=value."""
+  config = default.get_config()
+  for key, value in fields.items():
+    _set(config, key.replace('__', '.'), value)
+  return config
+
+
+@pytest.mark.parametrize('process', ['vpsde', 'subvpsde', 'vesde'])
+@pytest.mark.parametrize('sampler', ['dpm_solver_pp_2m', 'unipc', 'euler', 'heun', 'pc', 'ode'])
+def test_every_continuous_process_takes_every_score_sampler(process, sampler):
+  configuration.validate_config(_config(diffusion__process=process, sampling__sampler=sampler))
+
+
+@pytest.mark.parametrize('fields,message', [
+    # The discrete chain's samplers, on a continuous process (as the sampler or in the sweep).
+    ({'diffusion.process': 'vpsde'}, 'The ancestral sampler walks the discrete chain, but config.diffusion.process=vpsde'),
+    ({'diffusion.process': 'vesde', 'sampling.sampler': 'ddim'}, 'The ddim sampler walks the discrete chain'),
+    ({'diffusion.process': 'subvpsde', 'sampling.sampler': 'pc', 'eval.sampler_sweep': ('heun:5', 'ddim:10')},
+     'The ddim sampler walks the discrete chain, but config.diffusion.process=subvpsde'),
+    # A continuous process trains an eps-network by denoising score matching, nothing else.
+    ({'diffusion.process': 'vpsde', 'sampling.sampler': 'pc', 'diffusion.loss': 'kl'},
+     'process=vpsde trains the eps-network by denoising score matching: set config.diffusion.loss=simple'),
+    ({'diffusion.process': 'vesde', 'sampling.sampler': 'ode', 'diffusion.model_mean_type': 'x0'},
+     'set config.diffusion.model_mean_type=eps'),
+    ({'diffusion.process': 'vpsde', 'sampling.sampler': 'ode', 'diffusion.model_var_type': 'learned_range',
+      'diffusion.loss': 'hybrid'}, 'set config.diffusion.loss=simple'),
+    ({'diffusion.process': 'vpsde', 'sampling.sampler': 'ode', 'diffusion.model_var_type': 'learned_range'},
+     'model_var_type=learned_range'),
+    # Importance sampling of t follows the likelihood weighting, constant for VE.
+    ({'diffusion.process': 'vpsde', 'sampling.sampler': 'pc', 'training.timestep_sampler': 'importance'},
+     'timestep_sampler=importance with process=vpsde draws t in proportion to the likelihood weighting'),
+    ({'diffusion.process': 'vesde', 'sampling.sampler': 'pc', 'training.timestep_sampler': 'importance',
+      'diffusion.likelihood_weighting': True}, 'timestep_sampler=importance with process=vesde'),
+    # Solver spacings of the other family; more solver steps than the chain has.
+    ({'sampling.sampler': 'dpm_solver_pp_2m', 'sampling.spacing': 'logsnr'},
+     r"Unknown config.sampling.spacing for process ddpm 'logsnr'; valid: auto, linspace, leading, trailing"),
+    ({'diffusion.process': 'vpsde', 'sampling.sampler': 'euler', 'sampling.spacing': 'leading'},
+     r"Unknown config.sampling.spacing for process vpsde 'leading'; valid: auto, logsnr, uniform"),
+    ({'sampling.sampler': 'heun', 'sampling.num_steps': 1001},
+     'config.sampling.num_steps=1001 must be between 1 and config.diffusion.num_timesteps=1000'),
+    ({'sampling.sampler': 'unipc', 'eval.sampler_sweep': ('unipc:2000',)}, "the steps of config.eval.sampler_sweep's unipc=2000 must be between 1"),
+    ({'eval.sampler_sweep': ('ddim:1001',)}, "the steps of config.eval.sampler_sweep's ddim=1001 must be between 1"),
+    # pc's discrete VP chain has betas beta(t_i) / num_scales: below 1 only with num_scales > beta_max.
+    ({'diffusion.process': 'subvpsde', 'sampling.sampler': 'pc', 'diffusion.num_scales': 20},
+     'config.diffusion.num_scales=20 steps .* need num_scales above beta_max=20.0'),
+    # Sweep entries that are not SAMPLER or SAMPLER:STEPS.
+    ({'eval.sampler_sweep': ('heun:0',)}, r"sampler_sweep entry 'heun:0' is not SAMPLER or SAMPLER:STEPS"),
+    ({'eval.sampler_sweep': ('ddim:x',)}, r"sampler_sweep entry 'ddim:x' is not SAMPLER or SAMPLER:STEPS"),
+    ({'eval.sampler_sweep': ('heun:-3',)}, r"sampler_sweep entry 'heun:-3' is not"),
+    ({'eval.sampler_sweep': ('nope:5',)}, r"Unknown sampler 'nope'; valid: ancestral, ddim, dpm_solver_pp_2m"),
+    ({'sampling.sampler': 'ode', 'sampling.ode_solver': 'rk4'}, r"Unknown config.sampling.ode_solver 'rk4'"),
+    ({'sampling.sampler': 'pc', 'sampling.predictor': 'leapfrog'}, 'config.sampling.predictor / corrector'),
+    ({'diffusion.process': 'ou'}, r"Unknown config.diffusion.process 'ou'; valid: ddpm, vpsde, subvpsde, vesde"),
+    ({'eval.ode_bpd_num_examples': 4, 'eval.hutchinson': 'bernoulli'}, r"Unknown config.eval.hutchinson 'bernoulli'"),
+    # The chain's own knobs, under a continuous process.
+    ({'diffusion.process': 'vpsde', 'sampling.sampler': 'pc', 'diffusion.num_timesteps': 100},
+     'config.diffusion.num_timesteps=100 has no effect here: it needs config.diffusion.process=ddpm'),
+    ({'diffusion.process': 'vesde', 'sampling.sampler': 'pc', 'diffusion.beta_end': 0.05},
+     'config.diffusion.beta_end=0.05 has no effect here: it needs process ddpm'),
+    ({'diffusion.process': 'vesde', 'sampling.sampler': 'pc', 'diffusion.beta_max': 10.0},
+     'config.diffusion.beta_max=10.0 has no effect here: it needs config.diffusion.process=vpsde or subvpsde'),
+])
+def test_settings_the_process_or_sampler_cannot_use_are_refused(fields, message):
+  config = default.get_config()
+  for field, value in fields.items():
+    _set(config, field, value)
+  with pytest.raises(errors.ConfigError, match=message) as raised:
+    configuration.validate_config(config)
+  assert '\n' not in str(raised.value)
+
+
+def test_knobs_of_a_sampler_in_the_sweep_apply_and_sweep_entries_parse():
+  config = _config(diffusion__process='vpsde', sampling__sampler='euler', sampling__snr=0.2,
+                   sampling__ode_rtol=1e-3, sampling__num_steps=7, diffusion__num_scales=100,
+                   diffusion__likelihood_weighting=True, training__timestep_sampler='importance',
+                   eval__sampler_sweep=('pc', 'ode', 'heun:3'))
+  configuration.validate_config(config)  # snr for the sweep's pc, ode_rtol for its ode.
+  ddpm = _config(sampling__ddim_steps=20, eval__sampler_sweep=('ancestral', 'ddim', 'dpm_solver_pp_2m:1000'))
+  configuration.validate_config(ddpm)
+  assert configuration.sweep_entries(('pc', 'ddim:50', 'heun:10')) == [('pc', None), ('ddim', 50), ('heun', 10)]
+  assert configuration.sweep_entries(()) == []
+
+
+def test_the_ode_bits_per_dim_makes_the_ode_knobs_apply():
+  config = _config(eval__ode_bpd_num_examples=8, eval__hutchinson='gaussian', sampling__ode_rtol=1e-3,
+                   sampling__ode_atol=1e-3, sampling__ode_solver='tsit5', sampling__ode_max_steps=100)
+  configuration.validate_config(config)
+  config.sampling.denoise = False  # Only the samplers pc and ode denoise; the likelihood does not.
+  with pytest.raises(errors.ConfigError, match='config.sampling.denoise=False has no effect here'):
+    configuration.validate_config(config)
+
+
+def test_a_workdir_saved_before_the_process_knobs_is_the_same_model(tmp_path):
+  """A config.json written before diffusion.process (and its knobs, and the ncsnpp fields) existed ran
+  the ddpm process: resuming it is no change of model; switching it to a continuous process is one."""
+  saved = configuration.config_to_dict(default.get_config())
+  added = ('process', 'beta_min', 'beta_max', 'sigma_min', 'sigma_max', 'num_scales', 'train_eps',
+           'likelihood_weighting')
+  for name in added:
+    del saved['diffusion'][name]
+  for name in ('skip_rescale', 'embedding_type', 'fourier_scale', 'fir', 'fir_kernel', 'progressive',
+               'progressive_input'):
+    del saved['model'][name]
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(saved, f)
+  config = default.get_config()
+  assert configuration.model_changes(config, str(tmp_path)) == []
+  configuration.check_workdir_config(config, str(tmp_path))
+  config.diffusion.process, config.sampling.sampler = 'vesde', 'pc'
+  assert configuration.model_changes(config, str(tmp_path)) == ["diffusion.process: 'ddpm' -> 'vesde'"]
+  with pytest.raises(errors.WorkdirError, match="diffusion.process: 'ddpm' -> 'vesde'"):
+    configuration.check_workdir_config(config, str(tmp_path))
+  config.diffusion.sigma_max = 20.0  # A changed knob of the new process is listed too.
+  assert configuration.model_changes(config, str(tmp_path)) == [
+      "diffusion.process: 'ddpm' -> 'vesde'", 'diffusion.sigma_max: 50.0 -> 20.0']

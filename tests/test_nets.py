@@ -8,6 +8,7 @@ import pytest
 from configs import default
 from ddpm_jax import nets
 from ddpm_jax.nets import layers
+import nets_testlib
 
 
 def tiny_config(image_size=28, channels=1, widths=(8, 16, 16, 8, 8)):
@@ -131,3 +132,48 @@ def test_conditional_network_uses_labels_and_null_label_shares_its_parameters():
   assert apply(jnp.array([3, 3, 3])).shape == x.shape  # The null label: same parameters, no others.
   with pytest.raises(ValueError, match='class-conditional.*pass labels'):
     model.apply(variables, x, t, train=False)
+
+
+# name -> rematerialised layers: unet_simple's five ConvBlocks (batch norm, a static `train` argument);
+# the level UNets' (layers.LevelUNet: unet_conv, unet_resnet, ddpm) 8 blocks with dropout and 4
+# attention layers (down 1, middle, up 2 at side 4) of a tiny ddpm.
+@pytest.mark.parametrize('name,blocks', [('unet_simple', 5), ('ddpm', 12)])
+def test_remat_keeps_the_parameters_outputs_gradients_and_statistics(name, blocks):
+  """config.model.remat recomputes the blocks in the backward pass: the same parameter paths, training
+  outputs (dropout masks included), batch-norm statistics and gradients as without."""
+  config = tiny_config(8, 1) if name == 'unet_simple' else nets_testlib.tiny_config(name)
+  size, channels = config.data.image_size, config.data.num_channels
+  x, t = nets_testlib.normal((4, size, size, channels), 1), jnp.array([0, 5, 10, 19])
+  plain = nets.get_model(config)
+  config.model.remat = True
+  remat = nets.get_model(config)
+  variables = nets_testlib.fast_init(plain, config)
+  shapes = lambda model: jax.eval_shape(lambda key: nets.init_variables(model, config, key), jax.random.key(0, impl='rbg'))
+  assert jax.tree.map(lambda s: s.shape, shapes(remat)) == jax.tree.map(lambda s: s.shape, shapes(plain))
+  key = jax.random.key(7, impl='rbg')
+
+  def loss_and_stats(model):
+    def loss(params):
+      out, mutated = model.apply({**variables, 'params': params}, x, t, train=True, mutable=['batch_stats'],
+                                 rngs={'dropout': key})
+      return jnp.sum(jnp.sin(out)), (out, mutated)
+    return jax.value_and_grad(loss, has_aux=True)
+
+  results = [nets_testlib.fast_jit(loss_and_stats(model))(variables['params']) for model in (plain, remat)]
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  remats = [sum(eqn.primitive.name.startswith('remat') for eqn in jax.make_jaxpr(loss_and_stats(model))(
+      variables['params']).jaxpr.eqns) for model in (plain, remat)]
+  assert remats == [0, blocks]  # Every block and attention layer rematerialised, only when asked.
+
+
+def test_class_embedding_rows_start_at_unit_variance():
+  """As PyTorch's nn.Embedding: Flax's default (std 1 / sqrt(features)) left the class an order of
+  magnitude below the time embedding it joins, and the quickstart's samples barely followed their
+  labels (docs/results.md, class conditioning)."""
+  config = tiny_config()
+  config.model.num_classes = 10
+  config.model.time_embed_dim = 256
+  table = init(nets.get_model(config), config)['params']['class_embed']['embedding']
+  assert table.shape == (11, 256)
+  assert 0.9 < float(np.std(table)) < 1.1

@@ -95,7 +95,7 @@ def worker(out_dir: str) -> None:
     mesh = Mesh(np.asarray(jax.devices()[:devices]), ('data',))
     params, stats = jax.device_put((state.ema_params, state.ema_batch_stats), parallel.replicated(mesh))
     x_T = jax.device_put(jax.random.normal(jax.random.PRNGKey(3), (8, 28, 28, 1)), parallel.batch_sharding(mesh))
-    x_0, _ = sample_fn(params, stats, x_T, jax.random.PRNGKey(4), None)
+    x_0, _, _ = sample_fn(params, stats, x_T, jax.random.PRNGKey(4), None)
     samples[f'devices_{devices}'] = np.asarray(x_0)
   np.savez(os.path.join(out_dir, 'samples.npz'), **samples)
 

@@ -3,9 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from ddpm_jax import data, diffusion, parallel, train_step
-from ddpm_jax.train_state import TrainState
+from ddpm_jax import data, diffusion, generate, parallel, train_step
+from ddpm_jax import sde as sde_lib
+from ddpm_jax.train_state import TrainState, root_keys
 import train_testlib
 
 
@@ -72,3 +74,139 @@ def test_with_label_dropout_one_training_ignores_the_labels():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   embed = np.asarray(finals[0]['class_embed']['embedding'])
   np.testing.assert_array_equal(embed[:2], np.asarray(state.params['class_embed']['embedding'])[:2])
+
+
+def test_micro_batches_interleave_the_batch_and_merge_back_in_order():
+  x = jnp.arange(24).reshape(8, 3)
+  micro = train_step.split_micro_batches(x, 4)
+  np.testing.assert_array_equal(micro[:, :, 0], [[0, 12], [3, 15], [6, 18], [9, 21]])  # Rows i, i + 4.
+  np.testing.assert_array_equal(train_step.merge_micro_batches(micro), x)
+  with pytest.raises(ValueError, match='A batch of 8 does not split into 3 micro-batches'):
+    train_step.split_micro_batches(x, 3)
+
+
+def _train(config, images, labels, steps):
+  """The states (the initial one first) and the last metrics of `steps` compiled train steps on one batch."""
+  mesh, _, _, state, step = train_testlib.training_setup(config)
+  states = [state]
+  for _ in range(steps):
+    state, metrics = step(state, parallel.shard_batch(images, mesh), parallel.shard_batch(labels, mesh))
+    states.append(state)
+  return states, metrics
+
+
+def test_gradient_accumulation_trains_as_the_whole_batch():
+  """k micro-batches of B / k train as one batch of B: the same keys, inputs and timesteps, one
+  optimizer and EMA update per step, the loss history in the batch's order. Labels go through the
+  split; dropout is off (its masks differ by micro-batch). With ema_warmup the first EMA update
+  averages by 0.1 instead of ema_decay."""
+  config = train_testlib.conditional_config(0.5)
+  config.model.dropout = 0.0
+  config.training.timestep_sampler, config.training.importance_history = 'importance', 2
+  config.training.ema_warmup = True
+  dataset = train_testlib.two_patterns()
+  images, labels = dataset.images[::2], dataset.labels[::2]
+  results = {}
+  for accum in (1, 4):
+    config.training.grad_accum_steps = accum
+    results[accum] = _train(config, images, labels, steps=3)
+  (whole, whole_metrics), (accumulated, accumulated_metrics) = results[1], results[4]
+  assert int(accumulated[-1].step) == 3 and int(accumulated[-1].opt_state[-1][0].count) == 3
+  for a, b in zip(jax.tree.leaves((whole, whole_metrics)), jax.tree.leaves((accumulated, accumulated_metrics)),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+  initial, first = accumulated[0], accumulated[1]
+  assert not np.allclose(first.params['conv_out']['kernel'], initial.params['conv_out']['kernel'])  # Zero at init.
+  for ema, start, params in zip(*(jax.tree.leaves(p) for p in (first.ema_params, initial.params, first.params))):
+    np.testing.assert_allclose(ema, 0.1 * start + 0.9 * params, rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_accumulation_updates_batch_statistics_once_per_step():
+  """Batch norm normalises each micro-batch by its own statistics, but the running statistics move once
+  per step, by the mean of the micro-batches' statistics: the first layer's running mean (its input does
+  not depend on other batch-norm layers) equals the whole batch's, not that of k updates in a row."""
+  config = train_testlib.tiny_config()
+  images = train_testlib.two_patterns().images[::2]
+  labels = np.zeros(16, np.int32)
+  running_mean = {}
+  for accum in (1, 2):
+    config.training.grad_accum_steps = accum
+    (initial, state), _ = _train(config, images, labels, steps=1)
+    running_mean[accum] = np.asarray(state.batch_stats['ConvBlock_0']['BatchNorm_0']['mean'])
+  np.testing.assert_allclose(running_mean[2], running_mean[1], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(running_mean[1], initial.batch_stats['ConvBlock_0']['BatchNorm_0']['mean'], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Continuous processes (config.diffusion.process vpsde, subvpsde, vesde).
+
+def continuous_config(process: str, likelihood_weighting: bool = False, importance: bool = False):
+  config = train_testlib.tiny_level_config()  # No batch norm: train and eval mode compute alike.
+  config.data.image_size = 8
+  config.model.dropout = 0.0
+  config.diffusion.process, config.diffusion.likelihood_weighting = process, likelihood_weighting
+  config.training.timestep_sampler = 'importance' if importance else 'uniform'
+  return config
+
+
+def expected_first_loss(config, model, state, images):
+  """sde.continuous_loss on the step-0 inputs of the train step, drawn as it draws them."""
+  draw = train_step.continuous_times(config)
+  x0, t, weights, noise, _, _ = train_step.training_inputs(
+      images, jax.random.fold_in(root_keys(config)['train'], 0), config.data.random_flip, draw)
+  sde = sde_lib.from_config(config.diffusion)
+  model_fn = generate.model_fn_for(model, state.params, state.batch_stats)
+  per_example = sde_lib.continuous_loss(sde, model_fn, x0, t, noise, config.diffusion.likelihood_weighting)
+  return float(jnp.mean(weights * per_example)), t, weights
+
+
+@pytest.mark.parametrize('process,likelihood_weighting,importance', [
+    ('vpsde', False, False), ('vesde', True, False), ('subvpsde', True, True)])
+def test_a_continuous_train_step_takes_the_sde_loss_at_its_times(process, likelihood_weighting, importance):
+  """The step's loss is sde.continuous_loss at the times and noise it draws (importance weights
+  applied); the likelihood weighting reaches it (the unweighted loss of the same draw differs)."""
+  config = continuous_config(process, likelihood_weighting, importance)
+  mesh, model, _, state, step = train_testlib.training_setup(config)
+  images = train_testlib.two_patterns().images[::2]
+  _, metrics = step(state, parallel.shard_batch(images, mesh))
+  expected, t, weights = expected_first_loss(config, model, state, images)
+  assert np.isfinite(expected) and float(metrics['loss']) == pytest.approx(expected, rel=1e-5)
+  if likelihood_weighting:  # VE's weighting g^2 / sigma^2 is the constant 2 log(sigma_max / sigma_min).
+    config.diffusion.likelihood_weighting = False
+    assert float(metrics['loss']) != pytest.approx(expected_first_loss(config, model, state, images)[0], rel=1e-2)
+  eps = config.diffusion.train_eps
+  assert np.all((t >= eps) & (t <= 1.0)) and len(np.unique(np.asarray(t))) == len(t)
+  sde = sde_lib.from_config(config.diffusion)
+  if importance:  # t drawn in proportion to the weighting, weights undo it: their product is constant.
+    assert not np.allclose(weights, 1.0)
+    product = np.asarray(weights * sde_lib.likelihood_weight(sde, t))
+    np.testing.assert_allclose(product, product[0], rtol=1e-4)
+  else:
+    np.testing.assert_array_equal(weights, 1.0)
+
+
+@pytest.mark.parametrize('process', ['vpsde', 'vesde'])
+def test_bn_calibration_of_a_continuous_process_uses_its_noised_inputs(process):
+  """As the discrete test above: the calibrated statistics are the batch's at the SDE's x_t and the
+  network's time input (log sigma for VE), drawn with the calibration key."""
+  config = train_testlib.tiny_config()
+  config.diffusion.process = process
+  mesh, model, schedule, state, _ = train_testlib.training_setup(config)
+  state = state.replace(ema_params=jax.tree.map(lambda p: p * 1.5 + 0.01, state.ema_params))
+  key = jax.random.key(3, impl='rbg')
+  images = np.random.default_rng(0).integers(0, 256, (1, 16, 8, 8, 1)).astype(np.uint8)
+  calibrated = jax.jit(train_step.make_bn_calibration(model, schedule, config, key))(state, images)
+  x0, t, _, noise, _, _ = train_step.training_inputs(images[0], jax.random.fold_in(jax.random.fold_in(key, 0), 0),
+                                                     config.data.random_flip, train_step.continuous_times(config))
+  sde = sde_lib.from_config(config.diffusion)
+  mean_coeff, std = sde_lib.marginal(sde, t)
+  x_t = mean_coeff[:, None, None, None] * x0 + std[:, None, None, None] * noise
+  time_input = sde_lib.model_time(sde, t)
+  np.testing.assert_allclose(train_step.noised(config, schedule, x0, t, noise)[0], x_t, rtol=1e-6)
+  evaluate = jax.jit(lambda stats: model.apply(
+      {'params': state.ema_params, 'batch_stats': stats}, x_t, time_input, train=False))
+  in_train_mode, _ = jax.jit(lambda: model.apply(
+      {'params': state.ema_params, 'batch_stats': state.batch_stats}, x_t, time_input, train=True,
+      mutable=['batch_stats']))()
+  np.testing.assert_allclose(evaluate(calibrated.ema_batch_stats), in_train_mode, atol=2e-3, rtol=1e-3)
+  assert not np.allclose(evaluate(state.batch_stats), in_train_mode, atol=2e-2)

@@ -1,27 +1,35 @@
 """--mode=eval: metrics of a workdir's latest checkpoint (EMA params), written to eval/metrics.json.
 
-Bits/dim by the full variational bound on config.eval.split; FID (and IS, KID) of
+Bits/dim by the full variational bound (process ddpm) and through the probability-flow ODE (any
+process) on config.eval.split; FID (and IS, KID) of
 config.eval.num_samples samples in config.eval.feature_nets, the samples kept batch by batch
 in eval/ so a killed evaluation continues where it stopped; for class-conditional networks,
 FID and the offline classifier's accuracy on conditional samples for each guidance scale of
-config.sampling.eval_guidance_scales, as a table (eval/guidance.md).
+config.sampling.eval_guidance_scales, as a table (eval/guidance.md); and sample quality against cost
+for each sampler of config.eval.sampler_sweep (eval/nfe.md, eval/nfe.png).
 """
 
 import hashlib
 import json
 import os
+import time
 
 from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import atomic_io, checkpoints, configuration, data, generate, layout
+from ddpm_jax import atomic_io, checkpoints, configuration, data, generate, layout, sampling, viz
+from ddpm_jax import sde as sde_lib
+from ddpm_jax.errors import MetricsError
 from ddpm_jax.evaluation import features, likelihood, offline_classifier
 from ddpm_jax.train_state import components, root_keys
 
 METRICS_FILE = 'metrics.json'
 GUIDANCE_TABLE = 'guidance.md'
+SWEEP_TABLE = 'nfe.md'
+SWEEP_PLOT = 'nfe.png'
+COST_FILE = 'cost.json'
 
 
 def sample_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
@@ -52,19 +60,85 @@ def sample_quality(config: ml_collections.ConfigDict, workdir: str, state, step:
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   key = jax.random.fold_in(root_keys(config)['eval'], step)
   bs = e.sample_batch_size
+  nfe_per_batch, seconds = [], []
 
   def sample_batch(i: int) -> np.ndarray:
     batch_labels = None if labels is None else np.resize(labels[i * bs:(i + 1) * bs], bs)
-    return generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, bs, bs, image_shape,
-                          jax.random.fold_in(key, i), mesh, batch_labels,
-                          log_every_seconds=config.progress_log_every_seconds)
+    start = time.perf_counter()
+    images = generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, bs, bs, image_shape,
+                               jax.random.fold_in(key, i), mesh, batch_labels,
+                               log_every_seconds=config.progress_log_every_seconds, nfe_per_batch=nfe_per_batch)
+    seconds.append(time.perf_counter() - start)
+    return images
 
   logging.info('FID samples: %d in batches of %d (guidance %s) in %s.', e.num_samples, bs, guidance_scale, directory)
   features.ensure_samples(directory, manifest, e.num_samples, bs, sample_batch,
                           log_every_seconds=config.progress_log_every_seconds)
   result = features.sample_metrics(features.stored_batches(directory, e.num_samples, bs), e.num_samples, nets,
                                   references, config)
-  return result, labels, directory
+  return {**result, **sampling_cost(directory, nfe_per_batch, seconds, bs)}, labels, directory
+
+
+def sampling_cost(directory: str, nfe_per_batch: list[int], seconds: list[float], batch_size: int) -> dict:
+  """Network calls per image (nfe) and wall seconds per image of the batches sampled now, kept in
+  directory/cost.json; batches sampled by an earlier (killed) evaluation keep the figures it wrote
+  (the first batch's seconds include compiling, so they are left out when there are more)."""
+  path = os.path.join(directory, COST_FILE)
+  if not nfe_per_batch:
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    return {}
+  timed = seconds[1:] or seconds
+  cost = {'nfe': float(np.mean(nfe_per_batch)), 'seconds_per_image': float(np.mean(timed)) / batch_size}
+  atomic_io.write_json(path, cost)
+  return cost
+
+
+def sampler_config(config: ml_collections.ConfigDict, name: str, steps: int | None) -> ml_collections.ConfigDict:
+  """config with config.sampling's sampler set to `name` (and its steps, if given)."""
+  swept = ml_collections.ConfigDict(config.to_dict())
+  swept.sampling.sampler = name
+  if steps is not None:
+    if name == 'ddim':
+      swept.sampling.ddim_steps = steps
+    elif name in sampling.SOLVER_SAMPLERS:
+      swept.sampling.num_steps = steps
+  return swept
+
+
+def sampler_sweep(config: ml_collections.ConfigDict, workdir: str, state, step: int, model, schedule, mesh,
+                  nets: list[features.FeatureNet], references: list[features.Reference]) -> list[dict]:
+  """Sample quality of each entry of config.eval.sampler_sweep, with its network calls and time per
+  image; written as eval/nfe.md and plotted (FID against NFE) as eval/nfe.png."""
+  rows = []
+  for name, steps in configuration.sweep_entries(config.eval.sampler_sweep):
+    swept = sampler_config(config, name, steps)
+    metrics, _, _ = sample_quality(swept, workdir, state, step, model, schedule, mesh, nets, references,
+                                   config.sampling.guidance_scale)
+    label = name if steps is None else f'{name}:{steps}'
+    rows.append({'sampler': label, **metrics})
+    logging.info('Sampler %s: %s', label, {k: v for k, v in metrics.items() if isinstance(v, float)})
+  table = sweep_table(rows)
+  eval_dir = os.path.join(workdir, layout.EVAL_DIR)
+  atomic_io.write_text(os.path.join(eval_dir, SWEEP_TABLE), table)
+  fid_names = [k for k in rows[0] if k.startswith('fid')] if rows else []
+  if fid_names and all('nfe' in r for r in rows):
+    curves = {r['sampler']: ([r['nfe']], [r[fid_names[0]]]) for r in rows}
+    viz.plot_curves(curves, 'network calls per image (NFE)', fid_names[0], os.path.join(eval_dir, SWEEP_PLOT),
+                    log_y=True, title=f'{fid_names[0]} against sampling cost, step {step}')
+  logging.info('Sample quality against cost:\n%s', table)
+  return rows
+
+
+def sweep_table(rows: list[dict]) -> str:
+  """Markdown: one row per sampler, columns NFE, seconds per image and every float metric."""
+  columns = ['nfe', 'seconds_per_image'] + sorted(
+      {k for r in rows for k, v in r.items() if isinstance(v, float)} - {'nfe', 'seconds_per_image'})
+  lines = ['| sampler | ' + ' | '.join(columns) + ' |', '|---' * (len(columns) + 1) + '|']
+  for r in rows:
+    lines.append(f'| {r["sampler"]} | ' + ' | '.join(f'{r[c]:.4g}' if c in r else '' for c in columns) + ' |')
+  return '\n'.join(lines) + '\n'
 
 
 def class_accuracy(config: ml_collections.ConfigDict, directory: str, labels: np.ndarray) -> dict:
@@ -95,15 +169,31 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
-  mesh, model, schedule, tx = components(config)
   e = config.eval
+  # The variational bound exists for the discrete chain only; continuous processes have the ODE's.
+  bound_examples = e.bpd_num_examples if not sde_lib.is_continuous(config.diffusion) else 0
+  if not bound_examples and not e.ode_bpd_num_examples and not e.num_samples:
+    raise MetricsError('config.eval.bpd_num_examples (process ddpm), ode_bpd_num_examples and num_samples are '
+                       'all 0: nothing to evaluate. Set one of them above 0 (bits/dim on that many examples, '
+                       'FID on that many samples).')
+  mesh, model, schedule, tx = components(config)
   changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
   state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh, check_fits_first=bool(changes))
   if e.num_samples:
     features.check_feature_nets(config)  # Missing Inception weights: before any long work.
   results = {'step': step}
-  if e.bpd_num_examples:
-    images = data.load_dataset(config.data, e.split).images[:e.bpd_num_examples]
+  if e.ode_bpd_num_examples:
+    images = data.load_dataset(config.data, e.split).images[:e.ode_bpd_num_examples]
+    logging.info('Bits/dim of %d %s examples through the probability-flow ODE (%s, %s trace estimator).',
+                 len(images), e.split, config.sampling.ode_solver, e.hutchinson)
+    results.update(likelihood.ode_bits_per_dim(
+        likelihood.make_ode_bpd_fn(model, config), state.ema_params, state.ema_batch_stats, images,
+        e.bpd_batch_size, jax.random.fold_in(jax.random.fold_in(root_keys(config)['eval'], step), 1), mesh,
+        log_every_seconds=config.progress_log_every_seconds))
+    logging.info('ODE bits/dim at step %d: %.4f (%.0f network calls per batch).', step, results['ode_bpd'],
+                 results['ode_bpd_nfe'])
+  if bound_examples:
+    images = data.load_dataset(config.data, e.split).images[:bound_examples]
     logging.info('Bits/dim of %d %s examples by the full bound (%d terms each).', len(images), e.split,
                  schedule.num_timesteps)
     results.update(likelihood.bits_per_dim(likelihood.make_bound_fn(model, schedule, config), state.ema_params, state.ema_batch_stats,
@@ -130,12 +220,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
       results.update(row)
     logging.info('Sample quality at step %d: %s', step,
                  {k: v for k, v in results.items() if isinstance(v, float) and not k.startswith('bpd')})
+    if e.sampler_sweep:
+      results['sampler_sweep'] = sampler_sweep(config, workdir, state, step, model, schedule, mesh, nets,
+                                               references)
   path = os.path.join(workdir, layout.EVAL_DIR, METRICS_FILE)
   atomic_io.write_json(path, results)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   scalars = {f'eval/{k}': v for k, v in results.items() if isinstance(v, float)}
   for w, row in results.get('guidance', {}).items():
     scalars.update({f'eval/w{w}/{k}': v for k, v in row.items() if isinstance(v, float)})
+  for row in results.get('sampler_sweep', []):
+    scalars.update({f'eval/{row["sampler"]}/{k}': v for k, v in row.items() if isinstance(v, float)})
   writer.write_scalars(step, scalars)
   writer.flush()
   logging.info('Wrote %s.', path)

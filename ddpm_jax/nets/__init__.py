@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from ddpm_jax import diffusion
-from ddpm_jax.nets import ddpm_unet, layers, unet_conv, unet_resnet, unet_simple
+from ddpm_jax.nets import ddpm_unet, layers, ncsnpp, unet_conv, unet_resnet, unet_simple
 
 
 def output_channels(config) -> int:
@@ -21,7 +21,8 @@ def _unet_simple(config) -> nn.Module:
       time_embed_dim=config.model.time_embed_dim,
       out_channels=output_channels(config),
       batch_norm_momentum=config.model.batch_norm_momentum,
-      num_classes=config.model.num_classes)
+      num_classes=config.model.num_classes,
+      remat=config.model.get('remat', False))
 
 
 def _check_time_embed_dim(config) -> None:
@@ -54,7 +55,7 @@ def _level_unet_fields(config, attention: bool) -> dict:
   fields = dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks, dropout=m.dropout,
                 norm_groups=m.norm_groups, norm_eps=m.norm_eps, time_embed_dim=m.time_embed_dim,
                 time_mlp_dim=m.time_mlp_dim, out_channels=output_channels(config),
-                num_classes=m.num_classes)
+                num_classes=m.num_classes, remat=m.get('remat', False))
   if attention:
     fields.update(attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads)
   return fields
@@ -67,6 +68,21 @@ def level_sides(image_size: int, num_levels: int) -> list[int]:
 
 def _check_level_unet(config, name: str, attention: bool) -> None:
   """Settings every level UNet needs; raises ValueError naming the field and the fix."""
+  _check_levels(config, name)
+  m = config.model
+  widths = [m.ch * mult for mult in m.ch_mult]
+  if m.norm_groups <= 0 or any(w % m.norm_groups for w in widths):
+    raise ValueError(f'config.model.norm_groups={m.norm_groups} must divide every level width '
+                     f'config.model.ch * ch_mult = {tuple(widths)}; change norm_groups or ch.')
+  if m.upsample not in layers.UPSAMPLE_METHODS:
+    raise ValueError(f'Unknown config.model.upsample {m.upsample!r}; '
+                     f'valid: {", ".join(layers.UPSAMPLE_METHODS)}.')
+  if attention:
+    _check_attention(config, name)
+
+
+def _check_levels(config, name: str) -> None:
+  """The level structure (widths, blocks, halvings), dropout, GN epsilon and time MLP of a UNet."""
   m, size = config.model, config.data.image_size
   mults = tuple(m.ch_mult)
   if m.ch <= 0 or not mults or min(mults) <= 0:
@@ -80,29 +96,28 @@ def _check_level_unet(config, name: str, attention: bool) -> None:
         f'{name} halves the image {halvings} times (len(config.model.ch_mult) = {len(mults)} levels), '
         f'so config.data.image_size must be divisible by {2 ** halvings}; got {size}. '
         f'Use fewer levels in config.model.ch_mult or an image size divisible by {2 ** halvings}.')
-  widths = [m.ch * mult for mult in mults]
-  if m.norm_groups <= 0 or any(w % m.norm_groups for w in widths):
-    raise ValueError(f'config.model.norm_groups={m.norm_groups} must divide every level width '
-                     f'config.model.ch * ch_mult = {tuple(widths)}; change norm_groups or ch.')
   if not 0 < m.norm_eps < float('inf'):
     raise ValueError(f'config.model.norm_eps must be positive, got {m.norm_eps}.')
   if m.time_mlp_dim <= 0:
     raise ValueError(f'config.model.time_mlp_dim must be positive, got {m.time_mlp_dim}.')
   if not 0 <= m.dropout < 1:
     raise ValueError(f'config.model.dropout must be in [0, 1), got {m.dropout}.')
-  if m.upsample not in layers.UPSAMPLE_METHODS:
-    raise ValueError(f'Unknown config.model.upsample {m.upsample!r}; '
-                     f'valid: {", ".join(layers.UPSAMPLE_METHODS)}.')
-  if attention:
-    sides = level_sides(size, len(mults))
-    never = [r for r in m.attn_resolutions if r not in sides]
-    if never:
-      raise ValueError(f'config.model.attn_resolutions {tuple(m.attn_resolutions)}: {name} never reaches '
-                       f'side(s) {never} on {size}x{size} images; its levels have sides {sides}.')
-    attn_widths = {w for w, side in zip(widths, sides) if side in m.attn_resolutions} | {widths[-1]}
-    if m.num_heads <= 0 or any(w % m.num_heads for w in attn_widths):
-      raise ValueError(f'config.model.num_heads={m.num_heads} must divide the width of every level with '
-                       f'attention (and the middle): {tuple(sorted(attn_widths))}.')
+
+
+def _check_attention(config, name: str) -> None:
+  """Attention resolutions the network reaches, and heads that divide the widths there."""
+  m, size = config.model, config.data.image_size
+  mults = tuple(m.ch_mult)
+  widths = [m.ch * mult for mult in mults]
+  sides = level_sides(size, len(mults))
+  never = [r for r in m.attn_resolutions if r not in sides]
+  if never:
+    raise ValueError(f'config.model.attn_resolutions {tuple(m.attn_resolutions)}: {name} never reaches '
+                     f'side(s) {never} on {size}x{size} images; its levels have sides {sides}.')
+  attn_widths = {w for w, side in zip(widths, sides) if side in m.attn_resolutions} | {widths[-1]}
+  if m.num_heads <= 0 or any(w % m.num_heads for w in attn_widths):
+    raise ValueError(f'config.model.num_heads={m.num_heads} must divide the width of every level with '
+                     f'attention (and the middle): {tuple(sorted(attn_widths))}.')
 
 
 def _unet_conv(config) -> nn.Module:
@@ -132,6 +147,84 @@ def _check_ddpm(config) -> None:
                      f'config.model.upsample to nearest (got {config.model.upsample!r}), or use unet_resnet.')
 
 
+def _score_unet_fields(config) -> dict:
+  """The fields of an ncsnpp.NCSNpp that NCSN++ and DDPM++ both take from the config."""
+  m = config.model
+  return dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+              attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads, dropout=m.dropout,
+              norm_groups=m.norm_groups, norm_eps=m.norm_eps, time_embed_dim=m.time_embed_dim,
+              time_mlp_dim=m.time_mlp_dim, out_channels=output_channels(config), num_classes=m.num_classes,
+              skip_rescale=m.skip_rescale, remat=m.get('remat', False))
+
+
+def _ncsnpp(config) -> nn.Module:
+  m = config.model
+  return ncsnpp.NCSNpp(**_score_unet_fields(config), embedding_type=m.embedding_type,
+                       fourier_scale=float(m.fourier_scale), fir=m.fir, fir_kernel=tuple(m.fir_kernel),
+                       progressive=m.progressive, progressive_input=m.progressive_input)
+
+
+def _ddpmpp(config) -> nn.Module:
+  """DDPM++: the NCSN++ skeleton with sinusoidal embeddings, no FIR and no progressive paths."""
+  return ncsnpp.NCSNpp(**_score_unet_fields(config), embedding_type='positional', fir=False,
+                       progressive='none', progressive_input='none')
+
+
+def _check_score_unet(config, name: str) -> None:
+  """Settings NCSN++ and DDPM++ need: levels and attention as the level UNets, GroupNorm's
+  min(C // 4, norm_groups) groups dividing every map it normalises, skip_rescale a bool."""
+  _check_levels(config, name)
+  _check_attention(config, name)
+  m = config.model
+  cap = m.norm_groups
+  if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+    raise ValueError(f'config.model.norm_groups={cap!r} is out of range: {name} takes it as the most GroupNorm '
+                     f'groups (min(channels // 4, norm_groups)), an integer >= 1.')
+  bad = sorted(w for w in ncsnpp.norm_widths(m.ch, tuple(m.ch_mult), m.num_res_blocks)
+               if w % ncsnpp.num_groups(w, cap))
+  if bad:
+    raise ValueError(f'{name} normalises maps of C channels in min(C // 4, config.model.norm_groups={cap}) '
+                     f'groups, which do not divide C = {bad}: choose config.model.ch (and ch_mult) so that '
+                     f'every width is a multiple of 4 and of its group count (e.g. multiples of 32).')
+  if not isinstance(m.skip_rescale, bool):
+    raise ValueError(f'config.model.skip_rescale={m.skip_rescale!r} must be True or False.')
+
+
+def _check_ncsnpp(config) -> None:
+  _check_score_unet(config, 'ncsnpp')
+  m = config.model
+  for field, valid in (('embedding_type', ncsnpp.EMBEDDING_TYPES), ('progressive', ncsnpp.PROGRESSIVE),
+                       ('progressive_input', ncsnpp.PROGRESSIVE_INPUT)):
+    if m[field] not in valid:
+      raise ValueError(f'Unknown config.model.{field} {m[field]!r}; valid: {", ".join(valid)}.')
+  if not isinstance(m.fir, bool):
+    raise ValueError(f'config.model.fir={m.fir!r} must be True or False.')
+  taps = tuple(m.fir_kernel)  # Each tap's range: configuration.py.
+  if len(taps) < 2 or not sum(taps) > 0:
+    raise ValueError(f'config.model.fir_kernel={taps} needs at least 2 taps (the resampling factor) with a '
+                     f'positive sum, e.g. (1, 3, 3, 1).')
+
+
+def _check_ddpmpp(config) -> None:
+  _check_score_unet(config, 'ddpmpp')
+
+
+# The config.model fields each network reads (besides name): a command-line override of another
+# field has no effect on it and is refused (cli.py). Shipped configs may carry other networks' fields.
+_LEVEL_UNET_FIELDS = ('ch', 'ch_mult', 'num_res_blocks', 'dropout', 'norm_groups', 'norm_eps', 'time_embed_dim',
+                      'time_mlp_dim', 'num_classes', 'upsample')
+_SCORE_UNET_FIELDS = ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'num_heads', 'dropout', 'norm_groups',
+                      'norm_eps', 'time_embed_dim', 'time_mlp_dim', 'num_classes', 'skip_rescale')
+MODEL_FIELDS: dict[str, tuple[str, ...]] = {
+    'unet_simple': ('widths', 'time_embed_dim', 'batch_norm_momentum', 'num_classes'),
+    'unet_conv': _LEVEL_UNET_FIELDS,
+    'unet_resnet': _LEVEL_UNET_FIELDS + ('attn_resolutions', 'num_heads'),
+    'ddpm': _LEVEL_UNET_FIELDS + ('attn_resolutions', 'num_heads'),  # upsample: checked to be nearest.
+    'ncsnpp': _SCORE_UNET_FIELDS + ('embedding_type', 'fourier_scale', 'fir', 'fir_kernel', 'progressive',
+                                    'progressive_input'),
+    'ddpmpp': _SCORE_UNET_FIELDS,
+}
+
 # name -> (builder(config) -> module, check(config) raising ValueError on impossible settings).
 # The first is listed first in error messages.
 MODELS: dict[str, tuple[Callable, Callable]] = {
@@ -139,6 +232,8 @@ MODELS: dict[str, tuple[Callable, Callable]] = {
     'unet_conv': (_unet_conv, _check_unet_conv),
     'unet_resnet': (_unet_resnet, _check_unet_resnet),
     'ddpm': (_ddpm, _check_ddpm),
+    'ncsnpp': (_ncsnpp, _check_ncsnpp),
+    'ddpmpp': (_ddpmpp, _check_ddpmpp),
 }
 
 

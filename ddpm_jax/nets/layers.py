@@ -137,6 +137,15 @@ class Dropout(nn.Module):
     return jnp.where(kept, x / keep, jnp.zeros_like(x))
 
 
+def rematerialised(module_class: type[nn.Module], remat: bool, static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+  """module_class, or with `remat` its nn.remat: the same parameters, outputs and gradients, but its
+  activations are recomputed in the backward pass instead of kept from the forward one (lower peak
+  memory for more compute; config.model.remat). static_argnums count `self` as 0 (Python flags such
+  as `train`). Name the instances explicitly: nn.remat's class has another name, so automatic names
+  (and the parameter paths) would change."""
+  return nn.remat(module_class, static_argnums=static_argnums) if remat else module_class
+
+
 # ---------------------------------------------------------------------------
 # Blocks of the level-structured UNets (Unet-Conv, Unet-Resnet, the official DDPM UNet).
 
@@ -212,7 +221,11 @@ def add_class_embedding(temb: jax.Array, labels: jax.Array | None, num_classes: 
   if labels is None:
     raise ValueError(f'This network is class-conditional ({num_classes} classes): pass labels, '
                      f'or the null label {num_classes} for the unconditional model.')
-  return temb + nn.Embed(num_classes + 1, temb.shape[-1], name='class_embed')(labels)
+  # Unit-variance rows, as PyTorch's nn.Embedding (guided-diffusion, diffusers) starts them: Flax's
+  # default (std 1 / sqrt(features)) starts the class an order of magnitude below the time
+  # embedding it is added to, and Adam's bounded steps leave it there.
+  table = nn.Embed(num_classes + 1, temb.shape[-1], embedding_init=nn.initializers.normal(1.0), name='class_embed')
+  return temb + table(labels)
 
 
 class TimestepMLP(nn.Module):
@@ -320,6 +333,7 @@ class LevelUNet(nn.Module):
   `block` is the block class, built as block(features=, dropout=, norm_groups=, norm_eps=) and
   called as block(x, temb, train) (layers.ResnetBlock, unet_conv.ConvBlock).
   Parameter names follow the levels (down_1_attn_0, up_2_upsample, ...) so converters can map them.
+  With `remat` every block and attention layer is rematerialised (layers.rematerialised).
   """
   # Defaults: the official DDPM CIFAR-10 network (35,746,307 params on 32x32x3).
   block: Any = ResnetBlock
@@ -339,15 +353,19 @@ class LevelUNet(nn.Module):
   out_channels: int = 3
   # Class-conditional with this many classes (plus a null class); 0 = unconditional.
   num_classes: int = 0
+  # Recompute each block's activations in the backward pass (config.model.remat).
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, train: bool = False, labels: jax.Array | None = None) -> jax.Array:
     temb = TimestepMLP(embed_dim=self.time_embed_dim, mlp_dim=self.time_mlp_dim, name='temb')(t)
     temb = add_class_embedding(temb, labels, self.num_classes)
-    block = lambda features, name: self.block(
+    block_class = rematerialised(self.block, self.remat, static_argnums=(3,))  # (self, x, temb, train)
+    attention_class = rematerialised(SelfAttention, self.remat)
+    block = lambda features, name: block_class(
         features=features, dropout=self.dropout, norm_groups=self.norm_groups, norm_eps=self.norm_eps, name=name)
-    attention = lambda name: SelfAttention(num_heads=self.num_heads, norm_groups=self.norm_groups,
-                                           norm_eps=self.norm_eps, name=name)
+    attention = lambda name: attention_class(num_heads=self.num_heads, norm_groups=self.norm_groups,
+                                             norm_eps=self.norm_eps, name=name)
     last = len(self.ch_mult) - 1
 
     h = conv3x3(self.ch, 'conv_in')(x)

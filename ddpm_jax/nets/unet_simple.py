@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax.nets.layers import add_class_embedding, timestep_embedding, upsample_conv3x3
+from ddpm_jax.nets.layers import add_class_embedding, rematerialised, timestep_embedding, upsample_conv3x3
 
 # Two 2x downsamplings: the image side must be divisible by this.
 SIZE_DIVISOR = 4
@@ -42,15 +42,20 @@ class UNetSimple(nn.Module):
   batch_norm_momentum: float = 0.99
   # Class-conditional with this many classes (plus a null class); 0 = unconditional.
   num_classes: int = 0
+  # Recompute each ConvBlock's activations in the backward pass (config.model.remat).
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, train: bool = False, labels: jax.Array | None = None) -> jax.Array:
     w_down1, w_down2, w_mid, w_up1, w_up2 = self.widths
     temb = add_class_embedding(timestep_embedding(t, self.time_embed_dim), labels, self.num_classes)
+    block_class = rematerialised(ConvBlock, self.remat, static_argnums=(2,))  # (self, x, train)
+    blocks = iter(range(5))
 
     def block(h, features):
       h = h + nn.Dense(h.shape[-1])(temb)[:, None, None, :]
-      return ConvBlock(features, self.batch_norm_momentum)(h, train)
+      # Named as Flax names ConvBlock automatically, so that remat keeps the parameter paths.
+      return block_class(features, self.batch_norm_momentum, name=f'ConvBlock_{next(blocks)}')(h, train)
 
     def down(h):
       return nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), use_bias=False)(h)

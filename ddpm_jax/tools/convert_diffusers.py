@@ -1,13 +1,17 @@
-"""Official DDPM weights in the diffusers `UNet2DModel` format -> a ddpm-jax workdir.
+"""Official DDPM (and NCSN++) weights in the diffusers `UNet2DModel` format -> a ddpm-jax workdir.
 
 The official CIFAR-10 DDPM (google/ddpm-cifar10-32) is published as a diffusers
-folder: config.json and diffusion_pytorch_model.safetensors (or .bin). This module
+folder: config.json and diffusion_pytorch_model.safetensors (or .bin). So are score_sde's
+NCSN++ models (google/ncsnpp-celebahq-256: a UNet2DModel with Fourier time features and
+Skip/AttnSkip blocks), which fill our `ncsnpp` network. This module
 
-  (a) maps such a state dict (name -> numpy array) onto the parameters of our `ddpm`
-      network, transposing convolutions OIHW -> HWIO and linear layers (out, in) ->
-      (in, out), and refuses a missing or unused key or a wrong shape;
+  (a) maps such a state dict (name -> numpy array) onto the parameters of our `ddpm` (or
+      `ncsnpp`) network, transposing convolutions OIHW -> HWIO and linear layers (out, in) ->
+      (in, out), and refuses a missing or unused key or a wrong shape; diffusers' NCSN++
+      returns the score, ours eps = -sigma * score, so its output convolutions are negated;
   (b) checks the diffusers config.json against our config, naming any field that differs;
-  (c) writes a workdir that `main.py --mode=sample` loads directly:
+  (c) writes a workdir that `main.py --mode=sample` loads directly (tools/export_diffusers goes the other
+      way with the same mapping: to_state_dict, diffusers_config):
 
   python -m ddpm_jax.tools.convert_diffusers --model_dir=DIR --workdir=OUT [--config=configs/cifar10_ddpm.py]
   python main.py --config=configs/cifar10_ddpm.py --workdir=OUT --mode=sample
@@ -16,6 +20,7 @@ Reading .safetensors needs the `safetensors` package (numpy only); a .bin file n
 """
 
 import json
+import math
 import os
 import re
 import sys
@@ -42,7 +47,15 @@ _RESNET_NAMES = {'norm_0': 'norm1', 'conv_0': 'conv1', 'temb_proj': 'time_emb_pr
 _ATTENTION_NAMES = {'norm': 'group_norm', 'q': 'to_q', 'k': 'to_k', 'v': 'to_v', 'proj_out': 'to_out.0'}
 _RESAMPLE_NAMES = {'conv': 'conv'}
 _TEMB_NAMES = {'dense_0': 'linear_1', 'dense_1': 'linear_2'}
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'W': 'weight'}
+# The networks converted weights fill.
+CONVERTIBLE = ('ddpm', 'ncsnpp')
+# diffusers' NCSN++ (Skip blocks) fixes these of our ncsnpp config: FIR (1, 3, 3, 1) resampling, the
+# input_skip / output_skip pyramids of 3-channel images, residuals divided by sqrt(2), and attention
+# layers in the Skip blocks with 32 GroupNorm groups (ours: min(C // 4, 32), the same from 128 channels).
+NCSNPP_FIXED = {'fir': True, 'fir_kernel': (1, 3, 3, 1), 'progressive': 'output_skip',
+                'progressive_input': 'input_skip', 'skip_rescale': True, 'norm_groups': 32}
+NCSNPP_MIN_ATTENTION_WIDTH = 4 * 32
 
 # diffusers' UNet2DModel defaults, for config.json fields that older files leave out.
 DIFFUSERS_DEFAULTS = {
@@ -66,19 +79,26 @@ DIFFUSERS_DEFAULTS = {
 def rename_legacy_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   """Renames pre-0.14 attention keys (query, key, value, proj_attn) to to_q, to_k, to_v, to_out.0."""
   pattern = re.compile(r'\.(' + '|'.join(LEGACY_ATTENTION_NAMES) + r')\.(weight|bias)$')
-  return {pattern.sub(lambda m: f'.{LEGACY_ATTENTION_NAMES[m.group(1)]}.{m.group(2)}', k): v
-          for k, v in state_dict.items()}
+  renamed = {pattern.sub(lambda m: f'.{LEGACY_ATTENTION_NAMES[m.group(1)]}.{m.group(2)}', k): v
+             for k, v in state_dict.items()}
+  # NCSN++ folders may hold the Fourier frequencies as time_proj.W (diffusers' conversion wrote both).
+  if 'time_proj.W' in renamed:
+    legacy = renamed.pop('time_proj.W')
+    renamed.setdefault('time_proj.weight', legacy)
+  return renamed
 
 
 def _module_prefix(name: str, num_levels: int) -> tuple[str, dict[str, str]]:
   """Our top-level module name -> (its diffusers prefix, the sub-module renames inside it)."""
   fixed = {'conv_in': ('conv_in', {}), 'conv_out': ('conv_out', {}), 'norm_out': ('conv_norm_out', {}),
+           'fourier': ('time_proj', {}),
            'temb': ('time_embedding', _TEMB_NAMES), 'mid_attn': ('mid_block.attentions.0', _ATTENTION_NAMES)}
   if name in fixed:
     return fixed[name]
   if m := re.fullmatch(r'mid_block_(\d+)', name):
     return f'mid_block.resnets.{m[1]}', _RESNET_NAMES
-  m = re.fullmatch(r'(down|up)_(\d+)_(block|attn|downsample|upsample)(?:_(\d+))?', name)
+  m = re.fullmatch(r'(down|up)_(\d+)_(block|attn|downsample|upsample|resnet_down|resnet_up|skip_conv|skip_norm)'
+                   r'(?:_(\d+))?', name)
   if not m:
     raise ConversionError(f'No diffusers counterpart for our module {name!r}.')
   path, level, kind, index = m.groups()
@@ -89,6 +109,10 @@ def _module_prefix(name: str, num_levels: int) -> tuple[str, dict[str, str]]:
     return f'{prefix}.resnets.{index}', _RESNET_NAMES
   if kind == 'attn':
     return f'{prefix}.attentions.{index}', _ATTENTION_NAMES
+  if kind in ('resnet_down', 'resnet_up'):  # NCSN++'s resampling residual blocks.
+    return f'{prefix}.{kind}', _RESNET_NAMES
+  if kind in ('skip_conv', 'skip_norm'):  # NCSN++'s input / output pyramid layers.
+    return f'{prefix}.{kind}', {}
   return f'{prefix}.{kind}rs.0', _RESAMPLE_NAMES
 
 
@@ -108,6 +132,23 @@ def torch_to_flax(array: np.ndarray) -> np.ndarray:
   elif array.ndim == 2:
     array = array.T
   return np.ascontiguousarray(array)
+
+
+def flax_to_torch(array) -> np.ndarray:
+  """torch_to_flax's inverse: conv HWIO -> OIHW, dense (in, out) -> (out, in), vectors as is (float32)."""
+  array = np.asarray(array, np.float32)
+  if array.ndim == 4:
+    array = array.transpose(3, 2, 0, 1)
+  elif array.ndim == 2:
+    array = array.T
+  return np.ascontiguousarray(array)
+
+
+def to_state_dict(params: Mapping, num_levels: int) -> dict[str, np.ndarray]:
+  """The diffusers state dict of our ddpm network's params: convert_state_dict's inverse, by the same
+  names (diffusers_key) and layouts (flax_to_torch), so a round trip gives the params back bit for bit."""
+  return {diffusers_key(path, num_levels): flax_to_torch(leaf)
+          for path, leaf in traverse_util.flatten_dict(params).items()}
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], template: Mapping, num_levels: int) -> dict:
@@ -158,7 +199,7 @@ def expected_diffusers_config(config) -> dict[str, tuple[Any, str]]:
   widths = [m.ch * mult for mult in m.ch_mult]
   sides = nets.level_sides(size, len(widths))
   attention = [side in tuple(m.attn_resolutions) for side in sides]
-  ours = 'our ddpm network'
+  ours = f'our {m.name} network'
   expected = {
       '_class_name': ('UNet2DModel', 'the converter (a diffusers UNet2DModel config.json)'),
       'sample_size': (size, 'config.data.image_size'),
@@ -183,7 +224,36 @@ def expected_diffusers_config(config) -> dict[str, tuple[Any, str]]:
       'resnet_time_scale_shift': ('default', ours), 'class_embed_type': (None, ours),
       'num_class_embeds': (None, ours), 'attn_norm_num_groups': (m.norm_groups, 'config.model.norm_groups'),
   }
+  if m.name == 'ncsnpp':  # Skip blocks: their own resampling; GroupNorm of min(C // 4, 32) groups.
+    skip = f'config.model.attn_resolutions on sides {sides} (ncsnpp)'
+    expected.update(
+        down_block_types=(['AttnSkipDownBlock2D' if a else 'SkipDownBlock2D' for a in attention], skip),
+        up_block_types=(['AttnSkipUpBlock2D' if a else 'SkipUpBlock2D' for a in reversed(attention)], skip),
+        norm_num_groups=(None, ours + ' (min(C // 4, 32) groups)'),
+        attn_norm_num_groups=(None, ours + ' (min(C // 4, 32) groups)'),
+        time_embedding_type=(m.embedding_type, 'config.model.embedding_type'),
+        mid_block_scale_factor=(math.sqrt(2.0) if m.skip_rescale else 1, 'config.model.skip_rescale'))
+    for field in ('downsample_type', 'upsample_type', 'downsample_padding') + (
+        ('flip_sin_to_cos', 'freq_shift') if m.embedding_type == 'fourier' else ()):
+      del expected[field]  # Not read by diffusers' NCSN++.
   return expected
+
+
+def _ncsnpp_problems(config) -> list[str]:
+  """What diffusers' NCSN++ fixes and our ncsnpp config does not match (NCSNPP_FIXED, 3 channels,
+  attention only where diffusers' 32 groups equal ours)."""
+  m = config.model
+  problems = [f'config.model.{field} is {m[field]!r} but diffusers\' NCSN++ (Skip blocks) has {want!r}'
+              for field, want in NCSNPP_FIXED.items()
+              if (tuple(m[field]) if isinstance(want, tuple) else m[field]) != want]
+  if config.data.num_channels != 3 or nets.output_channels(config) != 3:
+    problems.append('diffusers\' NCSN++ skip convolutions take and give 3 channels: config.data.num_channels must '
+                    'be 3 (and config.diffusion.model_var_type not learned_range)')
+  narrow = [w for w in attention_widths(config) if w < NCSNPP_MIN_ATTENTION_WIDTH]
+  if narrow:
+    problems.append(f'attention widths {narrow} are below {NCSNPP_MIN_ATTENTION_WIDTH}, where diffusers\' Skip '
+                    f'blocks normalise in 32 groups and ours in min(C // 4, 32)')
+  return problems
 
 
 def _normalise(field: str, value: Any, diffusers_config: Mapping[str, Any]) -> Any:
@@ -200,18 +270,30 @@ def _normalise(field: str, value: Any, diffusers_config: Mapping[str, Any]) -> A
   return value
 
 
+def attention_widths(config) -> list[int]:
+  """The widths of our ddpm network's attention layers: the levels with attention, and the middle."""
+  m = config.model
+  widths = [m.ch * mult for mult in m.ch_mult]
+  sides = nets.level_sides(config.data.image_size, len(widths))
+  return sorted({w for w, s in zip(widths, sides) if s in tuple(m.attn_resolutions)} | {widths[-1]})
+
+
 def _heads_problem(diffusers_config: Mapping[str, Any], config) -> str | None:
   """diffusers splits attention into width // attention_head_dim heads (None: one head)."""
   head_dim = diffusers_config.get('attention_head_dim', DIFFUSERS_DEFAULTS['attention_head_dim'])
   m = config.model
-  widths = [m.ch * mult for mult in m.ch_mult]
-  sides = nets.level_sides(config.data.image_size, len(widths))
-  attn_widths = sorted({w for w, s in zip(widths, sides) if s in tuple(m.attn_resolutions)} | {widths[-1]})
-  heads = {w: 1 if head_dim is None else w // head_dim for w in attn_widths}
+  heads = {w: 1 if head_dim is None else w // head_dim for w in attention_widths(config)}
   if any(h != m.num_heads for h in heads.values()):
     return (f'attention_head_dim is {head_dim!r}, which gives {heads} heads (width: heads), but '
             f'config.model.num_heads is {m.num_heads}')
   return None
+
+
+def require_convertible(config) -> None:
+  """Converted weights fill the ddpm network (google/ddpm-*) or the ncsnpp one (google/ncsnpp-*)."""
+  if config.model.name not in CONVERTIBLE:
+    raise ConversionError(f'Converted weights are for the ddpm network or the ncsnpp network; config.model.name is '
+                          f'{config.model.name!r}. Use --config=configs/cifar10_ddpm.py (or an ncsnpp config).')
 
 
 def require_ddpm(config) -> None:
@@ -226,8 +308,8 @@ def check_diffusers_config(diffusers_config: Mapping[str, Any], config) -> None:
 
   dropout is not compared: it does not change the network at sampling time.
   """
-  require_ddpm(config)
-  problems = []
+  require_convertible(config)
+  problems = _ncsnpp_problems(config) if config.model.name == 'ncsnpp' else []
   for field, (want, source) in expected_diffusers_config(config).items():
     got = _normalise(field, diffusers_config.get(field, DIFFUSERS_DEFAULTS[field]), diffusers_config)
     numbers = isinstance(want, float) and isinstance(got, (int, float))
@@ -242,6 +324,24 @@ def check_diffusers_config(diffusers_config: Mapping[str, Any], config) -> None:
                     f'embedding, but config.model.time_embed_dim is {config.model.time_embed_dim}')
   if problems:
     raise ConversionError('config.json does not match the config: ' + '; '.join(problems) + '.')
+
+
+def diffusers_config(config) -> dict[str, Any]:
+  """The config.json of the diffusers UNet2DModel that our ddpm network of `config` is (what
+  tools/export_diffusers writes, and check_diffusers_config accepts): expected_diffusers_config's
+  values, the attention head size and dropout. ConversionError naming the reason when there is none,
+  e.g. heads of different sizes (diffusers gives every attention layer one head size)."""
+  require_ddpm(config)
+  fields = {field: want for field, (want, _) in expected_diffusers_config(config).items()}
+  num_heads = config.model.num_heads
+  head_dims = sorted({w // num_heads for w in attention_widths(config)})
+  if num_heads > 1 and len(head_dims) > 1:
+    raise ConversionError(f'config.model.num_heads={num_heads} gives attention heads of sizes {head_dims} '
+                          f'on the widths {attention_widths(config)}, but diffusers splits every attention layer '
+                          f'into heads of one size (attention_head_dim).')
+  fields.update(attention_head_dim=head_dims[0] if num_heads > 1 else None, dropout=config.model.dropout)
+  check_diffusers_config(fields, config)  # The converter reads it back as this network.
+  return fields
 
 
 # ---------------------------------------------------------------------------
@@ -301,9 +401,21 @@ def load_model_dir(model_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def convert(diffusers_config: Mapping[str, Any], state_dict: Mapping[str, Any], config) -> dict:
-  """Checked params of our ddpm network for `config` from a diffusers config and state dict."""
+  """Checked params of our ddpm (or ncsnpp) network for `config` from a diffusers config and state dict."""
   check_diffusers_config(diffusers_config, config)
-  return convert_state_dict(state_dict, param_template(config), len(config.model.ch_mult))
+  params = convert_state_dict(state_dict, param_template(config), len(config.model.ch_mult))
+  if config.model.name == 'ncsnpp' and config.model.embedding_type == 'fourier':
+    params = negate_output_convs(params)
+  return params
+
+
+def negate_output_convs(params: Mapping) -> dict:
+  """Our NCSN++ predicts eps = -sigma * score; diffusers' Fourier UNet2DModel returns score = h / sigma,
+  h the sum of its output convolutions (conv_out and the up path's skip_conv pyramid, linearly
+  upsampled). Negating those convolutions' weights and biases turns h into -h = eps."""
+  flat = traverse_util.flatten_dict(params)
+  is_output = lambda path: path[0] == 'conv_out' or re.fullmatch(r'up_\d+_skip_conv', path[0])
+  return traverse_util.unflatten_dict({path: -value if is_output(path) else value for path, value in flat.items()})
 
 
 def default_step(config) -> int:
@@ -346,22 +458,27 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise SystemExit(f'Unexpected arguments: {" ".join(argv[1:])}')
   flags_ = flags.FLAGS
-  config = flags_.config
-  step = flags_.step if flags_.step > 0 else default_step(config)
-  try:
-    require_ddpm(config)
-    diffusers_config, state_dict = load_model_dir(flags_.model_dir)
-    params = convert(diffusers_config, state_dict, config)
-    path = write_workdir(params, config, flags_.workdir, step)
-  except (ConversionError, UserError) as e:
-    sys.exit(f'error: {one_line(e)}')
-  except OSError as e:  # A full or read-only disk while writing the workdir.
-    sys.exit(f'error: {os_error_line(e, flags_.workdir)}')
-  num_params = sum(x.size for x in jax.tree.leaves(params))
+  step, num_params, path = run(flags_.config, flags_.model_dir, flags_.workdir, flags_.step)
   logging.info('Wrote %d converted params as step %d to %s.', num_params, step, path)
   config_file = config_flags.get_config_filename(flags_['config'])
   print(f'Wrote {num_params:,} params as step {step} to {path}. Sample with:\n'
         f'  python main.py --config={config_file} --workdir={flags_.workdir} --mode=sample')
+
+
+def run(config, model_dir: str, workdir: str, step: int = 0) -> tuple[int, int, str]:
+  """The command on parsed flags: (step, parameter count, checkpoint directory) of the converted
+  weights; every expected failure exits with one line `error: ...` (status 1), the workdir untouched."""
+  step = step if step > 0 else default_step(config)
+  try:
+    require_convertible(config)
+    diffusers_config, state_dict = load_model_dir(model_dir)
+    params = convert(diffusers_config, state_dict, config)
+    path = write_workdir(params, config, workdir, step)
+  except (ConversionError, UserError) as e:
+    sys.exit(f'error: {one_line(e)}')
+  except OSError as e:  # A full or read-only disk while writing the workdir.
+    sys.exit(f'error: {os_error_line(e, workdir)}')
+  return step, sum(x.size for x in jax.tree.leaves(params)), path
 
 
 if __name__ == '__main__':

@@ -1,0 +1,212 @@
+"""The probability-flow ODE of a score SDE (Song et al., 2021), solved adaptively with diffrax.
+
+dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 has the same marginals p_t as the SDE (ddpm_jax/sde.py),
+so integrating it from t = 1 to eps maps prior samples to data (`ode_sample`), from eps to 1 maps
+data to latents (`ode_encode`), and its instantaneous change of variables,
+log p_eps(x(eps)) = log p_1(x(1)) + int_eps^1 div(drift)(x(t), t) dt, gives exact log-likelihoods
+(`ode_likelihood`), in the manner of score_sde's sampling.get_ode_sampler and likelihood.py.
+
+Every function takes `score_fn(x, t) -> score` with t of shape (B,) and composes with jit; solver,
+max_steps, eps, rtol and atol are Python values (static). Called outside jit, each call compiles
+its solve anew: jit the call once (the network's params as an argument) and reuse it. `nfe` is the
+exact number of evaluations of the ODE's right-hand side, each one call of score_fn (under jax.jvp
+or jax.jacfwd for the likelihood), plus one for the final denoising step of `ode_sample`. A solve
+that runs out of max_steps or fails raises RuntimeError with one sentence (under jit, equinox
+raises it, wrapped in jax's runtime error, when the program runs).
+"""
+
+import math
+from typing import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ddpm_jax import sde as sde_lib
+
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+# drift(x, t) -> dx/dt with x of shape (B, ...) and t of shape (B,).
+DriftFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+# Explicit Runge-Kutta pairs with first-same-as-last stages: 7 stages, 6 new evaluations a step.
+SOLVERS = {'dopri5': diffrax.Dopri5, 'tsit5': diffrax.Tsit5}
+_EVALS_PER_STEP = 6
+# The first step's size as a fraction of the interval; the PID controller adapts it from there.
+# Given, it spends no evaluations on choosing it (diffrax 0.7.2 itself takes 0.01 for these solves).
+_FIRST_STEP_FRACTION = 0.01
+# How the divergence of the drift is taken: Hutchinson-Skilling with Gaussian or Rademacher probe
+# noise (one forward-mode product a step), or the exact trace of the Jacobian (D products a step,
+# for small data and tests).
+HUTCHINSON_TYPES = ('gaussian', 'rademacher', 'exact')
+# Bits of the data the likelihood is reported for: 8-bit images, dequantised uniformly.
+DATA_BITS = 8
+
+
+def _solver(name: str) -> diffrax.AbstractRungeKutta:
+  if name not in SOLVERS:
+    raise ValueError(f'Unknown ODE solver {name!r}; valid: {", ".join(SOLVERS)}.')
+  return SOLVERS[name]()
+
+
+def probability_flow_drift(sde: sde_lib.SDE, score_fn: ScoreFn) -> DriftFn:
+  """drift(x, t) of the probability-flow ODE: f(x, t) - g(t)^2 score(x, t) / 2."""
+  return lambda x, t: sde_lib.reverse_drift(sde, score_fn, x, t, probability_flow=True)
+
+
+def _batch_time(t: jax.Array, x: jax.Array) -> jax.Array:
+  return jnp.full((x.shape[0],), t, dtype=x.dtype)
+
+
+def _solve(rhs: Callable, y0, t0: float, t1: float, *, rtol: float, atol: float, solver: str,
+           max_steps: int):
+  """y(t1) of dy/dt = rhs(t, y) (t a scalar, y a pytree) from y(t0) = y0, and the number of
+  evaluations of rhs.
+
+  The solver's first-same-as-last stage at t0 is evaluated here and handed to diffrax as its
+  state, so every step (the first and rejected ones too) costs exactly _EVALS_PER_STEP
+  evaluations: nfe = 1 + _EVALS_PER_STEP * (accepted + rejected steps).
+  """
+  method = _solver(solver)
+  if max_steps < 1:
+    raise ValueError(f'max_steps={max_steps} must be at least 1.')
+  term = diffrax.ODETerm(lambda t, y, args: rhs(t, y))
+
+  def run(y0):
+    first_stage = rhs(jnp.asarray(t0, jnp.float32), y0)
+    solution = diffrax.diffeqsolve(
+        term, method, t0=t0, t1=t1, dt0=_FIRST_STEP_FRACTION * (t1 - t0), y0=y0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps, throw=False, solver_state=(jnp.asarray(False), first_stage))
+    failure = jnp.where(solution.result == diffrax.RESULTS.successful, -1,
+                        jnp.where(solution.result == diffrax.RESULTS.max_steps_reached, 0, 1))
+    nfe = 1 + _EVALS_PER_STEP * solution.stats['num_steps']
+    return jax.tree.map(lambda leaf: leaf[-1], solution.ys), failure, jnp.asarray(nfe, jnp.int32)
+
+  # One compiled program, the first stage included (called eagerly, each operation of the score
+  # function would compile on its own); inside an outer jit it is inlined.
+  y1, failure, nfe = jax.jit(run)(y0)
+  messages = [
+      f'The ODE solve from t={t0:g} to t={t1:g} took more than max_steps={max_steps} steps: raise '
+      f'max_steps or loosen rtol={rtol:g} and atol={atol:g}.',
+      f'The ODE solve from t={t0:g} to t={t1:g} failed ({solver}): the score function may return '
+      f'NaN or Inf.']
+  if isinstance(failure, jax.core.Tracer):  # Under jit: equinox raises it when the program runs.
+    y1 = eqx.branched_error_if(y1, failure >= 0, jnp.maximum(failure, 0), messages)
+  elif int(failure) >= 0:
+    raise RuntimeError(messages[int(failure)])
+  return y1, nfe
+
+
+def _integrate_x(drift: DriftFn, x: jax.Array, t0: float, t1: float, **solve_args):
+  return _solve(lambda t, y: drift(y, _batch_time(t, y)), x, t0, t1, **solve_args)
+
+
+def tweedie_denoise(sde: sde_lib.SDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array) -> jax.Array:
+  """Tweedie's E[x_0 | x_t] = (x_t + std(t)^2 score(x_t, t)) / mean_coeff(t): the noise left at t.
+
+  score_sde's last reverse-diffusion step at eps adds G^2 score with G^2 of the first discrete
+  step, which is std(eps)^2 to first order; this is its exact posterior-mean form.
+  """
+  mean_coeff, std = sde_lib.marginal(sde, t)
+  expand = lambda a: a.reshape(a.shape + (1,) * (x.ndim - 1))
+  return (x + expand(std) ** 2 * score_fn(x, t)) / expand(mean_coeff)
+
+
+def ode_sample(sde: sde_lib.SDE, score_fn: ScoreFn, x_T: jax.Array, *, eps: float,
+               rtol: float = 1e-5, atol: float = 1e-5, solver: str = 'dopri5',
+               denoise: bool = True, max_steps: int = 4096) -> tuple[jax.Array, jax.Array]:
+  """Samples (x_0, nfe): x_T (prior samples, e.g. sde.prior_sample) carried by the probability-flow
+  ODE from t=1 to eps, then (denoise) Tweedie's denoiser at eps, one more score call."""
+  t_end = float(eps)
+  x, nfe = _integrate_x(probability_flow_drift(sde, score_fn), x_T, 1.0, t_end, rtol=rtol,
+                        atol=atol, solver=solver, max_steps=max_steps)
+  if denoise:
+    x = tweedie_denoise(sde, score_fn, x, _batch_time(t_end, x))
+    nfe = nfe + 1
+  return x, nfe
+
+
+def ode_encode(sde: sde_lib.SDE, score_fn: ScoreFn, x: jax.Array, *, eps: float,
+               rtol: float = 1e-5, atol: float = 1e-5, solver: str = 'dopri5',
+               max_steps: int = 4096) -> tuple[jax.Array, jax.Array]:
+  """(latent z, nfe): data x carried by the probability-flow ODE from t=eps to 1 (the inverse of
+  ode_sample without denoising, up to the solver's tolerance)."""
+  return _integrate_x(probability_flow_drift(sde, score_fn), x, float(eps), 1.0, rtol=rtol,
+                      atol=atol, solver=solver, max_steps=max_steps)
+
+
+def hutchinson_divergence(fn: DriftFn, x: jax.Array, t: jax.Array,
+                          noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(fn(x, t), noise . J noise per example): the Hutchinson-Skilling estimate of div fn, unbiased
+  for noise of zero mean and identity covariance; one forward-mode (jvp) pass of fn."""
+  value, jvp = jax.jvp(lambda y: fn(y, t), (x,), (noise,))
+  return value, jnp.sum(jvp * noise, axis=tuple(range(1, x.ndim)))
+
+
+def exact_divergence(fn: DriftFn, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(fn(x, t), trace of d fn / d x per example) by jax.jacfwd of each example: D forward passes,
+  a D x D Jacobian per example in memory; for small data and tests."""
+  def one(x_b, t_b):
+    def f(y):
+      out = fn(y[None], t_b[None])[0]
+      return out, out
+    jacobian, value = jax.jacfwd(f, has_aux=True)(x_b)
+    return value, jnp.trace(jacobian.reshape(x_b.size, x_b.size))
+  return jax.vmap(one)(x, t)
+
+
+def probe_noise(key: jax.Array, shape: tuple[int, ...], hutchinson: str,
+                dtype=jnp.float32) -> jax.Array | None:
+  """The Hutchinson probe of one solve: standard normal or +-1 entries; None for 'exact'."""
+  if hutchinson not in HUTCHINSON_TYPES:
+    raise ValueError(f'Unknown divergence estimator hutchinson={hutchinson!r}; valid: '
+                     f'{", ".join(HUTCHINSON_TYPES)}.')
+  if hutchinson == 'gaussian':
+    return jax.random.normal(key, shape, dtype)
+  if hutchinson == 'rademacher':
+    return jax.random.rademacher(key, shape, dtype)
+  return None
+
+
+def logp_to_bpd(logp: jax.Array, dims: int) -> jax.Array:
+  """Bits/dim of 8-bit data from log-densities (nats) of uniformly dequantised model-space x.
+
+  x = 2 (k + u) / 256 - 1 maps the dequantised pixel v = k + u in [0, 256) onto [-1, 1) with
+  Jacobian 1/128 a dimension, so log2 p(v) = log2 p(x) - 7 D and
+  bpd = -log p(x) / (D ln 2) + 8 - 1: score_sde's offset log2(d inverse_scaler / dx) + 8 = 7.
+  """
+  return -logp / (dims * math.log(2.0)) + DATA_BITS - 1
+
+
+def dequantize(key: jax.Array, images: jax.Array) -> jax.Array:
+  """uint8 images k -> model-space x = 2 (k + u) / 256 - 1 in [-1, 1], u ~ U[0, 1) per entry."""
+  noise = jax.random.uniform(key, images.shape, jnp.float32)
+  return (images.astype(jnp.float32) + noise) * (2.0 / 2 ** DATA_BITS) - 1.0
+
+
+def ode_likelihood(sde: sde_lib.SDE, score_fn: ScoreFn, x: jax.Array, key: jax.Array, *,
+                   eps: float, hutchinson: str = 'rademacher', rtol: float = 1e-5,
+                   atol: float = 1e-5, solver: str = 'dopri5',
+                   max_steps: int = 4096) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(bits/dim per example, latent z, nfe) of model-space x (dequantised 8-bit data in [-1, 1]).
+
+  Solves x and delta(t) = int_eps^t div(drift) together from eps to 1; log p(x) =
+  sde.prior_logp(z) + delta(1), converted by logp_to_bpd (score_sde's convention: +7 bits for
+  8-bit data scaled to [-1, 1]). `key` draws the single Hutchinson probe of the solve.
+  """
+  noise = probe_noise(key, x.shape, hutchinson, x.dtype)
+  drift = probability_flow_drift(sde, score_fn)
+
+  def rhs(t, state):
+    y, _ = state
+    t_b = _batch_time(t, y)
+    if noise is None:
+      return exact_divergence(drift, y, t_b)
+    return hutchinson_divergence(drift, y, t_b, noise)
+
+  state0 = (x, jnp.zeros((x.shape[0],), x.dtype))
+  (z, delta_logp), nfe = _solve(rhs, state0, float(eps), 1.0, rtol=rtol, atol=atol, solver=solver,
+                                max_steps=max_steps)
+  logp = sde_lib.prior_logp(sde, z) + delta_logp
+  return logp_to_bpd(logp, math.prod(x.shape[1:])), z, nfe

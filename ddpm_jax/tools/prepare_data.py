@@ -1,0 +1,144 @@
+"""An image folder of any size -> array_record shards that the streaming pipeline reads by index.
+
+  python -m ddpm_jax.tools.prepare_data --image_folder=DIR --out_dir=OUT --image_size=32 \\
+    [--split=train] [--num_channels=3] [--resize_images] [--skip_bad_images] [--encoding=png]
+
+reads DIR/SPLIT/CLASS/*.png|jpg|jpeg exactly as the memory pipeline does (data.list_image_folder,
+data.decode_image_files: the same label ids, mode conversion, resizing and bad-image handling),
+one image at a time, and writes OUT/SPLIT/: records-NNNNN-of-MMMMM.array_record (one record per
+image, `--records_per_shard` per file), labels.npy and manifest.json (count, shape, encoding,
+class names, label counts, files). The split appears under its final name only when complete.
+Then train with --config.data.dataset=array_record --config.data.data_dir=OUT
+--config.data.pipeline=streaming (or memory: the same batches, held whole).
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ddpm_jax import atomic_io, data
+from ddpm_jax.errors import DataError, UserError, one_line, os_error_line
+
+
+def prepare_split(image_folder: str, out_dir: str, split: str, image_size: int, num_channels: int, *,
+                  resize: bool = False, skip_bad: bool = False, encoding: str = 'png', jpeg_quality: int = 95,
+                  records_per_shard: int = 10_000, classes: Sequence[int] = (), train_split: str = 'train',
+                  overwrite: bool = False) -> dict:
+  """Writes OUT/SPLIT from IMAGE_FOLDER/SPLIT; returns its manifest. DataError (one line) on bad input."""
+  check_settings(image_size, num_channels, encoding, jpeg_quality, records_per_shard)
+  image_folder = os.path.expanduser(image_folder)
+  if not os.path.isdir(image_folder):
+    raise DataError(f'--image_folder {image_folder} is not a folder (layout: {data.FOLDER_LAYOUT}).')
+  check_out_dir(out_dir, split, overwrite)
+  split_dir, class_names, paths, labels, _ = data.list_image_folder(image_folder, split, classes, train_split)
+  images = data.decode_image_files(paths, image_size, num_channels, resize, skip_bad, split_dir)
+  return write_split(out_dir, split, images, labels, class_names, (image_size, image_size, num_channels),
+                     encoding=encoding, jpeg_quality=jpeg_quality, records_per_shard=records_per_shard,
+                     source=os.path.abspath(split_dir), resized=resize)
+
+
+def check_settings(image_size: int, num_channels: int, encoding: str, jpeg_quality: int, records_per_shard: int) -> None:
+  if encoding not in data.RECORD_ENCODINGS:
+    raise DataError(f'--encoding={encoding!r} is not one of {", ".join(data.RECORD_ENCODINGS)}.')
+  if image_size < 1 or num_channels not in (1, 3) or records_per_shard < 1 or not 1 <= jpeg_quality <= 100:
+    raise DataError(f'--image_size ({image_size}) and --records_per_shard ({records_per_shard}) must be positive, '
+                    f'--num_channels ({num_channels}) 1 or 3, --jpeg_quality ({jpeg_quality}) in [1, 100].')
+
+
+def check_out_dir(out_dir: str, split: str, overwrite: bool) -> None:
+  final = os.path.join(os.path.expanduser(out_dir), split)
+  if os.path.exists(final) and not overwrite:
+    raise DataError(f'{final} exists: give another --out_dir, or --overwrite to replace it.')
+
+
+def write_split(out_dir: str, split: str, images: Iterable[np.ndarray | None], labels: Sequence[int],
+                class_names: Sequence[str], shape: Sequence[int], *, encoding: str = 'png', jpeg_quality: int = 95,
+                records_per_shard: int = 10_000, source: str = '', resized: bool = False) -> dict:
+  """Writes OUT/SPLIT from (H, W, C) uint8 images (None: an image skipped) and their labels, one at a
+  time; the folder appears under its final name only when complete. Returns the manifest."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  out_dir = os.path.expanduser(out_dir)
+  final = os.path.join(out_dir, split)
+  num_shards = max(1, math.ceil(len(labels) / records_per_shard))
+  tmp = f'{final}.tmp-{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    kept_labels, files, writer = [], [], None
+    for i, (image, label) in enumerate(zip(images, labels)):
+      if i % records_per_shard == 0:
+        if writer is not None:
+          writer.close()
+        name = data.record_file_name(len(files), num_shards)
+        writer = array_record_module.ArrayRecordWriter(os.path.join(tmp, name), data.RECORD_WRITER_OPTIONS)
+        files.append({'name': name, 'count': 0})
+      if image is None:  # Unreadable and skipped (skip_bad).
+        continue
+      writer.write(data.encode_record(image, encoding, jpeg_quality))
+      files[-1]['count'] += 1
+      kept_labels.append(label)
+    if writer is not None:
+      writer.close()
+    if not kept_labels:
+      raise DataError(f'No image of {source or split} could be read ({len(labels)} skipped as unreadable).')
+    label_array = np.asarray(kept_labels, np.int32)
+    manifest = {
+        'format': data.MANIFEST_FORMAT, 'version': data.MANIFEST_VERSION, 'split': split,
+        'count': len(label_array), 'shape': [int(n) for n in shape], 'encoding': encoding,
+        'class_names': list(class_names),
+        'label_counts': np.bincount(label_array, minlength=len(class_names)).tolist(),
+        'files': files, 'source': source, 'skipped': len(labels) - len(label_array), 'resized': resized}
+    atomic_io.save_npy(os.path.join(tmp, data.LABELS_FILE), label_array)
+    atomic_io.write_json(os.path.join(tmp, data.MANIFEST_FILE), manifest)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if os.path.exists(final):
+    shutil.rmtree(final)
+  os.rename(tmp, final)
+  atomic_io.sync_directory(out_dir)
+  return manifest
+
+
+def main(argv) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  try:
+    manifest = prepare_split(f.image_folder, f.out_dir, f.split, f.image_size, f.num_channels,
+                             resize=f.resize_images, skip_bad=f.skip_bad_images, encoding=f.encoding,
+                             jpeg_quality=f.jpeg_quality, records_per_shard=f.records_per_shard,
+                             train_split=f.train_split, overwrite=f.overwrite)
+  except UserError as e:
+    sys.exit(f'error: {one_line(e)}')
+  except OSError as e:
+    sys.exit(f'error: {os_error_line(e)}')
+  print(json.dumps({k: manifest[k] for k in ('split', 'count', 'shape', 'encoding', 'skipped')}
+                   | {'classes': len(manifest['class_names']), 'files': len(manifest['files']),
+                      'out_dir': os.path.join(os.path.expanduser(f.out_dir), f.split)}))
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('image_folder', None, f'The image folder: {data.FOLDER_LAYOUT}.')
+  flags.DEFINE_string('out_dir', None, 'Folder to write OUT_DIR/SPLIT/ into; train with '
+                      '--config.data.dataset=array_record --config.data.data_dir=OUT_DIR.')
+  flags.DEFINE_string('split', 'train', 'The split (a subfolder of --image_folder) to convert.')
+  flags.DEFINE_string('train_split', 'train', 'The split whose class folders give the label ids.')
+  flags.DEFINE_integer('image_size', None, 'Side of the square images written.')
+  flags.DEFINE_integer('num_channels', 3, '1 (greyscale) or 3 (RGB).')
+  flags.DEFINE_bool('resize_images', False, 'Centre-crop and resize images of another size (else an error).')
+  flags.DEFINE_bool('skip_bad_images', False, 'Skip files Pillow cannot read (else an error naming the file).')
+  flags.DEFINE_enum('encoding', 'png', list(data.RECORD_ENCODINGS), 'png: lossless; jpeg: smaller, lossy; '
+                    'raw: uint8 pixels, no decoding, largest.')
+  flags.DEFINE_integer('jpeg_quality', 95, '--encoding=jpeg: quality in [1, 100].')
+  flags.DEFINE_integer('records_per_shard', 10_000, 'Images per array_record file.')
+  flags.DEFINE_bool('overwrite', False, 'Replace OUT_DIR/SPLIT when it exists.')
+  flags.mark_flags_as_required(['image_folder', 'out_dir', 'image_size'])
+  app.run(main)
