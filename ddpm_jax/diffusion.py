@@ -154,14 +154,14 @@ def schedule_from_config(diffusion_config) -> Schedule:
                                 diffusion_config.beta_end))
 
 
-def _expand(x: jax.Array, ndim: int) -> jax.Array:
+def expand(x: jax.Array, ndim: int) -> jax.Array:
   """Appends unit axes to a per-example array to broadcast against a batch of rank ndim."""
   return x.reshape(x.shape + (1,) * (ndim - x.ndim))
 
 
 def _at(values: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
   """values[t] shaped (batch, 1, ..., 1)."""
-  return _expand(values[t], ndim)
+  return expand(values[t], ndim)
 
 
 def q_mean_variance(schedule: Schedule, x0: jax.Array, t: jax.Array):
@@ -302,7 +302,7 @@ def p_sample(schedule: Schedule, model_fn: ModelFn, x_t: jax.Array, t: jax.Array
   """
   mean, _, log_variance, pred_x0 = p_mean_variance(
       schedule, model_fn, x_t, t, model_var_type, clip_denoised, model_mean_type)
-  nonzero = _expand((t > 0).astype(x_t.dtype), x_t.ndim)
+  nonzero = expand((t > 0).astype(x_t.dtype), x_t.ndim)
   return mean + nonzero * jnp.exp(0.5 * log_variance) * noise, pred_x0
 
 
@@ -328,7 +328,7 @@ def ddim_step(schedule: Schedule, model_fn: ModelFn, x_t: jax.Array, t: jax.Arra
     if clipped_eps:
       eps = predict_eps_from_x0(schedule, x_t, t, pred_x0)
   abar_t = _at(schedule.alphas_cumprod, t, x_t.ndim)
-  abar_prev = _expand(jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0),
+  abar_prev = expand(jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0),
                       x_t.ndim)
   sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
   direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma ** 2, 0.0)) * eps

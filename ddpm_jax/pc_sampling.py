@@ -18,14 +18,11 @@ from typing import Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax import diffusion
 from ddpm_jax import sde as sde_lib
 
 PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral', 'none')
 CORRECTORS = ('none', 'langevin', 'annealed_langevin')
-
-
-def _expand(v: jax.Array, ndim: int) -> jax.Array:
-  return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
 def check_names(sde: sde_lib.SDE, predictor: str, corrector: str, probability_flow: bool = False) -> None:
@@ -63,27 +60,27 @@ def predictor_step(sde: sde_lib.SDE, score_fn: sde_lib.ScoreFn, x: jax.Array, t:
     dt = -1.0 / num_steps
     x_mean = x + sde_lib.reverse_drift(sde, score_fn, x, t, probability_flow) * dt
     g = sde_lib.reverse_diffusion(sde, t, probability_flow)
-    return x_mean + _expand(g, ndim) * math.sqrt(-dt) * noise, x_mean
+    return x_mean + diffusion.expand(g, ndim) * math.sqrt(-dt) * noise, x_mean
   if predictor == 'reverse_diffusion':
     f, g = sde_lib.discretize(sde, x, t, num_steps)
-    g2 = _expand(g ** 2, ndim)
+    g2 = diffusion.expand(g ** 2, ndim)
     if probability_flow:
       x_mean = x - (f - 0.5 * g2 * score_fn(x, t))
       return x_mean, x_mean
     x_mean = x - (f - g2 * score_fn(x, t))
-    return x_mean + _expand(g, ndim) * noise, x_mean
+    return x_mean + diffusion.expand(g, ndim) * noise, x_mean
   if predictor == 'ancestral':
     i = sde_lib.step_index(t, num_steps)
     if sde.kind == 've':
       s2 = sde_lib.discrete_sigmas(sde, i, num_steps) ** 2
       adjacent2 = jnp.where(i > 0, sde_lib.discrete_sigmas(sde, jnp.maximum(i - 1, 0), num_steps) ** 2, 0.0)
-      x_mean = x + _expand(s2 - adjacent2, ndim) * score_fn(x, t)
+      x_mean = x + diffusion.expand(s2 - adjacent2, ndim) * score_fn(x, t)
       std = jnp.sqrt(adjacent2 * (s2 - adjacent2) / s2)
     else:
       b = sde_lib.discrete_betas(sde, i, num_steps)
-      x_mean = (x + _expand(b, ndim) * score_fn(x, t)) / _expand(jnp.sqrt(1.0 - b), ndim)
+      x_mean = (x + diffusion.expand(b, ndim) * score_fn(x, t)) / diffusion.expand(jnp.sqrt(1.0 - b), ndim)
       std = jnp.sqrt(b)
-    return x_mean + _expand(std, ndim) * noise, x_mean
+    return x_mean + diffusion.expand(std, ndim) * noise, x_mean
   raise ValueError(f'Unknown predictor {predictor!r}; valid: {", ".join(PREDICTORS)}.')
 
 
@@ -114,8 +111,8 @@ def corrector_step(sde: sde_lib.SDE, score_fn: sde_lib.ScoreFn, x: jax.Array, t:
     step = 2.0 * alpha * (snr * sde_lib.marginal(sde, t)[1]) ** 2
   else:
     raise ValueError(f'Unknown corrector {corrector!r}; valid: {", ".join(CORRECTORS)}.')
-  x_mean = x + _expand(step, x.ndim) * grad
-  return x_mean + _expand(jnp.sqrt(2.0 * step), x.ndim) * noise, x_mean
+  x_mean = x + diffusion.expand(step, x.ndim) * grad
+  return x_mean + diffusion.expand(jnp.sqrt(2.0 * step), x.ndim) * noise, x_mean
 
 
 def function_evaluations(predictor: str, corrector: str, n_steps_each: int, num_steps: int) -> int:

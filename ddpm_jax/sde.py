@@ -100,11 +100,6 @@ def from_schedule(schedule: diffusion.Schedule) -> SDE:
   return _make('vp', n, beta_min=betas[0] * n, beta_max=betas[-1] * n, log_alphas_cumprod=log_abar)
 
 
-def _expand(v: jax.Array, ndim: int) -> jax.Array:
-  """A per-example (B,) array shaped (B, 1, ..., 1) to broadcast against a batch of rank ndim."""
-  return v.reshape(v.shape + (1,) * (ndim - v.ndim))
-
-
 def _table_index(sde: SDE, t: jax.Array) -> jax.Array:
   """Position of t on the chain's index axis: t (L - 1), L the table length."""
   return t * (sde.log_alphas_cumprod.shape[0] - 1)
@@ -140,7 +135,7 @@ def coefficients(sde: SDE, x: jax.Array, t: jax.Array):
     g = sigma(sde, t) * jnp.sqrt(2.0 * (jnp.log(sde.sigma_max) - jnp.log(sde.sigma_min)))
     return jnp.zeros_like(x), g
   b = beta(sde, t)
-  drift = -0.5 * _expand(b, x.ndim) * x
+  drift = -0.5 * diffusion.expand(b, x.ndim) * x
   if sde.kind == 'vp':
     return drift, jnp.sqrt(b)
   return drift, jnp.sqrt(b * -jnp.expm1(2.0 * log_alpha_bar(sde, t)))
@@ -181,7 +176,7 @@ def reverse_drift(sde: SDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array,
   """Drift of the reverse-time SDE, f - g^2 score, or of the probability-flow ODE, f - g^2 score / 2."""
   drift, g = coefficients(sde, x, t)
   scale = 0.5 if probability_flow else 1.0
-  return drift - scale * _expand(g ** 2, x.ndim) * score_fn(x, t)
+  return drift - scale * diffusion.expand(g ** 2, x.ndim) * score_fn(x, t)
 
 
 def reverse_diffusion(sde: SDE, t: jax.Array, probability_flow: bool = False) -> jax.Array:
@@ -242,7 +237,7 @@ def discretize(sde: SDE, x: jax.Array, t: jax.Array, num_steps: Optional[int] = 
   i = step_index(t, n)
   if sde.kind == 'vp':
     b = discrete_betas(sde, i, n)
-    return (_expand(jnp.sqrt(1.0 - b), x.ndim) - 1.0) * x, jnp.sqrt(b)
+    return (diffusion.expand(jnp.sqrt(1.0 - b), x.ndim) - 1.0) * x, jnp.sqrt(b)
   s = discrete_sigmas(sde, i, n)
   adjacent = jnp.where(i > 0, discrete_sigmas(sde, jnp.maximum(i - 1, 0), n), 0.0)
   return jnp.zeros_like(x), jnp.sqrt(s ** 2 - adjacent ** 2)
@@ -284,7 +279,7 @@ def score_fn_from_model(sde: SDE, model_fn: ModelFn, continuous: bool = True) ->
       std = marginal(sde, t)[1]
     else:
       std = discrete_std(sde, t)
-    return -eps / _expand(std, x.ndim).astype(eps.dtype)
+    return -eps / diffusion.expand(std, x.ndim).astype(eps.dtype)
 
   return score_fn
 
@@ -324,6 +319,13 @@ def likelihood_weight(sde: SDE, t: jax.Array) -> jax.Array:
   return g ** 2 / marginal(sde, t)[1] ** 2
 
 
+def perturb(sde: SDE, x0: jax.Array, t: jax.Array, noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(x_t = mean_coeff(t) x0 + std(t) noise, the network's time input at t): what training feeds the
+  network."""
+  mean_coeff, std = marginal(sde, t)
+  return diffusion.expand(mean_coeff, x0.ndim) * x0 + diffusion.expand(std, x0.ndim) * noise, model_time(sde, t)
+
+
 def continuous_loss(sde: SDE, model_fn: ModelFn, x0: jax.Array, t: jax.Array, noise: jax.Array,
                     likelihood_weighting: bool = False) -> jax.Array:
   """Per-example denoising score matching loss at times t (B,) with standard normal noise.
@@ -334,9 +336,8 @@ def continuous_loss(sde: SDE, model_fn: ModelFn, x0: jax.Array, t: jax.Array, no
   ||score + noise / std||^2 g^2 of Song et al. 2021 (maximum likelihood training), whose
   integral over t bounds the negative log-likelihood.
   """
-  mean_coeff, std = marginal(sde, t)
-  x_t = _expand(mean_coeff, x0.ndim) * x0 + _expand(std, x0.ndim) * noise
-  eps = model_fn(x_t, model_time(sde, t))
+  x_t, time_input = perturb(sde, x0, t, noise)
+  eps = model_fn(x_t, time_input)
   losses = diffusion.mean_flat((eps - noise) ** 2)
   if likelihood_weighting:
     losses = losses * likelihood_weight(sde, t)

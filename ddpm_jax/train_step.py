@@ -53,10 +53,7 @@ def noised(config: ml_collections.ConfigDict, schedule: diffusion.Schedule, x0: 
   """(x_t, the network's time input) at timesteps (ddpm) or times (continuous processes) t."""
   if not sde_lib.is_continuous(config.diffusion):
     return diffusion.q_sample(schedule, x0, t, noise), t
-  sde = sde_lib.from_config(config.diffusion)
-  mean_coeff, std = sde_lib.marginal(sde, t)
-  expand = lambda v: v.reshape(v.shape + (1,) * (x0.ndim - 1))
-  return expand(mean_coeff) * x0 + expand(std) * noise, sde_lib.model_time(sde, t)
+  return sde_lib.perturb(sde_lib.from_config(config.diffusion), x0, t, noise)
 
 
 def training_inputs(images: jax.Array, key: jax.Array, random_flip: bool, draw_timesteps: TimestepDraw):
