@@ -66,6 +66,7 @@ MODELS = {'unet_simple': 'mnist_simple', 'unet_conv': 'cifar10_conv', 'unet_resn
 # Measured unless --models says otherwise: ddpm_256 (the 113.7M-parameter LSUN/CelebA-HQ UNet at
 # 256x256) only on request, e.g. --models=ddpm_256 --batch=1 --steps=1 --skip_sampling --skip_torch.
 DEFAULT_MODELS = ['unet_simple', 'unet_conv', 'unet_resnet', 'ddpm']
+REMAT = ('off', 'on')
 DTYPES = ('float32', 'bfloat16')
 
 # Dense (no sparsity) peak FLOP/s by device kind (a substring of jax's device_kind) and dtype.
@@ -92,6 +93,8 @@ flags.DEFINE_integer('sample_steps', -1, 'Reverse steps timed per sampler: -1 = 
 flags.DEFINE_integer('sample_batch', 0, 'Images per sampling batch; 0 = --batch.')
 flags.DEFINE_integer('ddim_steps', 50, 'Steps of the full DDIM chain.')
 flags.DEFINE_list('dtype', ['float32'], f'Compute dtypes, any of {", ".join(DTYPES)} (bfloat16: mixed precision).')
+flags.DEFINE_list('remat', ['off'], 'Rematerialisation settings to measure (config.model.remat), any of '
+                  f'{", ".join(REMAT)}; JAX networks only.')
 flags.DEFINE_bool('skip_torch', False, 'Skip the PyTorch references (torch is then never imported).')
 flags.DEFINE_bool('skip_sampling', False, 'Skip the samplers.')
 flags.DEFINE_list('torch_threads', ['0'], 'PyTorch intra-op thread counts to measure the references with '
@@ -297,8 +300,11 @@ def memory_fields(device) -> dict:
 
 
 def measure_jax(name: str, dtype_name: str, batch: int, steps: int, sample_steps: int, sample_batch: int,
-                ddim_steps: int, skip_sampling: bool) -> dict:
-  """Train, forward and sampling speed, FLOPs, MFU and peak memory of one network in one dtype."""
+                ddim_steps: int, skip_sampling: bool, remat: bool = False) -> dict:
+  """Train, forward and sampling speed, FLOPs, MFU and peak memory of one network in one dtype,
+  its blocks rematerialised in the backward pass when `remat`."""
+  config = load_config(MODELS[name])  # First: without ml_collections, it puts the stand-in in place.
+  config.model.remat = remat
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
@@ -306,7 +312,6 @@ def measure_jax(name: str, dtype_name: str, batch: int, steps: int, sample_steps
   from ddpm_jax.nets import precision  # pylint: disable=g-import-not-at-top
   from ddpm_jax.train_state import create_train_state, make_optimizer  # pylint: disable=g-import-not-at-top
 
-  config = load_config(MODELS[name])
   batch = batch or config.training.batch_size
   sample_batch = sample_batch or batch
   mesh = Mesh(np.asarray(jax.devices()), ('data',))
@@ -331,7 +336,7 @@ def measure_jax(name: str, dtype_name: str, batch: int, steps: int, sample_steps
   result = {'model': name, 'config': MODELS[name], 'framework': f'jax {jax.__version__}',
             'device': device.device_kind, 'platform': device.platform, 'devices': mesh.size, 'dtype': dtype_name,
             'params': int(sum(np.size(p) for p in jax.tree.leaves(variables['params']))),
-            'image': f'{size}x{size}x{channels}', 'batch': batch}
+            'image': f'{size}x{size}x{channels}', 'batch': batch, 'remat': remat}
 
   def compile_timed(fn, *args, **jit_kwargs):
     lowered = jax.jit(fn, **jit_kwargs).lower(*args)
@@ -459,7 +464,13 @@ def run_worker(spec: str) -> dict:
     return measure_torch(name, FLAGS.batch, FLAGS.steps, FLAGS.sample_steps, FLAGS.sample_batch, FLAGS.ddim_steps,
                          int(spec.split(':')[3]), FLAGS.skip_sampling)
   return measure_jax(name, dtype_name, FLAGS.batch, FLAGS.steps, FLAGS.sample_steps, FLAGS.sample_batch,
-                     FLAGS.ddim_steps, FLAGS.skip_sampling)
+                     FLAGS.ddim_steps, FLAGS.skip_sampling, remat=worker_remat(spec))
+
+
+def worker_remat(spec: str) -> bool:
+  """Whether a measurement spec (jax:MODEL:DTYPE:REMAT) asks for remat."""
+  parts = spec.split(':')
+  return parts[0] == 'jax' and len(parts) > 3 and parts[3] == 'on'
 
 
 def run_isolated(spec: str) -> dict:
@@ -470,7 +481,7 @@ def run_isolated(spec: str) -> dict:
   lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
   if proc.returncode or not lines:
     framework, name, dtype_name = spec.split(':')[:3]
-    return {'model': name, 'framework': framework, 'dtype': dtype_name,
+    return {'model': name, 'framework': framework, 'dtype': dtype_name, 'remat': worker_remat(spec),
             'error': f'the measurement process exited with {proc.returncode} (its stderr is above)'}
   return json.loads(lines[-1])
 
@@ -487,12 +498,15 @@ def ratio_line(ours: dict, theirs: dict) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  unknown = [m for m in FLAGS.models if m not in MODELS] + [d for d in FLAGS.dtype if d not in DTYPES]
+  unknown = ([m for m in FLAGS.models if m not in MODELS] + [d for d in FLAGS.dtype if d not in DTYPES]
+             + [r for r in FLAGS.remat if r not in REMAT])
   if unknown:
-    raise app.UsageError(f'Unknown --models/--dtype {unknown}; valid: {", ".join(MODELS)}; {", ".join(DTYPES)}.')
+    raise app.UsageError(f'Unknown --models/--dtype/--remat {unknown}; valid: {", ".join(MODELS)}; '
+                         f'{", ".join(DTYPES)}; {", ".join(REMAT)}.')
   if 'ddpm_256' in FLAGS.models and not FLAGS.skip_torch:
     raise app.UsageError('--models=ddpm_256 has no PyTorch reference here: add --skip_torch.')
-  xla_flags.configure_cpu(FLAGS.cpu_devices, FLAGS.eigen_cpu_convolutions)  # As main.py does.
+  # As main.py does (the barriers flag changes nothing where no network is rematerialised).
+  xla_flags.configure_cpu(FLAGS.cpu_devices, FLAGS.eigen_cpu_convolutions, keep_remat_barriers='on' in FLAGS.remat)
   if FLAGS.worker:
     print(json.dumps(run_worker(FLAGS.worker)), flush=True)
     return
@@ -500,8 +514,9 @@ def main(argv):
   results = []
   for name in FLAGS.models:
     for dtype_name in FLAGS.dtype:
-      results.append(run(f'jax:{name}:{dtype_name}'))
-      print(json.dumps(results[-1]), flush=True)
+      for remat in FLAGS.remat:
+        results.append(run(f'jax:{name}:{dtype_name}:{remat}'))
+        print(json.dumps(results[-1]), flush=True)
   if not FLAGS.skip_torch:
     for name in FLAGS.models:
       for threads in FLAGS.torch_threads:
@@ -512,7 +527,7 @@ def main(argv):
         for ours in ours_lines:
           if 'error' not in ours and 'error' not in theirs:
             print(json.dumps(ratio_line(ours, theirs)), flush=True)
-  keys = ('model', 'framework', 'threads', 'dtype', 'batch', 'train_img_per_s', 'sample_ancestral_img_per_s',
+  keys = ('model', 'framework', 'threads', 'dtype', 'remat', 'batch', 'train_img_per_s', 'sample_ancestral_img_per_s',
           'sample_ddim_img_per_s', 'train_flops_per_image', 'mfu', 'mfu_tf32', 'peak_device_mib', 'peak_host_rss_mib',
           'error')
   print(json.dumps({'summary': [{k: r[k] for k in keys if k in r} for r in results]}), flush=True)

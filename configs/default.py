@@ -149,7 +149,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Rematerialisation: recompute each block's activations (nn.remat) in the backward pass instead of
   # keeping them from the forward pass: lower peak memory for about one more forward pass of compute
   # (benchmarks/README.md); the same parameters, outputs and gradients, so a run may switch it on resume.
-  # XLA:CPU undoes it (CSE) unless XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander.
+  # XLA:CPU would undo it (CSE): with remat on, main.py keeps its barriers (ddpm_jax/xla_flags.py).
   model.remat = False
   # NCSN++ / DDPM++ (ncsnpp, ddpmpp; ddpm_jax/nets/ncsnpp.py), defaults as score_sde's CIFAR-10 NCSN++
   # cont. (VE), which also reads ch, ch_mult, num_res_blocks, attn_resolutions, num_heads, dropout,
@@ -343,12 +343,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sampling = sampling = ml_collections.ConfigDict()
   # Sampler: ancestral (the DDPM reverse process, T steps; process ddpm) | ddim (DDIM, ddim_steps
-  # steps; process ddpm) | dpm_solver_pp_2m | unipc | euler | heun (ddpm_jax/solvers.py: num_steps
-  # steps; heun calls the network about twice per step) | pc (predictor-corrector,
+  # steps; process ddpm) | dpm_solver_pp_2m | sde_dpm_solver_pp_2m | unipc | euler | heun
+  # (ddpm_jax/solvers.py: num_steps steps; heun calls the network about twice per step;
+  # sde_dpm_solver_pp_2m solves the reverse SDE, with noise) | pc (predictor-corrector,
   # ddpm_jax/pc_sampling.py) | ode (the probability-flow ODE with an adaptive diffrax solver,
   # ddpm_jax/ode.py).
   sampling.sampler = 'ancestral'
-  # dpm_solver_pp_2m, unipc, euler, heun: number of steps.
+  # dpm_solver_pp_2m, sde_dpm_solver_pp_2m, unipc, euler, heun: number of steps.
   # Range: [1, inf) integer (process ddpm: at most num_timesteps); changed only with those samplers.
   sampling.num_steps = 20
   # Their times: auto (ddpm: linspace; continuous: logsnr) | linspace | leading | trailing (diffusers'

@@ -165,7 +165,7 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str, force_workdi
 
 def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str, force_workdir_config: bool) -> None:
   """run() for a parsed config, with SIGTERM raising Terminated."""
-  xla_flags.configure_cpu(config.cpu_devices, config.eigen_cpu_convolutions)
+  xla_flags.configure_cpu(config.cpu_devices, config.eigen_cpu_convolutions, keep_remat_barriers=config.model.remat)
   enable_compilation_cache(config.compilation_cache_dir)
   try:
     from ddpm_jax import configuration  # pylint: disable=g-import-not-at-top  # After the XLA flags.

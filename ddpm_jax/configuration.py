@@ -177,6 +177,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _one_of(d.model_mean_type, diffusion.MODEL_MEAN_TYPES, 'config.diffusion.model_mean_type')
   _one_of(d.model_var_type, diffusion.MODEL_VAR_TYPES, 'config.diffusion.model_var_type')
   _one_of(d.loss, diffusion.LOSS_NAMES, 'config.diffusion.loss')
+  _check_process(config)  # Before the losses: a continuous process allows only loss=simple, so its advice comes first.
   _check_loss(config)
   _require(d.beta_start <= d.beta_end,
            f'config.diffusion.beta_start={d.beta_start} exceeds beta_end={d.beta_end}: it must be '
@@ -189,7 +190,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(d.loss != 'mmd', 'config.training.timestep_sampler=importance reweights per-example losses, '
              'but the MMD of loss=mmd is a batch statistic: use timestep_sampler=uniform with loss=mmd.')
   _one_of(config.optim.optimizer, train_state.OPTIMIZERS, 'config.optim.optimizer')
-  _check_process(config)
   s = config.sampling
   _one_of(s.ddim_spacing, sampling.DDIM_SPACINGS, 'config.sampling.ddim_spacing')
   for name, steps in [(s.sampler, None)] + sweep_entries(config.eval.sampler_sweep):

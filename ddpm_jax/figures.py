@@ -26,7 +26,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from ddpm_jax import checkpoints, configuration, data, generate, layout, parallel, sampling, viz
+from ddpm_jax import checkpoints, configuration, data, generate, layout, parallel, sampling, streaming, viz
 from ddpm_jax.errors import ConfigError
 from ddpm_jax.train_state import components, root_keys
 
@@ -124,8 +124,8 @@ def reverse_process(config: ml_collections.ConfigDict, workdir: str, num_images:
                         labels)
   reverse = data.to_uint8(frames)
 
-  dataset = data.load_dataset(config.data, config.data.train_split)
-  real = data.get_batch(dataset, num_images, 0, config.seed).images
+  with streaming.open_batches(config.data, config.data.train_split, num_images, config.seed) as pipeline:
+    real = pipeline.batch(0).images  # The first training batch, read by either pipeline.
   forward = data.to_uint8(viz.forward_frames(data.to_model_range(real), timesteps, schedule, forward_key))
 
   reverse_png, reverse_gif, forward_png = paths = figure_paths(workdir, step)

@@ -123,7 +123,7 @@ def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.Con
     eps_fn = eps_fn_for(model_fn, d.model_var_type)
     x_T = x_T * sde_lib.prior_std(sde)
     if levels is not None:
-      x_0, nfe = solvers.SOLVERS[s.sampler].fn(levels, eps_fn, x_T, clip_denoised=d.clip_denoised)
+      x_0, nfe = solvers.solve(s.sampler, levels, eps_fn, x_T, key, clip_denoised=d.clip_denoised)
     else:
       score_fn = sde_lib.score_fn_from_model(sde, eps_fn, continuous=sde_lib.is_continuous(d))
       if s.sampler == 'pc':

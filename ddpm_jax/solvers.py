@@ -1,9 +1,12 @@
-"""Fast ODE samplers for an eps-prediction network, each one compiled loop (`lax.fori_loop`).
+"""Fast samplers for an eps-prediction network, each one compiled loop (`lax.fori_loop`).
 
 DPM-Solver++ 2M (Lu et al., 2022), UniPC bh2 of order 2 (Zhao et al., 2023), Euler and Heun
 (Karras et al., 2022) integrate the probability-flow ODE over a grid of noise levels, step for
 step as diffusers' DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler
 and HeunDiscreteScheduler do (tests/test_solvers.py checks every network input against them).
+SDE-DPM-Solver++ 2M integrates the reverse SDE instead, with fresh noise at every step, as
+DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++') does: the stochastic sampler of an
+ancestral chain, in as few steps as the ODE solvers.
 
 One representation serves discrete and continuous-time models: `NoiseLevels`, the grid of
 (alpha_i, sigma_i, model_time_i) with x_i = alpha_i x_0 + sigma_i noise. `levels_from_schedule`
@@ -190,13 +193,23 @@ class _MultistepCoefs(NamedTuple):
   pdm: np.ndarray
 
 
+def step_noise(key: jax.Array, step: int, like: jax.Array) -> jax.Array:
+  """The standard normal noise a stochastic solver adds at `step`: drawn with fold_in(key, step)."""
+  return jax.random.normal(jax.random.fold_in(key, step), like.shape, like.dtype)
+
+
 def _multistep_loop(levels: NoiseLevels, coefs: _MultistepCoefs, eps_fn: EpsFn, x_T: jax.Array,
-                    clip_denoised: bool) -> jax.Array:
-  """One network call per level 0..N-1; the carry holds x_i, the corrected x_{i-1}, m_{i-1}, m_{i-2}."""
+                    clip_denoised: bool, noise_scale: np.ndarray | None = None,
+                    key: jax.Array | None = None) -> jax.Array:
+  """One network call per level 0..N-1; the carry holds x_i, the corrected x_{i-1}, m_{i-1}, m_{i-2}.
+
+  With noise_scale (N,), step i adds noise_scale[i] * step_noise(key, i) to x_{i+1}.
+  """
   dtype = x_T.dtype
   alpha, sigma = jnp.asarray(levels.alpha, dtype), jnp.asarray(levels.sigma, dtype)
   model_time = jnp.asarray(levels.model_time, jnp.float32)  # Not x's dtype: bfloat16 rounds 999 to 1000.
   c = _MultistepCoefs(*(jnp.asarray(a, dtype) for a in coefs))
+  scale = None if noise_scale is None else jnp.asarray(noise_scale, dtype)
 
   def body(i, carry):
     x, x_last, m1, m2 = carry
@@ -204,6 +217,8 @@ def _multistep_loop(levels: NoiseLevels, coefs: _MultistepCoefs, eps_fn: EpsFn, 
     m = _data_prediction(x, eps, alpha[i], sigma[i], clip_denoised)
     x = c.keep[i] * x + c.x[i] * x_last + c.m1[i] * m1 + c.dm[i] * (m - m1) + c.dm2[i] * (m1 - m2)
     x_next = c.px[i] * x + c.pm[i] * m + c.pdm[i] * (m - m1)
+    if scale is not None:
+      x_next = x_next + scale[i] * step_noise(key, i, x)
     return x_next.astype(dtype), x, m, m1
 
   zeros = jnp.zeros_like(x_T)
@@ -251,6 +266,36 @@ def dpm_solver_pp_2m(levels: NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, lower_o
   zero = np.zeros(n)
   coefs = _MultistepCoefs(np.ones(n), zero, zero, zero, zero, *_predictor_coefs(levels, lam, second))
   return _multistep_loop(levels, coefs, eps_fn, x_T, clip_denoised), n
+
+
+def sde_dpm_solver_pp_2m(levels: NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, key: jax.Array,
+                         lower_order_final: bool = True, clip_denoised: bool = False) -> tuple[jax.Array, int]:
+  """SDE-DPM-Solver++ 2M (Lu et al., 2022, section 5): the reverse SDE in num_steps calls.
+
+  The exact solution of the reverse SDE's linear part over each step, with the data prediction
+  extrapolated as in dpm_solver_pp_2m (midpoint): x_{i+1} = sigma_{i+1}/sigma_i e^{-h} x_i +
+  alpha_{i+1} (1 - e^{-2h}) (m_i + (m_i - m_{i-1}) / (2 r)) + sigma_{i+1} sqrt(1 - e^{-2h}) z_i,
+  h = lambda_{i+1} - lambda_i, z_i = step_noise(key, i, x). Step orders as dpm_solver_pp_2m's. As
+  diffusers' DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', solver_order=2) given
+  variance_noise z_i. Returns (x_0, nfe).
+  """
+  levels = _checked(levels)
+  n, lam = levels.num_steps, _log_snr(levels)
+  second = np.arange(n) >= 1
+  if _last_step_first_order(levels) or (lower_order_final and n < LOWER_ORDER_FINAL_MAX_STEPS):
+    second[-1] = False
+  a, s = levels.alpha, levels.sigma
+  h = lam[1:] - lam[:-1]
+  decay = -np.expm1(-2.0 * h)  # 1 - e^{-2h}; 1 at a step to clean data (h = inf).
+  r = np.ones_like(h)
+  r[1:] = h[:-1] / h[1:]
+  pm = a[1:] * decay
+  pdm = np.where(second, 0.5 * pm / np.where(second, r, 1.0), 0.0)
+  px = s[1:] / s[:-1] * np.exp(-h)
+  zero = np.zeros(n)
+  coefs = _MultistepCoefs(np.ones(n), zero, zero, zero, zero, px, pm, pdm)
+  noise_scale = s[1:] * np.sqrt(decay)
+  return _multistep_loop(levels, coefs, eps_fn, x_T, clip_denoised, noise_scale, key), n
 
 
 def _unic_coefs(levels: NoiseLevels, lam: np.ndarray, order: np.ndarray):
@@ -363,14 +408,26 @@ def heun(levels: NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, clip_denoised: bool
 
 
 class Solver(NamedTuple):
-  """A solver and the grid of diffusers' scheduler it follows (for levels_from_schedule)."""
+  """A solver, the grid of diffusers' scheduler it follows (for levels_from_schedule), and whether
+  it draws noise (then fn takes a key after x_T)."""
   fn: Callable[..., tuple[jax.Array, int]]
   grid: str
+  stochastic: bool = False
 
 
 SOLVERS = {
     'dpm_solver_pp_2m': Solver(dpm_solver_pp_2m, 'multistep'),
+    'sde_dpm_solver_pp_2m': Solver(sde_dpm_solver_pp_2m, 'multistep', stochastic=True),
     'unipc': Solver(unipc, 'multistep'),
     'euler': Solver(euler, 'euler'),
     'heun': Solver(heun, 'euler'),
 }
+
+
+def solve(name: str, levels: NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, key: jax.Array,
+          clip_denoised: bool = False) -> tuple[jax.Array, int]:
+  """Runs SOLVERS[name] (key used only by a stochastic one). Returns (x_0, nfe)."""
+  solver = SOLVERS[name]
+  if solver.stochastic:
+    return solver.fn(levels, eps_fn, x_T, key, clip_denoised=clip_denoised)
+  return solver.fn(levels, eps_fn, x_T, clip_denoised=clip_denoised)

@@ -222,6 +222,30 @@ def open_source(data_config, split: str):
   return TfdsSource(name, split, data_config.data_dir, size, channels, resize)
 
 
+def split_batches(data_config, split: str, batch_size: int, limit: int = 0) -> tuple[int, Iterator[np.ndarray]]:
+  """(count, the uint8 images of `split` in stored order, batch_size at a time): all of them, or the
+  first `limit` when limit > 0. Read by config.data.pipeline: the memory pipeline loads the split,
+  the streaming one reads each batch in turn, so a pass over LSUN or CelebA-HQ (reference
+  statistics, bits/dim) holds one batch, not the split."""
+  check_pipeline(data_config)
+  if data_config.pipeline == 'memory':
+    images = data.load_dataset(data_config, split).images
+    read = lambda indices: images[indices]
+    count = len(images)
+  else:
+    source = open_source(data_config, split)
+    read = lambda indices: source.read(indices).images
+    count = len(source)
+  count = min(count, limit) if limit > 0 else count
+  return count, (read(np.arange(start, min(start + batch_size, count))) for start in range(0, count, batch_size))
+
+
+def first_images(data_config, split: str, count: int) -> np.ndarray:
+  """The first `count` images of `split` (fewer if it is smaller), read as split_batches reads."""
+  _, batches = split_batches(data_config, split, count, limit=count)
+  return next(batches)
+
+
 def open_batches(data_config, split: str, batch_size: int, seed: int, host: int = 0, num_hosts: int = 1):
   """The pipeline config.data.pipeline names, for host `host` of `num_hosts`: data.MemoryBatches or
   StreamingBatches; both give the same batch at every step."""

@@ -203,6 +203,11 @@ def ranking(results: dict) -> str:
       means = sorted((statistics.mean(r['eval']['seed_fids'][kind]), p) for p, r in runs.items())
       lines.append(f'- {dataset}, {name}: ' + ' < '.join(f'{p} ({m:.1f})' for m, p in means)
                    + ' (mean classifier FID over the seeds).')
+  for dataset, runs in results.items():
+    ratios = [(p, statistics.mean(r['eval']['seed_fids']['dpm']) / statistics.mean(r['eval']['seed_fids']['natural']))
+              for p, r in runs.items()]
+    lines.append(f'- {dataset}, DPM-Solver++ FID over the natural sampler\'s: '
+                 + ', '.join(f'{p} {ratio:.2f}' for p, ratio in ratios) + '.')
   sds = [statistics.stdev(f) for runs in results.values() for r in runs.values()
          for f in r['eval']['seed_fids'].values() if len(f) > 1]
   if sds:

@@ -364,7 +364,7 @@ _USES_DDIM, _USES_PC = _USES.format('ddim'), _USES.format('pc')
     ('sampling.n_steps_each', 2, _USES_PC),
     ('sampling.predictor', 'euler_maruyama', _USES_PC),
     ('sampling.corrector', 'none', _USES_PC),
-    ('sampling.num_steps', 10, _USES.format('dpm_solver_pp_2m or unipc or euler or heun')),
+    ('sampling.num_steps', 10, _USES.format('dpm_solver_pp_2m or sde_dpm_solver_pp_2m or unipc or euler or heun')),
     ('sampling.denoise', False, _USES.format('pc or ode')),
     ('sampling.ode_rtol', 1e-3, r'config.sampling.sampler=ode \(or in config.eval.sampler_sweep\), or '
                                 r'config.eval.ode_bpd_num_examples > 0'),
@@ -435,7 +435,7 @@ def _config(**fields):
 
 
 @pytest.mark.parametrize('process', ['vpsde', 'subvpsde', 'vesde'])
-@pytest.mark.parametrize('sampler', ['dpm_solver_pp_2m', 'unipc', 'euler', 'heun', 'pc', 'ode'])
+@pytest.mark.parametrize('sampler', ['dpm_solver_pp_2m', 'sde_dpm_solver_pp_2m', 'unipc', 'euler', 'heun', 'pc', 'ode'])
 def test_every_continuous_process_takes_every_score_sampler(process, sampler):
   configuration.validate_config(_config(diffusion__process=process, sampling__sampler=sampler))
 
@@ -453,8 +453,9 @@ def test_every_continuous_process_takes_every_score_sampler(process, sampler):
      'set config.diffusion.model_mean_type=eps'),
     ({'diffusion.process': 'vpsde', 'sampling.sampler': 'ode', 'diffusion.model_var_type': 'learned_range',
       'diffusion.loss': 'hybrid'}, 'set config.diffusion.loss=simple'),
+    # With loss=simple, the continuous process's advice (a fixed variance), not the loss check's (loss=hybrid).
     ({'diffusion.process': 'vpsde', 'sampling.sampler': 'ode', 'diffusion.model_var_type': 'learned_range'},
-     'model_var_type=learned_range'),
+     'trains the eps-network by denoising score matching, without a variance: set a fixed'),
     # Importance sampling of t follows the likelihood weighting, constant for VE.
     ({'diffusion.process': 'vpsde', 'sampling.sampler': 'pc', 'training.timestep_sampler': 'importance'},
      'timestep_sampler=importance with process=vpsde draws t in proportion to the likelihood weighting'),

@@ -173,3 +173,15 @@ def test_evaluating_a_continuous_process_skips_the_bound_and_sweeps_samplers(tmp
   assert [row['nfe'] for row in results['sampler_sweep']] == [2.0, 3.0] and results['nfe'] == 3.0
   with open(os.path.join(workdir, 'eval', 'nfe.md')) as f:
     assert '| euler:2 | 2 |' in f.read()
+
+
+def test_non_finite_metrics_are_written_as_null_and_named(caplog):
+  results = {'step': 4, 'ode_bpd': float('inf'), 'fid': 3.5,
+             'sampler_sweep': [{'sampler': 'ode', 'fid_classifier': float('nan')}], 'guidance': {'1': {'fid': 2.0}}}
+  with caplog.at_level('WARNING'):
+    cleaned = evaluate.finite_metrics(results)
+  assert cleaned == {'step': 4, 'ode_bpd': None, 'fid': 3.5, 'sampler_sweep': [{'sampler': 'ode', 'fid_classifier': None}],
+                     'guidance': {'1': {'fid': 2.0}}}
+  json.dumps(cleaned, allow_nan=False)  # Standard JSON.
+  assert ['metrics.ode_bpd is inf', 'metrics.sampler_sweep[0].fid_classifier is nan'] == [
+      r.getMessage().split(' (')[0] for r in caplog.records]

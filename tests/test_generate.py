@@ -101,7 +101,7 @@ def test_the_compiled_samplers_reverse_steps_move_the_bar_or_are_logged_outside_
 # ---------------------------------------------------------------------------
 # Every process with every sampler it allows (configuration._check_sampler).
 
-SCORE_SAMPLERS = ('dpm_solver_pp_2m', 'unipc', 'euler', 'heun', 'pc', 'ode')
+SCORE_SAMPLERS = ('dpm_solver_pp_2m', 'sde_dpm_solver_pp_2m', 'unipc', 'euler', 'heun', 'pc', 'ode')
 PROCESS_SAMPLERS = [('ddpm', s) for s in ('ancestral', 'ddim') + SCORE_SAMPLERS] + [
     (p, s) for p in ('vpsde', 'subvpsde', 'vesde') for s in SCORE_SAMPLERS]
 
@@ -147,7 +147,8 @@ def expected_nfe(config) -> int | None:
   """Network calls per image of config.sampling's sampler (unguided); None for the adaptive ODE."""
   s, d = config.sampling, config.diffusion
   continuous = d.process != 'ddpm'
-  return {'ancestral': d.num_timesteps, 'ddim': s.ddim_steps, 'dpm_solver_pp_2m': s.num_steps, 'unipc': s.num_steps,
+  return {'ancestral': d.num_timesteps, 'ddim': s.ddim_steps, 'dpm_solver_pp_2m': s.num_steps,
+          'sde_dpm_solver_pp_2m': s.num_steps, 'unipc': s.num_steps,
           'euler': s.num_steps,
           # Heun corrects every step but one that lands on clean data (diffusers' discrete grids end there).
           'heun': 2 * s.num_steps - (0 if continuous else 1),

@@ -97,6 +97,22 @@ def test_streaming_batches_equal_memory_batches_from_any_step(prepared):
     assert_same(stream.batch(11), memory.batch(11))
 
 
+@pytest.mark.parametrize('pipeline', streaming.PIPELINES)
+def test_split_batches_read_the_split_in_stored_order(prepared, pipeline):
+  """The passes of eval (reference statistics, bits/dim): in order, batch by batch, on either pipeline."""
+  _, records = prepared
+  config = data_config(records, pipeline=pipeline)
+  whole = data.load_dataset(config, 'train').images
+  count, batches = streaming.split_batches(config, 'train', 10)
+  batches = list(batches)
+  assert count == 26 and [len(b) for b in batches] == [10, 10, 6]
+  np.testing.assert_array_equal(np.concatenate(batches), whole)
+  count, batches = streaming.split_batches(config, 'train', 4, limit=9)
+  assert count == 9 and [len(b) for b in batches] == [4, 4, 1]
+  np.testing.assert_array_equal(streaming.first_images(config, 'train', 7), whole[:7])
+  np.testing.assert_array_equal(streaming.first_images(config, 'train', 100), whole)  # A smaller split: all of it.
+
+
 def test_worker_processes_give_the_same_batches(prepared):
   _, records = prepared
   memory = streaming.open_batches(data_config(records), 'train', 6, seed=1)

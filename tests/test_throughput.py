@@ -101,3 +101,32 @@ def test_a_failed_model_count_falls_back_to_the_executed_count_and_says_so():
   flops, source = throughput.model_flops(broken, X, executed=123.0)
   assert flops == 123.0
   assert 'as executed' in source and 'ValueError: no lowering' in source
+
+
+GPU_MACHINE_IMPORTS = """
+import importlib.abc, sys
+HIDDEN = ('tensorflow', 'tensorflow_datasets', 'clu', 'ml_collections', 'torch', 'diffusers')
+class Hide(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in HIDDEN:
+      raise ModuleNotFoundError(name, name=name)
+sys.meta_path.insert(0, Hide())
+sys.path.insert(0, 'benchmarks')
+import throughput
+config = throughput.load_config(throughput.MODELS['ddpm_256'])
+from ddpm_jax import diffusion, nets, sampling
+from ddpm_jax.nets import precision
+from ddpm_jax.train_state import create_train_state, make_optimizer
+print(config.data.image_size, type(nets.get_model(config)).__name__)
+"""
+
+
+def test_the_jax_measurement_imports_on_the_gpu_machine():
+  """The GPU machine has no ml_collections, TensorFlow, CLU or torch: measure_jax loads its config
+  (the stand-in ConfigDict) before the package modules that import ml_collections."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, '-c', GPU_MACHINE_IMPORTS], cwd=root, capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ['256', 'DDPMUNet']

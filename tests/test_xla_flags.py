@@ -36,6 +36,38 @@ def test_settings_already_in_xla_flags_win():
   assert xla_flags.with_cpu_settings(mine, cpu_devices=2, eigen_convolutions=True) == mine
 
 
+REMAT_SCRIPT = """
+import jax, jax.numpy as jnp
+def loss(ws, x):
+  for w in ws:
+    x = jax.checkpoint(lambda x, w: jnp.tanh(jnp.tanh(x @ w) @ w))(x, w)
+  return jnp.sum(x ** 2)
+compiled = jax.jit(jax.grad(loss)).lower([jnp.ones((256, 256))] * 8, jnp.ones((512, 256))).compile()
+print(compiled.memory_analysis().temp_size_in_bytes)
+"""
+
+
+def test_remat_barriers_are_kept_only_where_asked_and_no_accelerator_is_installed(monkeypatch):
+  assert xla_flags.KEEP_REMAT_BARRIERS not in xla_flags.with_cpu_settings('', 2, False)
+  monkeypatch.setattr(xla_flags, 'accelerator_plugin_installed', lambda: False)
+  assert xla_flags.with_cpu_settings('', 2, False, keep_remat_barriers=True).split()[-1] == xla_flags.KEEP_REMAT_BARRIERS
+  mine = '--xla_disable_hlo_passes=algsimp'  # The user's own list wins.
+  assert xla_flags.with_cpu_settings(mine, 2, False, keep_remat_barriers=True).split()[0] == mine
+  assert xla_flags.KEEP_REMAT_BARRIERS not in xla_flags.with_cpu_settings(mine, 2, False, keep_remat_barriers=True)
+  monkeypatch.setattr(xla_flags, 'accelerator_plugin_installed', lambda: True)
+  assert xla_flags.KEEP_REMAT_BARRIERS not in xla_flags.with_cpu_settings('', 2, False, keep_remat_barriers=True)
+
+
+def test_kept_remat_barriers_cut_the_compiled_gradients_memory():
+  """Eight checkpointed blocks: XLA:CPU's CSE merges the recomputation back unless the barriers stay."""
+  def temp_bytes(flags: str) -> int:
+    env = {**os.environ, 'XLA_FLAGS': flags}
+    result = subprocess.run([sys.executable, '-c', REMAT_SCRIPT], env=env, check=True, cwd=ROOT,
+                            capture_output=True, text=True)
+    return int(result.stdout.split()[-1])
+  assert temp_bytes(xla_flags.KEEP_REMAT_BARRIERS) < 0.6 * temp_bytes('')
+
+
 def test_zero_devices_means_one_per_core_and_the_backend_can_be_left_to_xla():
   flags = xla_flags.with_cpu_settings('', cpu_devices=0, eigen_convolutions=False)
   assert flags == f'--xla_force_host_platform_device_count={os.cpu_count()}'

@@ -11,6 +11,7 @@ for each sampler of config.eval.sampler_sweep (eval/nfe.md, eval/nfe.png).
 
 import hashlib
 import json
+import math
 import os
 import time
 
@@ -19,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import atomic_io, checkpoints, configuration, data, generate, layout, sampling, viz
+from ddpm_jax import atomic_io, checkpoints, configuration, generate, layout, sampling, streaming, viz
 from ddpm_jax import sde as sde_lib
 from ddpm_jax.errors import MetricsError
 from ddpm_jax.evaluation import features, likelihood, offline_classifier
@@ -161,6 +162,20 @@ def guidance_table(rows: dict[float, dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def finite_metrics(value, name: str = 'metrics'):
+  """value with every non-finite float (in nested dicts and lists too) replaced by None, each one
+  logged: metrics.json stays standard JSON (no Infinity or NaN), and a diverged number (e.g. the
+  ODE bits/dim of a barely trained VE network) is named, not silently written."""
+  if isinstance(value, dict):
+    return {k: finite_metrics(v, f'{name}.{k}') for k, v in value.items()}
+  if isinstance(value, list):
+    return [finite_metrics(v, f'{name}[{i}]') for i, v in enumerate(value)]
+  if isinstance(value, float) and not math.isfinite(value):
+    logging.warning('%s is %s (the computation diverged); metrics.json records null.', name, value)
+    return None
+  return value
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_config: bool = False) -> dict:
   """Every configured metric of the latest checkpoint; writes eval/metrics.json and TensorBoard scalars.
 
@@ -183,7 +198,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
     features.check_feature_nets(config)  # Missing Inception weights: before any long work.
   results = {'step': step}
   if e.ode_bpd_num_examples:
-    images = data.load_dataset(config.data, e.split).images[:e.ode_bpd_num_examples]
+    images = streaming.first_images(config.data, e.split, e.ode_bpd_num_examples)
     logging.info('Bits/dim of %d %s examples through the probability-flow ODE (%s, %s trace estimator).',
                  len(images), e.split, config.sampling.ode_solver, e.hutchinson)
     results.update(likelihood.ode_bits_per_dim(
@@ -193,7 +208,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
     logging.info('ODE bits/dim at step %d: %.4f (%.0f network calls per batch).', step, results['ode_bpd'],
                  results['ode_bpd_nfe'])
   if bound_examples:
-    images = data.load_dataset(config.data, e.split).images[:bound_examples]
+    images = streaming.first_images(config.data, e.split, bound_examples)
     logging.info('Bits/dim of %d %s examples by the full bound (%d terms each).', len(images), e.split,
                  schedule.num_timesteps)
     results.update(likelihood.bits_per_dim(likelihood.make_bound_fn(model, schedule, config), state.ema_params, state.ema_batch_stats,
@@ -224,6 +239,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
       results['sampler_sweep'] = sampler_sweep(config, workdir, state, step, model, schedule, mesh, nets,
                                                references)
   path = os.path.join(workdir, layout.EVAL_DIR, METRICS_FILE)
+  results = finite_metrics(results)
   atomic_io.write_json(path, results)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   scalars = {f'eval/{k}': v for k, v in results.items() if isinstance(v, float)}

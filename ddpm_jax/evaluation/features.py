@@ -16,7 +16,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from ddpm_jax import atomic_io, configuration, data, progress
+from ddpm_jax import atomic_io, configuration, data, progress, streaming
 from ddpm_jax.errors import ClassifierCacheError, InceptionWeightsError, MetricsError
 from ddpm_jax.evaluation import offline_classifier, scores
 from ddpm_jax.nets import inception
@@ -90,11 +90,17 @@ def _inception_net(config: ml_collections.ConfigDict, mesh) -> FeatureNet:
 
 
 def check_feature_nets(config: ml_collections.ConfigDict) -> None:
-  """Unknown names, and missing Inception weights, before any sampling starts."""
+  """Unknown names, missing Inception weights, and the classifier on a streamed dataset, before any
+  sampling starts."""
   for name in config.eval.feature_nets:
     if name not in configuration.FEATURE_NETS:
       raise MetricsError(f'Unknown feature network {name!r} in config.eval.feature_nets; '
                          f'valid: {", ".join(configuration.FEATURE_NETS)}.')
+  if 'classifier' in config.eval.feature_nets and config.data.pipeline == 'streaming':
+    raise MetricsError(f'The offline classifier trains on the whole labelled train split held in memory, but '
+                       f'config.data.pipeline=streaming reads {config.data.dataset} batch by batch: measure with '
+                       f"--config.eval.feature_nets=\"('inception',)\", or use --config.data.pipeline=memory for a "
+                       f'dataset that fits.')
   if 'inception' in config.eval.feature_nets:
     path = os.path.expanduser(config.eval.inception_weights or inception.DEFAULT_WEIGHTS_PATH)
     if not os.path.isfile(path):
@@ -127,12 +133,12 @@ def reference(net: FeatureNet, config: ml_collections.ConfigDict) -> Reference:
   if os.path.isfile(stats_path) and os.path.isfile(kid_path):
     mu, sigma = scores.load_stats(stats_path)
     return Reference(mu, sigma, np.load(kid_path))
-  images = data.load_dataset(config.data, e.reference_split).images
-  logging.info('Reference statistics of %d %s images in %s features (once; cached in %s).', len(images),
+  count, batches = streaming.split_batches(config.data, e.reference_split, e.feature_batch_size)
+  logging.info('Reference statistics of %d %s images in %s features (once; cached in %s).', count,
                e.reference_split, net.name, stats_path)
-  with _feature_progress(len(images), 'Reference features', config) as bar:
-    features = scores.accumulate_features(batches_of(images, e.feature_batch_size), net.features, keep_pool3=True,
-                                          total=len(images), progress=lambda done, _: bar.update(done))
+  with _feature_progress(count, 'Reference features', config) as bar:
+    features = scores.accumulate_features(batches, net.features, keep_pool3=True, total=count,
+                                          progress=lambda done, _: bar.update(done))
   mu, sigma = scores.mean_and_cov(features.stats)
   scores.save_stats(stats_path, mu, sigma, features.stats.count)
   kid_features = features.pool3[:e.kid_reference_size]
