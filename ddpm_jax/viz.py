@@ -236,7 +236,8 @@ def _noised(schedule: diffusion.Schedule, x0: jax.Array, k: jax.Array, key: jax.
 # Curves.
 
 def plot_curves(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
-                ylabel: str, path: str, log_y: bool = False, title: Optional[str] = None) -> None:
+                ylabel: str, path: str, log_y: bool = False, title: Optional[str] = None,
+                log_x: bool = False) -> None:
   """Overlays one line per run {label: (x, y)} with a legend, written as PNG at path.
 
   Short series (<= 30 points, e.g. FID evaluations) get point markers. Uses matplotlib's
@@ -252,6 +253,8 @@ def plot_curves(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]], xla
   ax.set_ylabel(ylabel)
   if log_y:
     ax.set_yscale('log')
+  if log_x:
+    ax.set_xscale('log')
   if title:
     ax.set_title(title)
   ax.grid(True, alpha=0.3, which='both')

@@ -125,9 +125,13 @@ def sampler_sweep(config: ml_collections.ConfigDict, workdir: str, state, step: 
   atomic_io.write_text(os.path.join(eval_dir, SWEEP_TABLE), table)
   fid_names = [k for k in rows[0] if k.startswith('fid')] if rows else []
   if fid_names and all('nfe' in r for r in rows):
-    curves = {r['sampler']: ([r['nfe']], [r[fid_names[0]]]) for r in rows}
+    curves = {}  # One line per sampler through its step counts.
+    for row in sorted(rows, key=lambda r: r['nfe']):
+      nfes, fids = curves.setdefault(row['sampler'].split(':')[0], ([], []))
+      nfes.append(row['nfe'])
+      fids.append(row[fid_names[0]])
     viz.plot_curves(curves, 'network calls per image (NFE)', fid_names[0], os.path.join(eval_dir, SWEEP_PLOT),
-                    log_y=True, title=f'{fid_names[0]} against sampling cost, step {step}')
+                    log_x=True, title=f'{fid_names[0]} against sampling cost, step {step}')
   logging.info('Sample quality against cost:\n%s', table)
   return rows
 
