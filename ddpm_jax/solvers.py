@@ -237,10 +237,25 @@ def _predictor_coefs(levels: NoiseLevels, lam: np.ndarray, second_order: np.ndar
   h = lam[1:] - lam[:-1]
   phi = np.expm1(-h)
   px, pm = s[1:] / s[:-1], -a[1:] * phi
+  pdm = np.where(second_order, -0.5 * a[1:] * phi / _step_ratios(h, second_order), 0.0)
+  return px, pm, pdm
+
+
+def _step_ratios(h: np.ndarray, second_order: np.ndarray) -> np.ndarray:
+  """r_i = h_{i-1} / h_i of a multistep step's extrapolation (1 where the step is first order)."""
   r = np.ones_like(h)
   r[1:] = h[:-1] / h[1:]
-  pdm = np.where(second_order, -0.5 * a[1:] * phi / np.where(second_order, r, 1.0), 0.0)
-  return px, pm, pdm
+  return np.where(second_order, r, 1.0)
+
+
+def _dpm_solver_orders(levels: NoiseLevels, lower_order_final: bool) -> np.ndarray:
+  """Which steps of DPM-Solver++ 2M (ODE or SDE) are second order: all but the first (no history),
+  and but the last when it ends at sigma = 0 or when lower_order_final with few steps (diffusers)."""
+  n = levels.num_steps
+  second = np.arange(n) >= 1
+  if _last_step_first_order(levels) or (lower_order_final and n < LOWER_ORDER_FINAL_MAX_STEPS):
+    second[-1] = False
+  return second
 
 
 def _last_step_first_order(levels: NoiseLevels) -> bool:
@@ -260,9 +275,7 @@ def dpm_solver_pp_2m(levels: NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, lower_o
   """
   levels = _checked(levels)
   n, lam = levels.num_steps, _log_snr(levels)
-  second = np.arange(n) >= 1
-  if _last_step_first_order(levels) or (lower_order_final and n < LOWER_ORDER_FINAL_MAX_STEPS):
-    second[-1] = False
+  second = _dpm_solver_orders(levels, lower_order_final)
   zero = np.zeros(n)
   coefs = _MultistepCoefs(np.ones(n), zero, zero, zero, zero, *_predictor_coefs(levels, lam, second))
   return _multistep_loop(levels, coefs, eps_fn, x_T, clip_denoised), n
@@ -281,16 +294,12 @@ def sde_dpm_solver_pp_2m(levels: NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, key
   """
   levels = _checked(levels)
   n, lam = levels.num_steps, _log_snr(levels)
-  second = np.arange(n) >= 1
-  if _last_step_first_order(levels) or (lower_order_final and n < LOWER_ORDER_FINAL_MAX_STEPS):
-    second[-1] = False
+  second = _dpm_solver_orders(levels, lower_order_final)
   a, s = levels.alpha, levels.sigma
   h = lam[1:] - lam[:-1]
   decay = -np.expm1(-2.0 * h)  # 1 - e^{-2h}; 1 at a step to clean data (h = inf).
-  r = np.ones_like(h)
-  r[1:] = h[:-1] / h[1:]
   pm = a[1:] * decay
-  pdm = np.where(second, 0.5 * pm / np.where(second, r, 1.0), 0.0)
+  pdm = np.where(second, 0.5 * pm / _step_ratios(h, second), 0.0)
   px = s[1:] / s[:-1] * np.exp(-h)
   zero = np.zeros(n)
   coefs = _MultistepCoefs(np.ones(n), zero, zero, zero, zero, px, pm, pdm)
