@@ -529,9 +529,14 @@ def load_array_record(root: str, split: str, image_size: int, num_channels: int,
 # Config checks, class counts and subsets; the entry point.
 
 
+def has_default_data_dir(dataset: str) -> bool:
+  """Whether `dataset` is read from a folder it finds without config.data.data_dir (Debian's package)."""
+  return dataset == 'fashion_mnist_idx'
+
+
 def resolved_data_dir(data_config) -> str:
   """config.data.data_dir with ~ expanded; fashion_mnist_idx defaults to the Debian package's folder."""
-  if not data_config.data_dir and data_config.dataset == 'fashion_mnist_idx':
+  if not data_config.data_dir and has_default_data_dir(data_config.dataset):
     return FASHION_MNIST_IDX_DIR
   return os.path.expanduser(data_config.data_dir)
 

@@ -289,8 +289,7 @@ def parse_reference(text: str, config: ml_collections.ConfigDict) -> ReferenceSp
       raise DataError(f'--reference={text}: {dataset} is not read from a folder; give {dataset}:SPLIT.')
   if not split or (data_dir is not None and not data_dir):
     raise DataError(f'--reference={text}: give DATASET:SPLIT or DATASET:PATH:SPLIT with neither part empty.')
-  has_default_folder = dataset == 'fashion_mnist_idx'  # data.resolved_data_dir: Debian's package folder.
-  if (dataset in PATH_DATASETS and data_dir is None and not has_default_folder
+  if (dataset in PATH_DATASETS and data_dir is None and not data.has_default_data_dir(dataset)
       and (dataset != config.data.dataset or not config.data.data_dir)):
     raise DataError(f'--reference={text}: {dataset} is read from a folder; give {dataset}:PATH:{split}.')
   return ReferenceSpec(dataset, data_dir, split)
