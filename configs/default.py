@@ -175,25 +175,36 @@ def get_config() -> ml_collections.ConfigDict:
   model.progressive_input = 'residual'
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
-  # The diffusion process (ddpm_jax/sde.py): ddpm (the discrete chain of num_timesteps steps below,
-  # trained at integer timesteps) | vpsde | subvpsde | vesde (Song et al. 2021: continuous time
-  # t ~ U(train_eps, 1), the network seeing (num_scales - 1) t (VP, sub-VP) or log sigma(t) (VE)).
-  # Every sampler but ancestral and ddim runs on all four: a ddpm network is the score model of the
-  # VP SDE whose marginals match its schedule.
+  # The diffusion process (ddpm_jax/processes/, one file each): ddpm (the discrete chain of
+  # num_timesteps steps below, trained at integer timesteps) | vpsde | subvpsde | vesde (Song et al.
+  # 2021: continuous time t ~ U(train_eps, 1), the network seeing (num_scales - 1) t (VP, sub-VP) or
+  # log sigma(t) (VE)) | edm (Karras et al. 2022: preconditioned denoiser, log-normal sigma). Every
+  # sampler but ancestral and ddim runs on all five: a ddpm network is the score model of the VP SDE
+  # whose marginals match its schedule.
   diffusion.process = 'ddpm'
   # vpsde, subvpsde: beta(t) = beta_min + t (beta_max - beta_min) (score_sde: 0.1, 20).
   # Range: (0, inf), at most beta_max; changed only with process vpsde or subvpsde.
   diffusion.beta_min = 0.1
   # Range: (0, inf), at least beta_min; changed only with process vpsde or subvpsde.
   diffusion.beta_max = 20.0
-  # vesde: sigma(t) = sigma_min (sigma_max / sigma_min)^t, in the units of images in [-1, 1].
-  # Range: (0, inf), below sigma_max; changed only with process vesde.
+  # vesde: sigma(t) = sigma_min (sigma_max / sigma_min)^t, in the units of images in [-1, 1]; edm: the
+  # span of its sampling (EDM: 0.002, 80).
+  # Range: (0, inf), below sigma_max; changed only with process vesde or edm.
   diffusion.sigma_min = 0.01
   # score_sde's technique 1 takes sigma_max from the data: the largest distance between two training
   # images (sde.ve_sigma_max_from_data): CIFAR-10 about 100 here (score_sde's 50 on images in [0, 1]),
   # the offline digits 32.
-  # Range: (0, inf), above sigma_min; changed only with process vesde.
+  # Range: (0, inf), above sigma_min; changed only with process vesde or edm.
   diffusion.sigma_max = 50.0
+  # edm (Karras et al. 2022): the data's std, which sets the preconditioning c_skip, c_out, c_in.
+  # Range: (0, inf); changed only with process edm.
+  diffusion.sigma_data = 0.5
+  # edm: training draws log sigma ~ N(p_mean, p_std^2) (EDM: -1.2, 1.2). sigma_min and sigma_max above
+  # bound its sampling (EDM: 0.002, 80; configs/mnist_edm.py, cifar10_edm.py).
+  # Range: (-inf, inf); changed only with process edm.
+  diffusion.p_mean = -1.2
+  # Range: (0, inf); changed only with process edm.
+  diffusion.p_std = 1.2
   # Continuous processes: steps of the discretised SDE (predictor-corrector sampling, the network's
   # time scale of VP and sub-VP).
   # Range: [2, inf) integer; changed only with a continuous process.
@@ -342,20 +353,34 @@ def get_config() -> ml_collections.ConfigDict:
   optim.grad_clip = 1.0
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  # Sampler: ancestral (the DDPM reverse process, T steps; process ddpm) | ddim (DDIM, ddim_steps
-  # steps; process ddpm) | dpm_solver_pp_2m | sde_dpm_solver_pp_2m | unipc | euler | heun
-  # (ddpm_jax/solvers.py: num_steps steps; heun calls the network about twice per step;
-  # sde_dpm_solver_pp_2m solves the reverse SDE, with noise) | pc (predictor-corrector,
-  # ddpm_jax/pc_sampling.py) | ode (the probability-flow ODE with an adaptive diffrax solver,
-  # ddpm_jax/ode.py).
+  # Sampler (ddpm_jax/samplers/, one file per family): ancestral (the DDPM reverse process, T steps;
+  # process ddpm) | ddim (DDIM, ddim_steps steps; process ddpm) | dpm_solver_pp_2m |
+  # sde_dpm_solver_pp_2m | unipc | euler | heun (num_steps steps; heun calls the network about twice
+  # per step; sde_dpm_solver_pp_2m solves the reverse SDE, with noise) | edm_heun | edm_stochastic
+  # (Karras et al. 2022 on the rho grid: num_steps levels, 2 num_steps - 1 calls) | pc
+  # (predictor-corrector) | ode (the probability-flow ODE with an adaptive diffrax solver).
   sampling.sampler = 'ancestral'
-  # dpm_solver_pp_2m, sde_dpm_solver_pp_2m, unipc, euler, heun: number of steps.
+  # dpm_solver_pp_2m, sde_dpm_solver_pp_2m, unipc, euler, heun, edm_heun, edm_stochastic: number of steps.
   # Range: [1, inf) integer (process ddpm: at most num_timesteps); changed only with those samplers.
   sampling.num_steps = 20
-  # Their times: auto (ddpm: linspace; continuous: logsnr) | linspace | leading | trailing (diffusers'
+  # Their times: auto (ddpm: linspace; the others: logsnr) | linspace | leading | trailing (diffusers'
   # timestep_spacing; ddpm only) | logsnr (even in log signal-to-noise) | uniform (even in t)
-  # (continuous processes only).
+  # (processes other than ddpm); not read by the edm samplers.
   sampling.spacing = 'auto'
+  # edm_heun, edm_stochastic: sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) -
+  # sigma_max^(1/rho)))^rho over the process's sigma / alpha (EDM: 7).
+  # Range: (0, inf); changed only with sampler edm_heun or edm_stochastic.
+  sampling.rho = 7.0
+  # edm_stochastic: churn S_churn (0 = edm_heun), applied where S_tmin <= sigma <= S_tmax, with noise
+  # scaled by S_noise (EDM's ImageNet settings: 40, 0.05, 50, 1.003).
+  # Range: [0, inf); changed only with sampler=edm_stochastic.
+  sampling.s_churn = 40.0
+  # Range: [0, inf), at most s_tmax; changed only with sampler=edm_stochastic.
+  sampling.s_tmin = 0.05
+  # Range: [0, inf]; changed only with sampler=edm_stochastic.
+  sampling.s_tmax = 50.0
+  # Range: (0, inf); changed only with sampler=edm_stochastic.
+  sampling.s_noise = 1.003
   # pc: predictor euler_maruyama | reverse_diffusion | ancestral | none, corrector none | langevin |
   # annealed_langevin, the corrector's signal-to-noise ratio and its steps per predictor step,
   # over the num_scales steps of the process (ddpm: num_timesteps).

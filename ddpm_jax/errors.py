@@ -159,3 +159,9 @@ def is_disk_full(error: BaseException) -> bool:
 def is_io_error(error: BaseException) -> bool:
   """True for failures of the file system (OSError, or tensorstore's errors carrying an OS code)."""
   return isinstance(error, OSError) or 'os_error_code=' in str(error) or is_disk_full(error)
+
+
+def require(ok: bool, message: str) -> None:
+  """The config checks' one test: ConfigError(message) unless ok."""
+  if not ok:
+    raise ConfigError(message)

@@ -13,7 +13,7 @@ writes, under WORKDIR/samples/ (<step> zero-padded to 8 digits, as the other sam
 The sampler and its steps are config.sampling's. Everything is drawn from config.seed and the
 checkpoint step, so the same command on the same checkpoint writes the same pictures.
 
-Timestep labels follow the samplers' frame numbering (ddpm_jax/sampling.py): t = k is x_k, k = T
+Timestep labels follow the samplers' frame numbering (ddpm_jax/samplers/): t = k is x_k, k = T
 the starting noise, k = 0 the finished sample, and x_k is what the network sees at the 0-based
 timestep index k - 1 (viz.forward_frames uses the same numbering). DDIM keeps frames by "DDIM
 steps left"; each is labelled with the timestep it stands at (ddim_frame_timesteps).
@@ -26,7 +26,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from ddpm_jax import checkpoints, configuration, data, generate, layout, parallel, sampling, streaming, viz
+from ddpm_jax import checkpoints, configuration, data, generate, layout, parallel, samplers, streaming, viz
 from ddpm_jax.errors import ConfigError
 from ddpm_jax.train_state import components, root_keys
 
@@ -41,35 +41,6 @@ class ProcessFigures(NamedTuple):
   frame_steps: list[int]
   # The checkpoint step the pictures come from.
   step: int
-
-
-def ddim_frame_timesteps(num_timesteps: int, num_steps: int, spacing: str,
-                         steps_left: Sequence[int]) -> list[int]:
-  """The timestep of each DDIM frame given by its number of DDIM steps left.
-
-  With k steps left (k >= 1) the state is the input of the step at the 0-based timestep
-  ddim_timesteps(...)[num_steps - k], so it is x at timestep that + 1 in the frame numbering;
-  k = 0 is the finished sample, t = 0. The starting noise (k = num_steps) is labelled with
-  DDIM's first timestep, which is below T unless the spacing starts at T - 1.
-  """
-  visited = sampling.ddim_timesteps(num_timesteps, num_steps, spacing)
-  labels = []
-  for k in steps_left:
-    if not 0 <= k <= num_steps:
-      raise ValueError(f'DDIM frame {k} (steps left) is outside [0, {num_steps}].')
-    labels.append(0 if k == 0 else int(visited[num_steps - k]) + 1)
-  return labels
-
-
-def sampler_frames(config: ml_collections.ConfigDict, num_frames: int) -> tuple[list[int], list[int]]:
-  """(frame_steps for config.sampling's sampler, the timestep label of each), num_frames
-  evenly spaced from the start (noise) down to the finished sample."""
-  s, num_timesteps = config.sampling, config.diffusion.num_timesteps
-  if s.sampler == 'ddim':
-    steps_left = viz.frame_timesteps(s.ddim_steps, num_frames)
-    return steps_left, ddim_frame_timesteps(num_timesteps, s.ddim_steps, s.ddim_spacing, steps_left)
-  steps = viz.frame_timesteps(num_timesteps, num_frames)
-  return steps, list(steps)
 
 
 def figure_paths(workdir: str, step: int) -> list[str]:
@@ -99,15 +70,17 @@ def reverse_process(config: ml_collections.ConfigDict, workdir: str, num_images:
   num_images = config.figures.num_images if num_images is None else num_images
   num_frames = config.figures.num_frames if num_frames is None else num_frames
   _check_counts(num_images, num_frames)
-  if config.sampling.sampler not in sampling.SAMPLERS:
-    raise ConfigError(f'--mode=figures shows the frames of the discrete chain\'s samplers ('
-                      f'{" or ".join(sampling.SAMPLERS)}); config.sampling.sampler={config.sampling.sampler} keeps '
-                      f'none: set --config.sampling.sampler=ancestral or ddim (process ddpm).')
+  sampler = samplers.sampler_class(config.sampling.sampler)
+  if not sampler.keeps_frames:
+    keeping = [name for name, cls in samplers.SAMPLERS.items() if cls.keeps_frames]
+    raise ConfigError(f'--mode=figures shows the frames of a sampler that keeps them ({" or ".join(keeping)}); '
+                      f'config.sampling.sampler={config.sampling.sampler} keeps none: set '
+                      f'--config.sampling.sampler={keeping[0]} (process ddpm).')
   configuration.check_workdir_config(config, workdir)
-  mesh, model, schedule, tx = components(config)
+  mesh, model, process, tx = components(config)
   state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh)
 
-  frame_steps, timesteps = sampler_frames(config, num_frames)
+  frame_steps, timesteps = sampler.frames(config, num_frames)
   noise_key, sampler_key, forward_key = jax.random.split(
       jax.random.fold_in(root_keys(config)['sample'], step), 3)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
@@ -116,7 +89,7 @@ def reverse_process(config: ml_collections.ConfigDict, workdir: str, num_images:
   sharding = parallel.batch_sharding(mesh) if num_images % mesh.size == 0 else parallel.replicated(mesh)
   logging.info('Reverse process of %d images from the EMA params of step %d (%s sampler), %d frames.',
                num_images, step, config.sampling.sampler, len(frame_steps))
-  sample_fn = generate.make_sampler(model, schedule, config, frame_steps=frame_steps, progress=True)
+  sample_fn = generate.make_sampler(model, process, config, frame_steps=frame_steps, progress=True)
   labels, _ = generate.grid_labels(config, num_images)  # Class-conditional: one class per row, in turn.
   if labels is not None:
     labels = jax.device_put(labels, sharding)
@@ -126,7 +99,7 @@ def reverse_process(config: ml_collections.ConfigDict, workdir: str, num_images:
 
   with streaming.open_batches(config.data, config.data.train_split, num_images, config.seed) as pipeline:
     real = pipeline.batch(0).images  # The first training batch, read by either pipeline.
-  forward = data.to_uint8(viz.forward_frames(data.to_model_range(real), timesteps, schedule, forward_key))
+  forward = data.to_uint8(viz.forward_frames(data.to_model_range(real), timesteps, process.schedule, forward_key))
 
   reverse_png, reverse_gif, forward_png = paths = figure_paths(workdir, step)
   viz.save_process_figure(reverse, timesteps, reverse_png)

@@ -2,8 +2,8 @@
 config.sampling, batches of images from it, and --mode=sample (images from a workdir's newest
 checkpoint).
 
-The samplers themselves are pure functions in ddpm_jax/sampling.py; this module binds them to a
-network, its parameters, the device mesh and the workdir.
+The samplers themselves are registered in ddpm_jax/samplers/; this module binds them to a network,
+its parameters and process (denoiser.Model), the device mesh and the workdir.
 """
 
 import contextlib
@@ -18,81 +18,57 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ddpm_jax import atomic_io, checkpoints, configuration, data, diffusion, ode, parallel, pc_sampling, sampling, solvers, viz, layout
-from ddpm_jax import sde as sde_lib
+from ddpm_jax import atomic_io, checkpoints, configuration, data, denoiser, diffusion, parallel, processes, samplers, viz, layout
+from ddpm_jax.processes import Process
 from ddpm_jax import progress as progress_lib  # make_sampler's argument `progress` is a flag.
 from ddpm_jax.train_state import components, root_keys
 
 
 def model_fn_for(model, params, batch_stats) -> diffusion.ModelFn:
-  """model_fn(x_t, t) -> eps in inference mode (batch norm uses its running statistics)."""
+  """model_fn(x, t) -> the network's raw output in inference mode (batch norm uses its running
+  statistics): the network input and time input are the process's (denoiser.Model adds those)."""
   return lambda x, t: model.apply({'params': params, 'batch_stats': batch_stats}, x, t, train=False)
 
 
-def conditional_model_fn_for(model, params, batch_stats) -> Callable:
-  """model_fn(x_t, t, labels) of a class-conditional network in inference mode."""
-  return lambda x, t, labels: model.apply({'params': params, 'batch_stats': batch_stats}, x, t, train=False,
-                                          labels=labels)
+def bound_model(model, params, batch_stats, config: ml_collections.ConfigDict, process: Process,
+                labels=None, guidance_scale: float | None = None) -> denoiser.Model:
+  """The network of a config with its parameters and process as every sampler sees it: guided with
+  classifier-free guidance at guidance_scale (None: config.sampling.guidance_scale) when it is
+  class-conditional (then `labels`, one per image, are required)."""
+  d = config.diffusion
+  guidance = config.sampling.guidance_scale if guidance_scale is None else guidance_scale
+  apply_fn = lambda x, t, labels: model.apply({'params': params, 'batch_stats': batch_stats}, x, t, train=False,
+                                              labels=labels)
+  output_fn = denoiser.network_output_fn(apply_fn, labels, config.model.num_classes, guidance, d.model_var_type)
+  return denoiser.Model(process, output_fn, d.model_mean_type, d.model_var_type, d.clip_denoised)
 
 
-def eps_fn_for(model_fn: Callable, model_var_type: str) -> Callable:
-  """eps_fn(x, time input) of an eps-predicting network: the mean part of its output."""
-  return lambda x, t: diffusion.split_output(model_fn(x, t), model_var_type)[0]
+def sampler_steps(config: ml_collections.ConfigDict, process: Process | None = None) -> int:
+  """Reverse steps of config.sampling's sampler (adaptive ones: their bound)."""
+  process = processes.from_config(config.diffusion) if process is None else process
+  return samplers.sampler_class(config.sampling.sampler).steps(config, process)
 
 
-def solver_levels(config: ml_collections.ConfigDict, num_steps: int) -> solvers.NoiseLevels:
-  """The noise levels a fast solver visits: diffusers' timesteps of the discrete chain, or times of
-  the continuous SDE spaced by config.sampling.spacing (auto: logsnr)."""
-  s, d = config.sampling, config.diffusion
-  grid = solvers.SOLVERS[s.sampler].grid
-  if not sde_lib.is_continuous(d):
-    spacing = 'linspace' if s.spacing == 'auto' else s.spacing
-    return solvers.levels_from_schedule(diffusion.schedule_from_config(d), num_steps, spacing, grid)
-  sde = sde_lib.from_config(d)
-  mean_std = lambda t: sde_lib.marginal(sde, jnp.asarray(t, jnp.float32))
-  eps = sde_lib.sampling_eps(sde)
-  if s.spacing in ('auto', 'logsnr'):
-    times = solvers.log_snr_uniform_times(mean_std, num_steps, 1.0, eps)
-  else:
-    times = np.linspace(1.0, eps, num_steps + 1)
-  return solvers.levels_from_marginal(mean_std, lambda t: sde_lib.model_time(sde, jnp.asarray(t, jnp.float32)),
-                                      times)
-
-
-def sampler_steps(config: ml_collections.ConfigDict) -> int:
-  """Steps of config.sampling's sampler (ode: adaptive, its max_steps)."""
-  s, d = config.sampling, config.diffusion
-  if s.sampler == 'ddim':
-    return s.ddim_steps
-  if s.sampler == 'ancestral':
-    return d.num_timesteps
-  if s.sampler == 'pc':
-    return d.num_scales if sde_lib.is_continuous(d) else d.num_timesteps
-  if s.sampler == 'ode':
-    return s.ode_max_steps
-  return s.num_steps
-
-
-def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
-                 frame_steps=(), progress: bool = False, guidance_scale: float | None = None) -> Callable:
+def make_sampler(model, process: Process, config: ml_collections.ConfigDict, frame_steps=(), progress: bool = False,
+                 guidance_scale: float | None = None) -> Callable:
   """sample(params, batch_stats, x_T, key, labels=None) -> (x_0, frames, nfe): the whole reverse
-  process compiled, with the sampler named by config.sampling.sampler; x_T is standard normal
-  (scaled here to a VE prior's std), nfe the network calls per image (an array: the ODE's is adaptive).
+  process compiled, with the sampler named by config.sampling.sampler (samplers/); x_T is standard
+  normal (the sampler scales it to the prior), nfe the network calls per image (an array: the ODE's
+  is adaptive).
 
   A class-conditional network needs labels (one per image) and is guided with guidance_scale
-  (None: config.sampling.guidance_scale). With `progress`, the ancestral and ddim loops report every
-  config.sampling.progress_every reverse steps: inside generate() they move its bar on within the
-  batch; elsewhere each report is a log line. Only ancestral and ddim keep frames (else None).
+  (None: config.sampling.guidance_scale). With `progress`, samplers that report from their loop
+  (those that keep frames) report every config.sampling.progress_every reverse steps: inside
+  generate() they move its bar on within the batch; elsewhere each report is a log line. Only
+  samplers that keep frames return them (else None).
   """
   s = config.sampling
-  d = config.diffusion
+  sampler = samplers.sampler_class(s.sampler)
   num_classes = config.model.num_classes
   guidance = s.guidance_scale if guidance_scale is None else guidance_scale
-  every = s.progress_every if progress and s.sampler in sampling.SAMPLERS else 0
-  num_steps = sampler_steps(config)
-  # Host-side set-up, once: the SDE, and a solver's noise levels.
-  sde = None if s.sampler in sampling.SAMPLERS else sde_lib.from_config(d)
-  levels = solver_levels(config, s.num_steps) if s.sampler in sampling.SOLVER_SAMPLERS else None
+  every = s.progress_every if progress and sampler.keeps_frames else 0
+  num_steps = sampler.steps(config, process)
+  run = sampler.build(config, process)  # Host-side set-up (grids, noise levels), once.
   # A guided sampler calls the network on the doubled batch once per step.
   calls_per_eval = 2 if num_classes and guidance != 0 else 1
 
@@ -101,40 +77,9 @@ def make_sampler(model, schedule: diffusion.Schedule, config: ml_collections.Con
       logging.info('  reverse step %d/%d', int(steps_done), num_steps)
 
   def sample(params, batch_stats, x_T, key, labels=None):
-    if num_classes:
-      if labels is None:
-        raise ValueError(f'The network is class-conditional ({num_classes} classes): sampling needs labels.')
-      model_fn = diffusion.guided_model_fn(conditional_model_fn_for(model, params, batch_stats), labels,
-                                           num_classes, guidance, d.model_var_type)
-    else:
-      model_fn = model_fn_for(model, params, batch_stats)
-    progress_fn = report if every else None
-    if s.sampler == 'ddim':
-      x_0, frames = sampling.ddim_sample(
-          schedule, model_fn, x_T, key, s.ddim_steps, s.ddim_eta, s.ddim_spacing, d.clip_denoised,
-          frame_steps, progress_fn=progress_fn, progress_every=every, model_mean_type=d.model_mean_type,
-          model_var_type=d.model_var_type, clipped_eps=s.ddim_clipped_eps)
-      return x_0, frames, jnp.int32(s.ddim_steps * calls_per_eval)
-    if s.sampler == 'ancestral':
-      x_0, frames = sampling.ancestral_sample(
-          schedule, model_fn, x_T, key, d.model_var_type, d.clip_denoised, frame_steps,
-          progress_fn=progress_fn, progress_every=every, model_mean_type=d.model_mean_type)
-      return x_0, frames, jnp.int32(schedule.num_timesteps * calls_per_eval)
-    eps_fn = eps_fn_for(model_fn, d.model_var_type)
-    x_T = x_T * sde_lib.prior_std(sde)
-    if levels is not None:
-      x_0, nfe = solvers.solve(s.sampler, levels, eps_fn, x_T, key, clip_denoised=d.clip_denoised)
-    else:
-      score_fn = sde_lib.score_fn_from_model(sde, eps_fn, continuous=sde_lib.is_continuous(d))
-      if s.sampler == 'pc':
-        x_0, nfe = pc_sampling.pc_sample(sde, score_fn, x_T, key, s.predictor, s.corrector, s.snr,
-                                         s.n_steps_each, num_steps, denoise=s.denoise)
-      else:
-        x_0, nfe = ode.ode_sample(sde, score_fn, x_T, eps=sde_lib.sampling_eps(sde), rtol=s.ode_rtol,
-                                  atol=s.ode_atol, solver=s.ode_solver, denoise=s.denoise,
-                                  max_steps=s.ode_max_steps)
-      x_0 = jnp.clip(x_0, -1.0, 1.0) if d.clip_denoised else x_0
-    return x_0, None, jnp.asarray(nfe, jnp.int32) * calls_per_eval
+    bound = bound_model(model, params, batch_stats, config, process, labels, guidance)
+    x_0, frames, nfe = run(bound, x_T, key, frame_steps, report if every else None, every)
+    return x_0, frames, jnp.asarray(nfe, jnp.int32) * calls_per_eval
 
   return jax.jit(sample)
 
@@ -215,13 +160,14 @@ def sample(config: ml_collections.ConfigDict, workdir: str, force_workdir_config
   Returns the path stem of the files written (.npz and .png). force_workdir_config: sample with a
   model or diffusion config other than the workdir's when its checkpoints fit (config.json is kept).
   """
-  mesh, model, schedule, tx = components(config)
+  mesh, model, process, tx = components(config)
   changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
   state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh, check_fits_first=bool(changes))
   s = config.sampling
-  logging.info('Sampling %d images from the EMA params of step %d (%s sampler, %s%d steps).',
-               s.num_samples, step, s.sampler, 'at most ' if s.sampler == 'ode' else '', sampler_steps(config))
-  sample_fn = make_sampler(model, schedule, config, progress=True)
+  logging.info('Sampling %d images from the EMA params of step %d (%s sampler, %s%d steps).', s.num_samples, step,
+               s.sampler, 'at most ' if samplers.sampler_class(s.sampler).adaptive else '',
+               sampler_steps(config, process))
+  sample_fn = make_sampler(model, process, config, progress=True)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   labels, columns = grid_labels(config, s.num_samples)
   if labels is not None:

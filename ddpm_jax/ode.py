@@ -1,13 +1,14 @@
 """The probability-flow ODE of a score SDE (Song et al., 2021), solved adaptively with diffrax.
 
-dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 has the same marginals p_t as the SDE (ddpm_jax/sde.py),
-so integrating it from t = 1 to eps maps prior samples to data (`ode_sample`), from eps to 1 maps
-data to latents (`ode_encode`), and its instantaneous change of variables,
-log p_eps(x(eps)) = log p_1(x(1)) + int_eps^1 div(drift)(x(t), t) dt, gives exact log-likelihoods
+dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 has the same marginals p_t as the process's SDE
+(ddpm_jax/processes/), so integrating it from t_max to t_min maps prior samples to data
+(`ode_sample`), from t_min to t_max maps data to latents (`ode_encode`), and its instantaneous change
+of variables, log p_min(x(t_min)) = log p_max(x(t_max)) + int div(drift)(x(t), t) dt over
+[t_min, t_max], gives exact log-likelihoods
 (`ode_likelihood`), in the manner of score_sde's sampling.get_ode_sampler and likelihood.py.
 
-Every function takes `score_fn(x, t) -> score` with t of shape (B,) and composes with jit; solver,
-max_steps, eps, rtol and atol are Python values (static). Called outside jit, each call compiles
+Every function takes a process and `score_fn(x, t) -> score` with t of shape (B,) and composes with
+jit; solver, max_steps, rtol and atol are Python values (static). Called outside jit, each call compiles
 its solve anew: jit the call once (the network's params as an argument) and reuse it. `nfe` is the
 exact number of evaluations of the ODE's right-hand side, each one call of score_fn (under jax.jvp
 or jax.jacfwd for the likelihood), plus one for the final denoising step of `ode_sample`. A solve
@@ -23,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax import sde as sde_lib
+from ddpm_jax.processes.base import Process
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 # drift(x, t) -> dx/dt with x of shape (B, ...) and t of shape (B,).
@@ -49,9 +50,9 @@ def _solver(name: str) -> diffrax.AbstractRungeKutta:
   return SOLVERS[name]()
 
 
-def probability_flow_drift(sde: sde_lib.SDE, score_fn: ScoreFn) -> DriftFn:
+def probability_flow_drift(process: Process, score_fn: ScoreFn) -> DriftFn:
   """drift(x, t) of the probability-flow ODE: f(x, t) - g(t)^2 score(x, t) / 2."""
-  return lambda x, t: sde_lib.reverse_drift(sde, score_fn, x, t, probability_flow=True)
+  return lambda x, t: process.reverse_drift(score_fn, x, t, probability_flow=True)
 
 
 def _batch_time(t: jax.Array, x: jax.Array) -> jax.Array:
@@ -102,38 +103,29 @@ def _integrate_x(drift: DriftFn, x: jax.Array, t0: float, t1: float, **solve_arg
   return _solve(lambda t, y: drift(y, _batch_time(t, y)), x, t0, t1, **solve_args)
 
 
-def tweedie_denoise(sde: sde_lib.SDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array) -> jax.Array:
-  """Tweedie's E[x_0 | x_t] = (x_t + std(t)^2 score(x_t, t)) / mean_coeff(t): the noise left at t.
-
-  score_sde's last reverse-diffusion step at eps adds G^2 score with G^2 of the first discrete
-  step, which is std(eps)^2 to first order; this is its exact posterior-mean form.
-  """
-  mean_coeff, std = sde_lib.marginal(sde, t)
-  expand = lambda a: a.reshape(a.shape + (1,) * (x.ndim - 1))
-  return (x + expand(std) ** 2 * score_fn(x, t)) / expand(mean_coeff)
-
-
-def ode_sample(sde: sde_lib.SDE, score_fn: ScoreFn, x_T: jax.Array, *, eps: float,
-               rtol: float = 1e-5, atol: float = 1e-5, solver: str = 'dopri5',
-               denoise: bool = True, max_steps: int = 4096) -> tuple[jax.Array, jax.Array]:
-  """Samples (x_0, nfe): x_T (prior samples, e.g. sde.prior_sample) carried by the probability-flow
-  ODE from t=1 to eps, then (denoise) Tweedie's denoiser at eps, one more score call."""
-  t_end = float(eps)
-  x, nfe = _integrate_x(probability_flow_drift(sde, score_fn), x_T, 1.0, t_end, rtol=rtol,
+def ode_sample(process: Process, score_fn: ScoreFn, x_T: jax.Array, *, rtol: float = 1e-5,
+               atol: float = 1e-5, solver: str = 'dopri5', denoise: bool = True,
+               max_steps: int = 4096) -> tuple[jax.Array, jax.Array]:
+  """Samples (x_0, nfe): x_T (prior samples, e.g. process.prior_sample) carried by the
+  probability-flow ODE from t_max to t_min, then (denoise) Tweedie's E[x_0 | x_t] at t_min,
+  (x + sigma^2 score) / alpha, one more score call (score_sde's last reverse-diffusion step adds
+  G^2 score with G^2 of the first discrete step, sigma(t_min)^2 to first order)."""
+  t_end = float(process.t_min)
+  x, nfe = _integrate_x(probability_flow_drift(process, score_fn), x_T, float(process.t_max), t_end, rtol=rtol,
                         atol=atol, solver=solver, max_steps=max_steps)
   if denoise:
-    x = tweedie_denoise(sde, score_fn, x, _batch_time(t_end, x))
+    t = _batch_time(t_end, x)
+    x = process.tweedie_denoise(x, score_fn(x, t), t)
     nfe = nfe + 1
   return x, nfe
 
 
-def ode_encode(sde: sde_lib.SDE, score_fn: ScoreFn, x: jax.Array, *, eps: float,
-               rtol: float = 1e-5, atol: float = 1e-5, solver: str = 'dopri5',
-               max_steps: int = 4096) -> tuple[jax.Array, jax.Array]:
-  """(latent z, nfe): data x carried by the probability-flow ODE from t=eps to 1 (the inverse of
+def ode_encode(process: Process, score_fn: ScoreFn, x: jax.Array, *, rtol: float = 1e-5,
+               atol: float = 1e-5, solver: str = 'dopri5', max_steps: int = 4096) -> tuple[jax.Array, jax.Array]:
+  """(latent z, nfe): data x carried by the probability-flow ODE from t_min to t_max (the inverse of
   ode_sample without denoising, up to the solver's tolerance)."""
-  return _integrate_x(probability_flow_drift(sde, score_fn), x, float(eps), 1.0, rtol=rtol,
-                      atol=atol, solver=solver, max_steps=max_steps)
+  return _integrate_x(probability_flow_drift(process, score_fn), x, float(process.t_min), float(process.t_max),
+                      rtol=rtol, atol=atol, solver=solver, max_steps=max_steps)
 
 
 def hutchinson_divergence(fn: DriftFn, x: jax.Array, t: jax.Array,
@@ -185,18 +177,18 @@ def dequantize(key: jax.Array, images: jax.Array) -> jax.Array:
   return (images.astype(jnp.float32) + noise) * (2.0 / 2 ** DATA_BITS) - 1.0
 
 
-def ode_likelihood(sde: sde_lib.SDE, score_fn: ScoreFn, x: jax.Array, key: jax.Array, *,
-                   eps: float, hutchinson: str = 'rademacher', rtol: float = 1e-5,
+def ode_likelihood(process: Process, score_fn: ScoreFn, x: jax.Array, key: jax.Array, *,
+                   hutchinson: str = 'rademacher', rtol: float = 1e-5,
                    atol: float = 1e-5, solver: str = 'dopri5',
                    max_steps: int = 4096) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(bits/dim per example, latent z, nfe) of model-space x (dequantised 8-bit data in [-1, 1]).
 
-  Solves x and delta(t) = int_eps^t div(drift) together from eps to 1; log p(x) =
-  sde.prior_logp(z) + delta(1), converted by logp_to_bpd (score_sde's convention: +7 bits for
+  Solves x and delta(t) = int div(drift) together from t_min to t_max; log p(x) =
+  process.prior_logp(z) + delta(t_max), converted by logp_to_bpd (score_sde's convention: +7 bits for
   8-bit data scaled to [-1, 1]). `key` draws the single Hutchinson probe of the solve.
   """
   noise = probe_noise(key, x.shape, hutchinson, x.dtype)
-  drift = probability_flow_drift(sde, score_fn)
+  drift = probability_flow_drift(process, score_fn)
 
   def rhs(t, state):
     y, _ = state
@@ -206,7 +198,7 @@ def ode_likelihood(sde: sde_lib.SDE, score_fn: ScoreFn, x: jax.Array, key: jax.A
     return hutchinson_divergence(drift, y, t_b, noise)
 
   state0 = (x, jnp.zeros((x.shape[0],), x.dtype))
-  (z, delta_logp), nfe = _solve(rhs, state0, float(eps), 1.0, rtol=rtol, atol=atol, solver=solver,
-                                max_steps=max_steps)
-  logp = sde_lib.prior_logp(sde, z) + delta_logp
+  (z, delta_logp), nfe = _solve(rhs, state0, float(process.t_min), float(process.t_max), rtol=rtol, atol=atol,
+                                solver=solver, max_steps=max_steps)
+  logp = process.prior_logp(z) + delta_logp
   return logp_to_bpd(logp, math.prod(x.shape[1:])), z, nfe

@@ -115,7 +115,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
 
   session_start = time.time()
   t = config.training
-  mesh, model, schedule, tx = components(config)
+  mesh, model, process, tx = components(config)
   # Every check that can fail runs before the first byte is written to the workdir, so a failed
   # start leaves it as it was: the config against the workdir's, the data, the checkpoints,
   # init_from and the FID feature networks.
@@ -175,11 +175,11 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
     writer.write_hparams({'num_params': num_params, 'num_devices': mesh.size,
                           **{k: v for k, v in configuration.flatten_dict(configuration.config_to_dict(config)).items()
                              if isinstance(v, (int, float, str, bool))}})
-  train_steps = jax.jit(train_step.unrolled_steps(train_step.make_train_step(model, schedule, tx, config, keys['train'])),
+  train_steps = jax.jit(train_step.unrolled_steps(train_step.make_train_step(model, process, tx, config, keys['train'])),
                         out_shardings=parallel.replicated(mesh), donate_argnums=0)
-  calibrate = jax.jit(train_step.make_bn_calibration(model, schedule, config, keys['calibrate']),
+  calibrate = jax.jit(train_step.make_bn_calibration(model, process, config, keys['calibrate']),
                       out_shardings=parallel.replicated(mesh))
-  sample_fn = generate.make_sampler(model, schedule, config)
+  sample_fn = generate.make_sampler(model, process, config)
   report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   skip_nonfinite = t.get('skip_nonfinite_steps', False)

@@ -11,7 +11,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from ddpm_jax import diffusion, nets, parallel
+from ddpm_jax import diffusion, nets, parallel, processes
+from ddpm_jax.processes import Process
 
 OPTIMIZERS = ('adam',)
 # jax.random key implementations a run may use (config.rng_impl).
@@ -133,12 +134,12 @@ class Components(NamedTuple):
   """What training, sampling, evaluation and figures build from a (validated) config."""
   mesh: Mesh
   model: Any  # A flax.linen.Module from nets.get_model.
-  schedule: diffusion.Schedule
+  process: Process  # The noise process of config.diffusion (ddpm_jax/processes/).
   tx: optax.GradientTransformation
 
 
 def components(config: ml_collections.ConfigDict) -> Components:
-  """The mesh of every device, the network, the noise schedule and the optimizer of a config
+  """The mesh of every device, the network, the noise process and the optimizer of a config
   (checked by configuration.validate_config first: the command line does it once)."""
-  return Components(parallel.make_mesh(), nets.get_model(config), diffusion.schedule_from_config(config.diffusion),
+  return Components(parallel.make_mesh(), nets.get_model(config), processes.from_config(config.diffusion),
                     make_optimizer(config.optim))

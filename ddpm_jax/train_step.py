@@ -22,7 +22,7 @@ import ml_collections
 import optax
 
 from ddpm_jax import data, diffusion
-from ddpm_jax import sde as sde_lib
+from ddpm_jax.processes import Process
 from ddpm_jax.nets import precision
 from ddpm_jax.train_state import TrainState, apply_gradients, learning_rate_schedule
 
@@ -33,27 +33,6 @@ def drop_labels(key: jax.Array, labels: jax.Array, drop_prob: float, null_label:
 
 
 TimestepDraw = Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]
-
-
-def uniform_timesteps(num_timesteps: int) -> TimestepDraw:
-  """draw(key, batch_size) -> (t uniform over [0, T), weights 1)."""
-  return lambda key, n: (diffusion.sample_timesteps(key, n, num_timesteps), jnp.ones((n,), jnp.float32))
-
-
-def continuous_times(config: ml_collections.ConfigDict) -> TimestepDraw:
-  """draw(key, batch_size) -> (t in [train_eps, 1], loss weights) of a continuous process: uniform, or
-  with timestep_sampler=importance drawn in proportion to the likelihood weighting."""
-  sde = sde_lib.from_config(config.diffusion)
-  importance = config.training.timestep_sampler == 'importance'
-  return lambda key, n: sde_lib.sample_times(key, n, sde, config.diffusion.train_eps, importance)
-
-
-def noised(config: ml_collections.ConfigDict, schedule: diffusion.Schedule, x0: jax.Array, t: jax.Array,
-           noise: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(x_t, the network's time input) at timesteps (ddpm) or times (continuous processes) t."""
-  if not sde_lib.is_continuous(config.diffusion):
-    return diffusion.q_sample(schedule, x0, t, noise), t
-  return sde_lib.perturb(sde_lib.from_config(config.diffusion), x0, t, noise)
 
 
 def training_inputs(images: jax.Array, key: jax.Array, random_flip: bool, draw_timesteps: TimestepDraw):
@@ -104,7 +83,7 @@ def accumulated_value_and_grad(loss_fn: Callable, num: int) -> Callable:
   return value_and_grad
 
 
-def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTransformation,
+def make_train_step(model, process: Process, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, train_key: jax.Array) -> Callable:
   """train_step(state, uint8 images, labels=None) -> (state, metrics); keys come from state.step.
 
@@ -116,13 +95,10 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
   folded with the micro-batch index, and batch-norm running statistics updated once, by the mean
   of the micro-batches' updates (batch norm normalises each micro-batch by its own statistics).
   """
-  spec = diffusion.loss_spec_from_config(config.diffusion)
   num_classes = config.model.num_classes
   lr_schedule = learning_rate_schedule(config.optim)
-  continuous = sde_lib.is_continuous(config.diffusion)
-  sde = sde_lib.from_config(config.diffusion) if continuous else None
   # Improved DDPM's importance sampling of discrete timesteps, from a history of their losses.
-  importance = config.training.timestep_sampler == 'importance' and not continuous
+  history = process.uses_loss_history(config)
   model = precision.computing_in(model, config.training.compute_dtype)
   accum = config.training.get('grad_accum_steps', 1)
   ema_warmup = config.training.get('ema_warmup', False)
@@ -130,12 +106,7 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
   def train_step(state: TrainState, images: jax.Array, labels: jax.Array | None = None):
     if num_classes and labels is None:
       raise ValueError(f'The network is class-conditional ({num_classes} classes): train it with labels.')
-    if importance:
-      history = diffusion.LossHistory(**state.loss_history)
-      draw = lambda key, n: diffusion.sample_importance_timesteps(
-          key, n, history, config.training.importance_uniform_prob)
-    else:
-      draw = continuous_times(config) if continuous else uniform_timesteps(schedule.num_timesteps)
+    draw = lambda key, n: process.train_times(key, n, config, state.loss_history)
     x0, t, weights, noise, dropout_key, label_key = training_inputs(
         images, jax.random.fold_in(train_key, state.step), config.data.random_flip, draw)
     model_labels = (drop_labels(label_key, labels, config.training.cond_drop_prob, num_classes)
@@ -152,11 +123,7 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
         new_stats.update(mutated)  # Carried out of the loss as aux; traced, so pure.
         return out
 
-      if continuous:
-        per_example = sde_lib.continuous_loss(sde, model_fn, x0, t, noise, config.diffusion.likelihood_weighting)
-        terms = diffusion.LossTerms(per_example, jnp.zeros((), per_example.dtype), {})
-      else:
-        terms = diffusion.training_loss(spec, schedule, model_fn, x0, t, noise)
+      terms = process.training_loss(model_fn, x0, t, noise, config)
       loss = jnp.mean(weights * terms.per_example) + terms.batch_term
       return loss, (new_stats.get('batch_stats', state.batch_stats), terms.per_example, terms.metrics)
 
@@ -173,9 +140,9 @@ def make_train_step(model, schedule: diffusion.Schedule, tx: optax.GradientTrans
     metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
                'learning_rate': lr_schedule(state.step), **term_metrics}
     new_state = apply_gradients(state, grads, batch_stats, tx, config.training.ema_decay, ema_warmup)
-    if importance:
+    if history:
       new_state = new_state.replace(loss_history=diffusion.update_loss_history(
-          history, t, per_example)._asdict())
+          diffusion.LossHistory(**state.loss_history), t, per_example)._asdict())
     # A NaN or infinite step never changes the state; the loop stops on it or counts it
     # (config.training.skip_nonfinite_steps). One program either way: the knob needs no recompile.
     return unless_nonfinite(state, new_state, loss, metrics['grad_norm']), metrics
@@ -208,7 +175,7 @@ def unless_nonfinite(old: TrainState, new: TrainState, loss: jax.Array, grad_nor
   return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old).replace(step=new.step)
 
 
-def make_bn_calibration(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict,
+def make_bn_calibration(model, process: Process, config: ml_collections.ConfigDict,
                         calibration_key: jax.Array) -> Callable:
   """calibrate(state, uint8 batches (K, B, H, W, C)) -> state with fresh ema_batch_stats.
 
@@ -222,12 +189,11 @@ def make_bn_calibration(model, schedule: diffusion.Schedule, config: ml_collecti
 
   def batch_statistics(state: TrainState, images: jax.Array, index: jax.Array):
     key = jax.random.fold_in(jax.random.fold_in(calibration_key, state.step), index)
-    draw = (continuous_times(config) if sde_lib.is_continuous(config.diffusion)
-            else uniform_timesteps(schedule.num_timesteps))
+    draw = lambda key, n: process.train_times(key, n, config)  # Without a loss history: the ddpm chain's uniform t.
     x0, t, _, noise, dropout_key, _ = training_inputs(images, key, config.data.random_flip, draw)
     zeros = jax.tree.map(jnp.zeros_like, state.ema_batch_stats)
     null_labels = jnp.full((x0.shape[0],), num_classes, jnp.int32) if num_classes else None
-    x_t, time_input = noised(config, schedule, x0, t, noise)
+    x_t, time_input = process.training_inputs(x0, t, noise)
     _, mutated = model.apply({'params': state.ema_params, 'batch_stats': zeros}, x_t, time_input, train=True,
                              labels=null_labels, mutable=['batch_stats'], rngs={'dropout': dropout_key})
     # From zero, one update leaves (1 - momentum) * the batch's statistic.

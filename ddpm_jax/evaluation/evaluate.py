@@ -20,8 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import atomic_io, checkpoints, configuration, generate, layout, sampling, streaming, viz
-from ddpm_jax import sde as sde_lib
+from ddpm_jax import atomic_io, checkpoints, configuration, generate, layout, processes, samplers, streaming, viz
 from ddpm_jax.errors import MetricsError
 from ddpm_jax.evaluation import features, likelihood, offline_classifier
 from ddpm_jax.train_state import components, root_keys
@@ -47,7 +46,7 @@ def samples_dir(workdir: str, step: int, manifest: dict) -> str:
   return os.path.join(workdir, layout.EVAL_DIR, f'samples_{step:08d}_{digest}')
 
 
-def sample_quality(config: ml_collections.ConfigDict, workdir: str, state, step: int, model, schedule, mesh,
+def sample_quality(config: ml_collections.ConfigDict, workdir: str, state, step: int, model, process, mesh,
                    nets: list[features.FeatureNet], references: list[features.Reference],
                    guidance_scale: float) -> tuple[dict, np.ndarray | None, str]:
   """(metrics, labels, samples folder) of config.eval.num_samples samples at one guidance scale."""
@@ -57,7 +56,7 @@ def sample_quality(config: ml_collections.ConfigDict, workdir: str, state, step:
               'sampling': configuration.config_to_dict(config.sampling), 'seed': config.seed,
               'guidance_scale': guidance_scale}
   directory = samples_dir(workdir, step, manifest)
-  sample_fn = generate.make_sampler(model, schedule, config, guidance_scale=guidance_scale)
+  sample_fn = generate.make_sampler(model, process, config, guidance_scale=guidance_scale)
   image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
   key = jax.random.fold_in(root_keys(config)['eval'], step)
   bs = e.sample_batch_size
@@ -96,26 +95,14 @@ def sampling_cost(directory: str, nfe_per_batch: list[int], seconds: list[float]
   return cost
 
 
-def sampler_config(config: ml_collections.ConfigDict, name: str, steps: int | None) -> ml_collections.ConfigDict:
-  """config with config.sampling's sampler set to `name` (and its steps, if given)."""
-  swept = ml_collections.ConfigDict(config.to_dict())
-  swept.sampling.sampler = name
-  if steps is not None:
-    if name == 'ddim':
-      swept.sampling.ddim_steps = steps
-    elif name in sampling.SOLVER_SAMPLERS:
-      swept.sampling.num_steps = steps
-  return swept
-
-
-def sampler_sweep(config: ml_collections.ConfigDict, workdir: str, state, step: int, model, schedule, mesh,
+def sampler_sweep(config: ml_collections.ConfigDict, workdir: str, state, step: int, model, process, mesh,
                   nets: list[features.FeatureNet], references: list[features.Reference]) -> list[dict]:
   """Sample quality of each entry of config.eval.sampler_sweep, with its network calls and time per
   image; written as eval/nfe.md and plotted (FID against NFE) as eval/nfe.png."""
   rows = []
   for name, steps in configuration.sweep_entries(config.eval.sampler_sweep):
-    swept = sampler_config(config, name, steps)
-    metrics, _, _ = sample_quality(swept, workdir, state, step, model, schedule, mesh, nets, references,
+    swept = samplers.sampler_class(name).with_steps(config, steps)
+    metrics, _, _ = sample_quality(swept, workdir, state, step, model, process, mesh, nets, references,
                                    config.sampling.guidance_scale)
     label = name if steps is None else f'{name}:{steps}'
     rows.append({'sampler': label, **metrics})
@@ -189,13 +176,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
   e = config.eval
-  # The variational bound exists for the discrete chain only; continuous processes have the ODE's.
-  bound_examples = e.bpd_num_examples if not sde_lib.is_continuous(config.diffusion) else 0
+  # The variational bound exists for a discrete chain only; continuous processes have the ODE's.
+  process = processes.from_config(config.diffusion)
+  bound_examples = e.bpd_num_examples if process.schedule is not None else 0
   if not bound_examples and not e.ode_bpd_num_examples and not e.num_samples:
     raise MetricsError('config.eval.bpd_num_examples (process ddpm), ode_bpd_num_examples and num_samples are '
                        'all 0: nothing to evaluate. Set one of them above 0 (bits/dim on that many examples, '
                        'FID on that many samples).')
-  mesh, model, schedule, tx = components(config)
+  mesh, model, process, tx = components(config)
   changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
   state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh, check_fits_first=bool(changes))
   if e.num_samples:
@@ -214,8 +202,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
   if bound_examples:
     images = streaming.first_images(config.data, e.split, bound_examples)
     logging.info('Bits/dim of %d %s examples by the full bound (%d terms each).', len(images), e.split,
-                 schedule.num_timesteps)
-    results.update(likelihood.bits_per_dim(likelihood.make_bound_fn(model, schedule, config), state.ema_params, state.ema_batch_stats,
+                 process.schedule.num_timesteps)
+    results.update(likelihood.bits_per_dim(likelihood.make_bound_fn(model, process.schedule, config), state.ema_params, state.ema_batch_stats,
                                 images, e.bpd_batch_size, jax.random.fold_in(root_keys(config)['eval'], step),
                                 mesh, log_every_seconds=config.progress_log_every_seconds))
     logging.info('Bits/dim at step %d: %.4f (prior %.2e, decoder %.4f).', step, results['bpd'],
@@ -226,7 +214,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
     if config.model.num_classes:
       rows = {}
       for w in config.sampling.eval_guidance_scales:
-        row, labels, directory = sample_quality(config, workdir, state, step, model, schedule, mesh, nets,
+        row, labels, directory = sample_quality(config, workdir, state, step, model, process, mesh, nets,
                                                 references, float(w))
         rows[float(w)] = {**row, **class_accuracy(config, directory, labels)}
       results['guidance'] = {f'{w:g}': row for w, row in rows.items()}
@@ -234,13 +222,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
       atomic_io.write_text(os.path.join(workdir, layout.EVAL_DIR, GUIDANCE_TABLE), table)
       logging.info('Conditional samples by guidance scale:\n%s', table)
     else:
-      row, _, _ = sample_quality(config, workdir, state, step, model, schedule, mesh, nets, references,
+      row, _, _ = sample_quality(config, workdir, state, step, model, process, mesh, nets, references,
                                  config.sampling.guidance_scale)
       results.update(row)
     logging.info('Sample quality at step %d: %s', step,
                  {k: v for k, v in results.items() if isinstance(v, float) and not k.startswith('bpd')})
     if e.sampler_sweep:
-      results['sampler_sweep'] = sampler_sweep(config, workdir, state, step, model, schedule, mesh, nets,
+      results['sampler_sweep'] = sampler_sweep(config, workdir, state, step, model, process, mesh, nets,
                                                references)
   path = os.path.join(workdir, layout.EVAL_DIR, METRICS_FILE)
   results = finite_metrics(results)

@@ -10,8 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import data, diffusion, generate, ode, parallel, progress
-from ddpm_jax import sde as sde_lib
+from ddpm_jax import data, denoiser, diffusion, generate, ode, parallel, processes, progress
 
 
 def make_bound_fn(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict) -> Callable:
@@ -62,19 +61,19 @@ def bits_per_dim(bound_fn: Callable, params, batch_stats, images: np.ndarray, ba
 
 def make_ode_bpd_fn(model, config: ml_collections.ConfigDict) -> Callable:
   """ode_bpd(params, batch_stats, uint8 images, key) -> (bits/dim per image, NFE), compiled: uniform
-  dequantisation, then the probability-flow ODE of config.diffusion's process (a ddpm network: the VP
-  SDE of its schedule) from the data to the prior with config.eval.hutchinson's trace estimator and
-  config.sampling's ode_* solver and tolerances."""
+  dequantisation, then the probability-flow ODE of config.diffusion's process (one marginal for the
+  score and the drift, a ddpm chain's too) from the data to the prior with config.eval.hutchinson's
+  trace estimator and config.sampling's ode_* solver and tolerances."""
   d, s, e = config.diffusion, config.sampling, config.eval
-  sde = sde_lib.from_config(d)
+  process = processes.from_config(d)
 
   def ode_bpd(params, batch_stats, images, key):
     dequantize_key, probe_key = jax.random.split(key)
-    eps_fn = generate.eps_fn_for(generate.model_fn_for(model, params, batch_stats), d.model_var_type)
-    score_fn = sde_lib.score_fn_from_model(sde, eps_fn, continuous=sde_lib.is_continuous(d))
-    bpd, _, nfe = ode.ode_likelihood(sde, score_fn, ode.dequantize(dequantize_key, images), probe_key,
-                                     eps=sde_lib.sampling_eps(sde), hutchinson=e.hutchinson, rtol=s.ode_rtol,
-                                     atol=s.ode_atol, solver=s.ode_solver, max_steps=s.ode_max_steps)
+    bound = denoiser.Model(process, generate.model_fn_for(model, params, batch_stats), d.model_mean_type,
+                           d.model_var_type)
+    bpd, _, nfe = ode.ode_likelihood(process, bound.score, ode.dequantize(dequantize_key, images), probe_key,
+                                     hutchinson=e.hutchinson, rtol=s.ode_rtol, atol=s.ode_atol, solver=s.ode_solver,
+                                     max_steps=s.ode_max_steps)
     return bpd, nfe
 
   return jax.jit(ode_bpd)

@@ -6,7 +6,6 @@ Writes DIR/runs.md, DIR/runs.csv, DIR/loss_vs_step.png, DIR/loss_vs_epoch.png (r
 logged 'epoch') and DIR/fid_vs_step.png (runs that logged 'fid', or else 'fid_classifier').
 """
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -14,10 +13,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from absl import flags
 import numpy as np
 
 from ddpm_jax import atomic_io, layout, viz
-from ddpm_jax.tools import events
+from ddpm_jax.tools import common, events
 
 FINAL_LOSS_WINDOW = 5  # Final loss: the mean of this many last logged values.
 COLUMNS = ('run', 'network', 'parameters', 'loss', 'schedule', 'final loss', 'final FID',
@@ -185,27 +185,28 @@ def _split(text: str) -> list[str]:
   return [part.strip() for part in text.split(',') if part.strip()] if text else []
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m ddpm_jax.tools.compare', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdirs', required=True, help='Comma-separated run workdirs.')
-  parser.add_argument('--out', required=True, help='Directory for the table, CSV and plots.')
-  parser.add_argument('--labels', default='', help='Comma-separated labels, one per workdir '
-                      '(default: the workdirs\' names).')
-  parser.add_argument('--final_loss_window', type=int, default=FINAL_LOSS_WINDOW,
-                      help='Final loss = mean of this many last logged values.')
-  args = parser.parse_args(argv)
-  if args.final_loss_window < 1:
-    parser.error('--final_loss_window must be at least 1.')
+def define_flags(fv: flags.FlagValues) -> None:
+  """The tool's flags (common.main parses them)."""
+  flags.DEFINE_string('workdirs', None, 'Comma-separated run workdirs.', flag_values=fv)
+  flags.DEFINE_string('out', None, 'Folder for the table, CSV and plots.', flag_values=fv)
+  flags.DEFINE_string('labels', '', 'Comma-separated labels, one per workdir (default: the workdirs\' names).',
+                      flag_values=fv)
+  flags.DEFINE_integer('final_loss_window', FINAL_LOSS_WINDOW, 'Final loss = mean of this many last logged values.',
+                       lower_bound=1, flag_values=fv)
+
+
+def write_comparison(fv: flags.FlagValues) -> None:
+  """compare() on the parsed flags; prints each path written."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (reading events) stays quiet.
-  try:
-    paths = compare(_split(args.workdirs), args.out, _split(args.labels), args.final_loss_window)
-  except ValueError as e:  # errors.RunError included.
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  for path in paths:
+  for path in compare(_split(fv.workdirs), fv.out, _split(fv.labels), fv.final_loss_window):
     print(f'Wrote {path}')
-  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The command (the ddpm-jax-compare script) on argv (argv[0] the program; None: sys.argv); the exit status.
+  compare's ValueErrors (errors.RunError included) are one line."""
+  return common.main(argv, define_flags, write_comparison, doc=__doc__, required=('workdirs', 'out'),
+                     errors=(ValueError,))
 
 
 if __name__ == '__main__':

@@ -16,6 +16,10 @@ Skip/AttnSkip blocks), which fill our `ncsnpp` network. This module
   python -m ddpm_jax.tools.convert_diffusers --model_dir=DIR --workdir=OUT [--config=configs/cifar10_ddpm.py]
   python main.py --config=configs/cifar10_ddpm.py --workdir=OUT --mode=sample
 
+--config defaults to the package's configs/cifar10_ddpm.py (google/ddpm-cifar10-32); --config.X.Y=...
+overrides. The workdir is written only after every check passed: exit status 1 with one line
+`error: ...` otherwise (ddpm_jax/tools/common.py).
+
 Reading .safetensors needs the `safetensors` package (numpy only); a .bin file needs torch.
 """
 
@@ -24,15 +28,17 @@ import math
 import os
 import re
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags, logging
 from flax import traverse_util
 
 from ddpm_jax import checkpoints, configuration, nets, parallel, workdir_lock
-from ddpm_jax.errors import ConversionError, UserError, WorkdirError, one_line, os_error_line
+from ddpm_jax.errors import ConversionError, WorkdirError, one_line
+from ddpm_jax.tools import common
 from ddpm_jax.train_state import create_train_state, make_optimizer
 
 DIFFUSERS_CONFIG_FILE = 'config.json'
@@ -451,45 +457,55 @@ def write_workdir(params: dict, config, workdir: str, step: int) -> str:
   return os.path.join(checkpoint_dir, str(step))
 
 
-def main(argv) -> None:
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-  if len(argv) > 1:
-    raise SystemExit(f'Unexpected arguments: {" ".join(argv[1:])}')
-  flags_ = flags.FLAGS
-  step, num_params, path = run(flags_.config, flags_.model_dir, flags_.workdir, flags_.step)
-  logging.info('Wrote %d converted params as step %d to %s.', num_params, step, path)
-  config_file = config_flags.get_config_filename(flags_['config'])
-  print(f'Wrote {num_params:,} params as step {step} to {path}. Sample with:\n'
-        f'  python main.py --config={config_file} --workdir={flags_.workdir} --mode=sample')
-
-
-def run(config, model_dir: str, workdir: str, step: int = 0) -> tuple[int, int, str]:
-  """The command on parsed flags: (step, parameter count, checkpoint directory) of the converted
-  weights; every expected failure exits with one line `error: ...` (status 1), the workdir untouched."""
+def convert_into(config, model_dir: str, workdir: str, step: int = 0) -> tuple[int, int, str]:
+  """Converts the diffusers folder `model_dir` into `workdir` for `config`: (step, parameter count,
+  checkpoint directory). ConversionError, UserError or OSError before the workdir is touched."""
   step = step if step > 0 else default_step(config)
-  try:
-    require_convertible(config)
-    diffusers_config, state_dict = load_model_dir(model_dir)
-    params = convert(diffusers_config, state_dict, config)
-    path = write_workdir(params, config, workdir, step)
-  except (ConversionError, UserError) as e:
-    sys.exit(f'error: {one_line(e)}')
-  except OSError as e:  # A full or read-only disk while writing the workdir.
-    sys.exit(f'error: {os_error_line(e, workdir)}')
+  require_convertible(config)
+  diffusers_config, state_dict = load_model_dir(model_dir)
+  params = convert(diffusers_config, state_dict, config)
+  path = write_workdir(params, config, workdir, step)
   return step, sum(x.size for x in jax.tree.leaves(params)), path
 
 
-if __name__ == '__main__':
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+def run(config, model_dir: str, workdir: str, step: int = 0) -> tuple[int, int, str]:
+  """convert_into, where every expected failure exits with one line `error: ...` (status 1), the
+  workdir untouched."""
+  with common.exit_on_error(ERRORS, workdir):
+    return convert_into(config, model_dir, workdir, step)
 
-  config_flags.DEFINE_config_file('config', 'configs/cifar10_ddpm.py', 'Config of the ddpm network to fill.',
-                                  lock_config=True)
-  flags.DEFINE_string('model_dir', None, 'Folder of a diffusers UNet2DModel: config.json and weights.')
-  flags.DEFINE_string('workdir', None, 'Workdir to write: config.json and checkpoints/<step>/.')
-  flags.DEFINE_integer('step', 0, 'Step to save the checkpoint as; '
-                       '0 = config.training.num_train_steps, or 1 if that is 0.')
-  flags.mark_flags_as_required(['model_dir', 'workdir'])
-  app.run(main)
+
+# --config: the official CIFAR-10 DDPM's config when not given.
+CONFIG = common.ConfigFlag('cifar10_ddpm', 'Config of the ddpm (or ncsnpp) network to fill (configs/*.py); '
+                           '--config.X.Y=... overrides.', lock=True)
+ERRORS = (ConversionError,)  # The expected failures besides UserError and OSError.
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+  """The tool's flags besides --config (common.main defines that one)."""
+  flags.DEFINE_string('model_dir', None, 'Folder of a diffusers UNet2DModel: config.json and weights.',
+                      flag_values=fv)
+  flags.DEFINE_string('workdir', None, 'Workdir to write: config.json and checkpoints/<step>/.', flag_values=fv)
+  flags.DEFINE_integer('step', 0, 'Step to save the checkpoint as; 0 = config.training.num_train_steps, or 1 if '
+                       'that is 0.', flag_values=fv)
+
+
+def write_converted(fv: flags.FlagValues) -> None:
+  """convert_into on the parsed flags; prints what was written and how to sample from it."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  step, num_params, path = convert_into(fv.config, fv.model_dir, fv.workdir, fv.step)
+  logging.info('Wrote %d converted params as step %d to %s.', num_params, step, path)
+  config_file = config_flags.get_config_filename(fv['config'])
+  print(f'Wrote {num_params:,} params as step {step} to {path}. Sample with:\n'
+        f'  python main.py --config={config_file} --workdir={fv.workdir} --mode=sample')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The command (the ddpm-jax-convert-diffusers script) on argv (argv[0] the program; None: sys.argv);
+  the exit status."""
+  return common.main(argv, define_flags, write_converted, doc=__doc__, config=CONFIG,
+                     required=('model_dir', 'workdir'), errors=ERRORS, workdir_flag='workdir')
+
+
+if __name__ == '__main__':
+  sys.exit(main())

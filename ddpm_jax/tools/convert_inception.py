@@ -3,26 +3,31 @@
   curl -L -o pt_inception-2015-12-05-6726825d.pth \\
     https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
   python -m ddpm_jax.tools.convert_inception --torch_weights=pt_inception-2015-12-05-6726825d.pth \\
-    [--output=~/.cache/ddpm-jax/inception/pt_inception-2015-12-05.npz]
+    [--out=~/.cache/ddpm-jax/inception/pt_inception-2015-12-05.npz]
+
+(--output, the flag's former name, still works with a warning.)
 
 The state dict is torchvision's Inception3 naming (Mixed_5b.branch1x1.conv.weight, ...); ours
 uses the same module names, so each key maps by name: conv and fc weights are transposed
 (OIHW -> HWIO, (out, in) -> (in, out)), batch norm's weight/bias/running_mean/running_var
 become scale/bias and the batch_stats mean/var. Every key must be used (num_batches_tracked
 aside) and every shape must fit. The file's SHA-256 must start with the 8 hex digits in its
-published name, so a truncated download is refused. Reading the .pth needs torch.
+published name, so a truncated download is refused. Reading the .pth needs torch. A bad input
+exits with status 1 and one line `error: ...`, before anything is written (ddpm_jax/tools/common.py).
 """
 
 import hashlib
 import os
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
+from absl import flags
 import numpy as np
 from flax import traverse_util
 
 from ddpm_jax.errors import ConversionError, InceptionWeightsError
 from ddpm_jax.nets import inception
+from ddpm_jax.tools import common
 from ddpm_jax.tools.convert_diffusers import torch_to_flax
 
 # The first 8 hex digits of the published file's SHA-256, as in its name.
@@ -114,29 +119,29 @@ def convert_file(torch_weights: str, output: str = inception.DEFAULT_WEIGHTS_PAT
   return path
 
 
-def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+def define_flags(fv: flags.FlagValues) -> None:
+  """The tool's flags (common.main parses them; --output is --out's former name)."""
+  flags.DEFINE_string('torch_weights', None, f'pytorch-fid\'s {inception.FID_WEIGHTS_FILE}, from '
+                      f'{inception.FID_WEIGHTS_URL}.', flag_values=fv)
+  flags.DEFINE_string('out', inception.DEFAULT_WEIGHTS_PATH, 'The .npz to write (where the loader looks by default).',
+                      flag_values=fv)
+  flags.DEFINE_bool('check_hash', True, 'Refuse a file whose SHA-256 does not start with '
+                    f'{FID_WEIGHTS_SHA256_PREFIX}, as the published one does.', flag_values=fv)
 
-  if len(argv) > 1:
-    raise SystemExit(f'Unexpected arguments: {" ".join(argv[1:])}')
-  flags_ = flags.FLAGS
-  try:
-    path = convert_file(flags_.torch_weights, flags_.output,
-                        FID_WEIGHTS_SHA256_PREFIX if flags_.check_hash else None)
-  except (ConversionError, InceptionWeightsError) as e:
-    sys.exit(f'error: {e}')
+
+def write_converted(fv: flags.FlagValues) -> None:
+  """convert_file on the parsed flags; prints what was written."""
+  path = convert_file(fv.torch_weights, fv.out, FID_WEIGHTS_SHA256_PREFIX if fv.check_hash else None)
   num_params = sum(int(np.prod(shape)) for shape in inception.expected_shapes().values())
   print(f'Wrote {num_params:,} Inception weights to {path}.')
 
 
-if __name__ == '__main__':
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The command (the ddpm-jax-convert-inception script) on argv (argv[0] the program; None: sys.argv);
+  the exit status."""
+  return common.main(argv, define_flags, write_converted, doc=__doc__, required=('torch_weights',),
+                     deprecated={'output': 'out'}, errors=(ConversionError, InceptionWeightsError))
 
-  flags.DEFINE_string('torch_weights', None, f'pytorch-fid\'s {inception.FID_WEIGHTS_FILE}, from '
-                      f'{inception.FID_WEIGHTS_URL}.')
-  flags.DEFINE_string('output', inception.DEFAULT_WEIGHTS_PATH, 'The .npz to write (where the loader looks by '
-                      'default).')
-  flags.DEFINE_bool('check_hash', True, 'Refuse a file whose SHA-256 does not start with '
-                    f'{FID_WEIGHTS_SHA256_PREFIX}, as the published one does.')
-  flags.mark_flags_as_required(['torch_weights'])
-  app.run(main)
+
+if __name__ == '__main__':
+  sys.exit(main())

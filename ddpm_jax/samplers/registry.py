@@ -1,0 +1,82 @@
+"""The registry of samplers: config.sampling.sampler -> its class (one file per family).
+
+A sampler declares the config.sampling knobs it reads, its steps and the knob that sets them, its
+checks against the process and the network, whether it keeps frames, and builds the compiled loop.
+generate, configuration, evaluate and figures look it up here; none branches on sampler names.
+"""
+
+from typing import Callable, ClassVar, Optional
+
+import jax
+import ml_collections
+
+from ddpm_jax.errors import require
+from ddpm_jax.processes.base import Process
+
+# run(model (denoiser.Model), x_T, key, frame_steps, progress_fn, progress_every) -> (x_0, frames or None, network calls per image).
+SampleFn = Callable[..., tuple[jax.Array, Optional[jax.Array], jax.Array]]
+SAMPLERS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+  """Class decorator: makes a Sampler subclass selectable as config.sampling.sampler=cls.name."""
+  if cls.name in SAMPLERS:
+    raise ValueError(f'Sampler {cls.name!r} is registered twice.')
+  SAMPLERS[cls.name] = cls
+  return cls
+
+
+def sampler_class(name: str) -> type:
+  if name not in SAMPLERS:
+    raise ValueError(f'Unknown sampler {name!r}; valid: {", ".join(SAMPLERS)}.')
+  return SAMPLERS[name]
+
+
+class Sampler:
+  """A sampler family member; subclasses set the class attributes and `build`."""
+
+  name: ClassVar[str] = ''
+  # config fields (section.field) it reads: changed while no sampler in use reads them, they are refused.
+  knobs: ClassVar[tuple[str, ...]] = ()
+  # The field that config.eval.sampler_sweep's 'NAME:STEPS' sets (None: the steps are not a knob).
+  steps_field: ClassVar[Optional[str]] = None
+  # Frames of the reverse process for --mode=figures, and progress reports from inside the loop.
+  keeps_frames: ClassVar[bool] = False
+  # Its steps are a bound, not a count (adaptive solvers).
+  adaptive: ClassVar[bool] = False
+  # Works from eps alone (any process); False for samplers of the discrete chain's raw output.
+  needs_eps: ClassVar[bool] = True
+
+  @classmethod
+  def steps(cls, config: ml_collections.ConfigDict, process: Process) -> int:
+    """Reverse steps it takes (a bound when adaptive)."""
+    return config[cls.steps_field.split('.')[0]][cls.steps_field.split('.')[1]]
+
+  @classmethod
+  def with_steps(cls, config: ml_collections.ConfigDict, steps: int | None) -> ml_collections.ConfigDict:
+    """A copy of config sampling with this sampler (and `steps`, where it has a steps knob)."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    copy.sampling.sampler = cls.name
+    if steps is not None and cls.steps_field is not None:
+      section, field = cls.steps_field.split('.')
+      copy[section][field] = steps
+    return copy
+
+  @classmethod
+  def check(cls, config: ml_collections.ConfigDict, process: Process, steps: int | None = None) -> None:
+    """Raises ConfigError where the sampler cannot run with this process, network or knobs; `steps`
+    is a sweep entry's (None: the config's)."""
+    d = config.diffusion
+    if cls.needs_eps:
+      require(d.model_mean_type == 'eps', f'The {cls.name} sampler needs an eps-predicting network: it has '
+              f'config.diffusion.model_mean_type={d.model_mean_type}; use ancestral or ddim.')
+
+  @classmethod
+  def build(cls, config: ml_collections.ConfigDict, process: Process) -> SampleFn:
+    """run(model: Model, x_T standard normal, key, frame_steps=(), progress_fn=None, progress_every=0)."""
+    raise NotImplementedError
+
+  @classmethod
+  def frames(cls, config: ml_collections.ConfigDict, num_frames: int) -> tuple[list[int], list[int]]:
+    """(frame_steps of the loop, the timestep label of each) for num_frames evenly spaced frames."""
+    raise NotImplementedError(f'The {cls.name} sampler keeps no frames.')
