@@ -20,7 +20,7 @@ steps left"; each is labelled with the timestep it stands at (ddim_frame_timeste
 """
 
 import os
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 from absl import logging
 import jax

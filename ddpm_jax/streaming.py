@@ -205,7 +205,7 @@ def check_pipeline(data_config) -> None:
   if name in data.FOLDER_DATASETS:
     raise DataError(f'The streaming pipeline reads prepared array_record files, not image folders: convert '
                     f'{data_config.data_dir} once with `python -m ddpm_jax.tools.prepare_data --image_folder='
-                    f'{data_config.data_dir} --out_dir=OUT` and train with --config.data.dataset=array_record '
+                    f'{data_config.data_dir} --out=OUT` and train with --config.data.dataset=array_record '
                     f'--config.data.data_dir=OUT.')
   raise DataError(f'config.data.dataset={name} is small and has no streaming source: use '
                   f'--config.data.pipeline=memory (streaming sources: {", ".join(STREAMING_DATASETS)}).')

@@ -299,7 +299,7 @@ def conversion_command(output: str) -> str:
   """The command that writes converted weights to `output`."""
   command = f'python -m ddpm_jax.tools.convert_inception --torch_weights={FID_WEIGHTS_FILE}'
   if os.path.expanduser(output) != os.path.expanduser(DEFAULT_WEIGHTS_PATH):
-    command += f' --output={os.path.expanduser(output)}'
+    command += f' --out={os.path.expanduser(output)}'
   return command
 
 

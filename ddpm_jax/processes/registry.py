@@ -2,21 +2,11 @@
 
 import ml_collections
 
-PROCESSES: dict[str, type] = {}
+from ddpm_jax.registry import Registry
 
-
-def register(cls: type) -> type:
-  """Class decorator: makes a Process subclass selectable as config.diffusion.process=cls.name."""
-  if cls.name in PROCESSES:
-    raise ValueError(f'Process {cls.name!r} is registered twice.')
-  PROCESSES[cls.name] = cls
-  return cls
-
-
-def process_class(name: str) -> type:
-  if name not in PROCESSES:
-    raise ValueError(f'Unknown diffusion process {name!r}; valid: {", ".join(PROCESSES)}.')
-  return PROCESSES[name]
+PROCESSES = Registry('diffusion process')
+register = PROCESSES.register
+process_class = PROCESSES.lookup
 
 
 def from_config(diffusion_config: ml_collections.ConfigDict):

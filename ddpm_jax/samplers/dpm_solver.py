@@ -1,14 +1,11 @@
 """DPM-Solver++ 2M (Lu et al., 2022) on the probability-flow ODE, and SDE-DPM-Solver++ 2M on the
 reverse SDE (fresh noise at every step), each one compiled loop of num_steps network calls, step for
 step as diffusers' DPMSolverMultistepScheduler (algorithm_type 'dpmsolver++' and 'sde-dpmsolver++').
-On EDM's Karras grid (sampling.spacing=karras of the edm samplers' file) DPM-Solver++ 2M is
-EDMDPMSolverMultistepScheduler.
+Given EDM's Karras grid (alpha 1, sigma_i of samplers/edm.karras_sigmas), DPM-Solver++ 2M is
+diffusers' EDMDPMSolverMultistepScheduler (tests/test_samplers_edm.py).
 """
 
-from typing import Callable
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax.processes.base import EpsFn
@@ -73,17 +70,11 @@ def sde_dpm_solver_pp_2m(levels: levels_lib.NoiseLevels, eps_fn: EpsFn, x_T: jax
 @register
 class DPMSolverPP2M(levels_lib.LevelSolver):
   name = 'dpm_solver_pp_2m'
-
-  @classmethod
-  def solve(cls, grid, eps_fn, x_T, key, clip_denoised):
-    return dpm_solver_pp_2m(grid, eps_fn, x_T, clip_denoised=clip_denoised)
+  solver = staticmethod(dpm_solver_pp_2m)
 
 
 @register
 class SDEDPMSolverPP2M(levels_lib.LevelSolver):
   name = 'sde_dpm_solver_pp_2m'
+  solver = staticmethod(sde_dpm_solver_pp_2m)
   stochastic = True
-
-  @classmethod
-  def solve(cls, grid, eps_fn, x_T, key, clip_denoised):
-    return sde_dpm_solver_pp_2m(grid, eps_fn, x_T, key, clip_denoised=clip_denoised)

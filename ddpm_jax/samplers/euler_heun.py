@@ -3,8 +3,6 @@ one compiled loop each, step for step as diffusers' EulerDiscreteScheduler and H
 on their grids (the 'euler' timestep grid on the ddpm chain).
 """
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,18 +75,12 @@ def heun(levels: levels_lib.NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, clip_den
 @register
 class Euler(levels_lib.LevelSolver):
   name = 'euler'
+  solver = staticmethod(euler)
   grid = 'euler'
-
-  @classmethod
-  def solve(cls, grid, eps_fn, x_T, key, clip_denoised):
-    return euler(grid, eps_fn, x_T, clip_denoised=clip_denoised)
 
 
 @register
 class Heun(levels_lib.LevelSolver):
   name = 'heun'
+  solver = staticmethod(heun)
   grid = 'euler'
-
-  @classmethod
-  def solve(cls, grid, eps_fn, x_T, key, clip_denoised):
-    return heun(grid, eps_fn, x_T, clip_denoised=clip_denoised)

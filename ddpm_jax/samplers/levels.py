@@ -9,7 +9,7 @@ enter through the eps_fn. The step coefficients are computed once on the host in
 is host data), so each loop body is the network call and a few multiply-adds.
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +162,8 @@ class LevelSolver(Sampler):
   knobs = ('sampling.num_steps', 'sampling.spacing')
   steps_field = 'sampling.num_steps'
   grid: str = 'multistep'
+  # solver(levels, eps_fn, x_T[, key], clip_denoised=) -> (x_0, network calls); a stochastic one takes the key.
+  solver: Callable = None
   stochastic: bool = False
 
   @classmethod
@@ -180,7 +182,8 @@ class LevelSolver(Sampler):
   @classmethod
   def solve(cls, levels: NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, key: jax.Array,
             clip_denoised: bool) -> tuple[jax.Array, int]:
-    raise NotImplementedError
+    keys = (key,) if cls.stochastic else ()
+    return cls.solver(levels, eps_fn, x_T, *keys, clip_denoised=clip_denoised)
 
   @classmethod
   def build(cls, config, process):

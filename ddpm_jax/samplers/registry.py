@@ -11,25 +11,14 @@ import jax
 import ml_collections
 
 from ddpm_jax.errors import require
+from ddpm_jax.registry import Registry
 from ddpm_jax.processes.base import Process
 
 # run(model (denoiser.Model), x_T, key, frame_steps, progress_fn, progress_every) -> (x_0, frames or None, network calls per image).
 SampleFn = Callable[..., tuple[jax.Array, Optional[jax.Array], jax.Array]]
-SAMPLERS: dict[str, type] = {}
-
-
-def register(cls: type) -> type:
-  """Class decorator: makes a Sampler subclass selectable as config.sampling.sampler=cls.name."""
-  if cls.name in SAMPLERS:
-    raise ValueError(f'Sampler {cls.name!r} is registered twice.')
-  SAMPLERS[cls.name] = cls
-  return cls
-
-
-def sampler_class(name: str) -> type:
-  if name not in SAMPLERS:
-    raise ValueError(f'Unknown sampler {name!r}; valid: {", ".join(SAMPLERS)}.')
-  return SAMPLERS[name]
+SAMPLERS = Registry('sampler')
+register = SAMPLERS.register
+sampler_class = SAMPLERS.lookup
 
 
 class Sampler:

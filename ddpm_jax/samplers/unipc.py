@@ -3,10 +3,7 @@ network calls, step for step as diffusers' UniPCMultistepScheduler: each step pr
 from the next call's output, corrects with UniC at no extra call.
 """
 
-from typing import Callable
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax.processes.base import EpsFn
@@ -66,7 +63,4 @@ def unipc(levels: levels_lib.NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, lower_o
 @register
 class UniPC(levels_lib.LevelSolver):
   name = 'unipc'
-
-  @classmethod
-  def solve(cls, grid, eps_fn, x_T, key, clip_denoised):
-    return unipc(grid, eps_fn, x_T, clip_denoised=clip_denoised)
+  solver = staticmethod(unipc)
