@@ -90,7 +90,7 @@ def prepare(folder: str, out_dir: str, size: int, encoding: str, count: int) -> 
     return
   start = time.perf_counter()
   subprocess.run([sys.executable, '-m', 'ddpm_jax.tools.prepare_data', f'--image_folder={folder}',
-                  f'--out_dir={out_dir}', f'--image_size={size}', f'--encoding={encoding}'],
+                  f'--out={out_dir}', f'--image_size={size}', f'--encoding={encoding}'],
                  cwd=ROOT, check=True, capture_output=True)
   seconds = time.perf_counter() - start
   emit({'what': 'prepare', 'image_size': size, 'encoding': encoding, 'images': count,

@@ -100,7 +100,7 @@ def test_labels(workdirs, tmp_path):
 
 def test_cli_writes_and_reports(workdirs, tmp_path, capsys):
   out = str(tmp_path / 'cli')
-  assert compare.main([f'--workdirs={",".join(workdirs)}', f'--out={out}', '--labels=A,B']) == 0
+  assert compare.main(['compare', f'--workdirs={",".join(workdirs)}', f'--out={out}', '--labels=A,B']) == 0
   printed = capsys.readouterr().out.splitlines()
   assert printed[0] == f'Wrote {os.path.join(out, "runs.md")}'
   assert len(printed) == 5
@@ -111,9 +111,10 @@ def test_cli_writes_and_reports(workdirs, tmp_path, capsys):
 def test_cli_error_for_a_workdir_that_is_not_a_run(workdirs, tmp_path, capsys):
   empty = tmp_path / 'empty'
   empty.mkdir()
-  assert compare.main([f'--workdirs={workdirs[0]},{empty}', f'--out={tmp_path / "o"}']) == 1
+  assert compare.main(['compare', f'--workdirs={workdirs[0]},{empty}', f'--out={tmp_path / "o"}']) == 1
   err = capsys.readouterr().err
   assert err == f'error: No config.json in {empty}: is it the --workdir of a training run?\n'
+  assert not (tmp_path / 'o').exists()  # Every workdir is read before anything is written.
   (empty / 'config.json').write_text('{}')
   with pytest.raises(errors.RunError, match='No TensorBoard event files'):
     compare.compare([str(empty)], str(tmp_path / 'o'))
@@ -125,3 +126,18 @@ def test_the_classifier_fid_stands_in_when_no_inception_fid_was_logged():
   assert (summary.final_fid, summary.best_fid) == (3.0, 3.0)
   inception = events.Series(np.array([10]), np.array([9.0]))
   assert compare.summarize({}, {'fid': inception, 'fid_classifier': series}, {}, 'run').final_fid == 9.0
+
+
+def test_cli_refuses_a_bad_command_line_in_one_line_before_writing(workdirs, tmp_path, capsys):
+  out = tmp_path / 'o'
+  cases = [([f'--workdirs={workdirs[0]}'], 'error: --out is required: '),
+           ([f'--out={out}'], 'error: --workdirs is required: '),
+           ([f'--workdirs={workdirs[0]}', f'--out={out}', '--final_loss_window=0'],
+            'error: flag --final_loss_window=0: '),
+           ([f'--workdirs={workdirs[0]}', f'--out={out}', 'extra'], "error: unexpected arguments 'extra'"),
+           ([f'--workdirs={workdirs[0]}', f'--out={out}', '--labels=A,B'], 'error: 2 labels for 1 workdirs')]
+  for args, message in cases:
+    assert compare.main(['compare', *args]) == 1, args
+    captured = capsys.readouterr()
+    assert captured.out == '' and captured.err.startswith(message) and captured.err.count('\n') == 1, captured.err
+    assert not out.exists()

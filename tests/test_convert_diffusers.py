@@ -3,8 +3,6 @@
 import importlib
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -15,8 +13,6 @@ from flax import traverse_util
 from configs import cifar10_ddpm, lsun_church_256
 from ddpm_jax import configuration, errors, generate, nets
 from ddpm_jax.tools import convert_diffusers as cd
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # config.json of google/ddpm-cifar10-32 (the fields diffusers writes; older files omit some).
 OFFICIAL_DIFFUSERS_CONFIG = {
@@ -79,14 +75,13 @@ def assert_trees_equal(a, b):
 # ---------------------------------------------------------------------------
 # The mapping, in numpy only.
 
-def run_converter(model_dir, workdir) -> subprocess.CompletedProcess:
-  """`python -m ddpm_jax.tools.convert_diffusers` on the tiny config, as a user runs it."""
+def run_converter(capsys, *args) -> tuple[int, str, str]:
+  """(exit status, stdout, stderr) of the command on the tiny config (the default config, configs/cifar10_ddpm.py,
+  with overrides), run in this process as its script runs it."""
   overrides = [f'--config.{k}={v}'.replace(' ', '') for k, v in TINY_OVERRIDES.items()]
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  return subprocess.run(
-      [sys.executable, '-m', 'ddpm_jax.tools.convert_diffusers', f'--model_dir={model_dir}', f'--workdir={workdir}',
-       '--config=configs/cifar10_ddpm.py', *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=600)
+  code = cd.main(['convert_diffusers', *args, *overrides])
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize('path,key', [
@@ -195,7 +190,7 @@ def test_a_model_dir_without_files_is_refused(tmp_path):
 # ---------------------------------------------------------------------------
 # The command and the workdir it writes.
 
-def test_command_writes_a_workdir_that_sampling_loads(tmp_path):
+def test_command_writes_a_workdir_that_sampling_loads(tmp_path, capsys):
   safetensors_numpy = pytest.importorskip('safetensors.numpy')
   config = tiny_config()
   state_dict, expected = fake_state_dict(config, seed=1)
@@ -203,9 +198,10 @@ def test_command_writes_a_workdir_that_sampling_loads(tmp_path):
   model_dir.mkdir()
   (model_dir / 'config.json').write_text(json.dumps(TINY_DIFFUSERS_CONFIG))
   safetensors_numpy.save_file(state_dict, str(model_dir / 'diffusion_pytorch_model.safetensors'))
-  result = run_converter(model_dir, workdir)
-  assert result.returncode == 0, result.stderr[-4000:]
-  assert 'as step 800000' in result.stdout and '--mode=sample' in result.stdout
+  code, stdout, stderr = run_converter(capsys, f'--model_dir={model_dir}', f'--workdir={workdir}')
+  assert code == 0, stderr[-4000:]
+  assert 'as step 800000' in stdout and f'{os.path.join("configs", "cifar10_ddpm.py")} --workdir=' in stdout
+  assert '--mode=sample' in stdout
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['800000']
   saved = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '800000', 'default'))
   assert int(saved['step']) == 800000
@@ -218,6 +214,21 @@ def test_command_writes_a_workdir_that_sampling_loads(tmp_path):
 
   with pytest.raises(errors.WorkdirError, match='already holds checkpoints'):
     cd.write_workdir(expected, config, workdir, 800000)
+
+
+def test_the_command_refuses_in_one_line_before_making_the_workdir(tmp_path, capsys):
+  model_dir, workdir = tmp_path / 'model', tmp_path / 'workdir'
+  model_dir.mkdir()
+  for args, message in [([f'--model_dir={model_dir}', f'--workdir={workdir}'], f'No config.json in {model_dir}'),
+                        ([f'--model_dir={model_dir}'], '--workdir is required: '),
+                        ([f'--workdir={workdir}'], '--model_dir is required: '),
+                        ([f'--model_dir={model_dir}', f'--workdir={workdir}', 'more'], "unexpected arguments 'more'"),
+                        ([f'--model_dir={model_dir}', f'--workdir={workdir}', '--config.model.nope=1'],
+                         "--config.model.nope: config.model has no field 'nope'; valid: ")]:
+    code, stdout, stderr = run_converter(capsys, *args)
+    assert code == 1 and stdout == '' and 'Traceback' not in stderr, stderr
+    assert stderr.startswith(f'error: {message}') and stderr.count('\n') == 1, stderr
+    assert not workdir.exists()
 
 
 def test_a_different_model_in_the_workdir_is_refused(tmp_path):

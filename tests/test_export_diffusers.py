@@ -3,8 +3,6 @@ DDPMPipeline folder that diffusers loads and that converts back bit for bit; out
 steps as ours; networks diffusers cannot express refused in one line before anything is written."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +17,6 @@ from ddpm_jax.tools import export_diffusers as ed
 from ddpm_jax.train_state import create_train_state, make_optimizer
 import files_testlib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP = 5  # The newest checkpoint of the test run; an older one at OLD_STEP holds other EMA params.
 OLD_STEP = 3
 
@@ -59,10 +56,11 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=str(key))
 
 
-def run_export(*args) -> subprocess.CompletedProcess:
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  return subprocess.run([sys.executable, '-m', 'ddpm_jax.tools.export_diffusers', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+def run_export(capsys, *args) -> tuple[int, str, str]:
+  """(exit status, stdout, stderr) of the command run in this process, as its script runs it."""
+  code = ed.main(['export_diffusers', *args])
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
 
 
 @pytest.fixture(scope='module')
@@ -194,19 +192,24 @@ def test_a_non_empty_out_a_file_and_a_workdir_without_checkpoints_are_refused(ex
 # ---------------------------------------------------------------------------
 # The command.
 
-def test_the_command_refuses_in_one_line_and_overwrites_when_asked(exported, tmp_path):
+def test_the_command_refuses_in_one_line_and_overwrites_when_asked(exported, tmp_path, capsys):
   _, ema, workdir, _ = exported
   simple_run, out = tmp_path / 'simple', tmp_path / 'out'
   configuration.save_config(tiny_config(**{'model.name': 'unet_simple'}), str(simple_run))
-  result = run_export(f'--workdir={simple_run}', f'--out={out}')
-  assert result.returncode == 1 and 'Traceback' not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      'error: config.model.name=unet_simple cannot be exported to diffusers: its batch norm')
-  assert not out.exists()
+  for args, message in [([f'--workdir={simple_run}', f'--out={out}'],
+                         'error: config.model.name=unet_simple cannot be exported to diffusers: its batch norm'),
+                        ([f'--workdir={workdir}'], 'error: --out is required: '),
+                        ([f'--workdir={workdir}', f'--out={out}', str(out)], 'error: unexpected arguments '),
+                        ([f'--workdir={tmp_path / "none"}', f'--out={out}'],
+                         f'error: {tmp_path / "none"} is not a directory: give the --workdir of a training run.')]:
+    code, stdout, stderr = run_export(capsys, *args)
+    assert code == 1 and stdout == '' and 'Traceback' not in stderr, stderr
+    assert stderr.startswith(message) and stderr.count('\n') == 1, stderr
+    assert not out.exists()
 
   out.mkdir()
   (out / 'notes.txt').write_text('an earlier export')
-  result = run_export(f'--workdir={workdir}', f'--out={out}', '--overwrite')
-  assert result.returncode == 0, result.stderr[-4000:]
-  assert f'Wrote the EMA network of step {STEP}' in result.stdout and 'DDPMPipeline.from_pretrained' in result.stdout
+  code, stdout, stderr = run_export(capsys, f'--workdir={workdir}', f'--out={out}', '--overwrite')
+  assert code == 0, stderr[-4000:]
+  assert f'Wrote the EMA network of step {STEP}' in stdout and 'DDPMPipeline.from_pretrained' in stdout
   assert_trees_equal(cd.convert(*cd.load_model_dir(str(out)), tiny_config()), ema)

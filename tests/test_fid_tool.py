@@ -265,10 +265,23 @@ def test_statistics_of_another_dimension_or_network_give_one_line_errors(setup, 
 
 
 def test_help_prints_the_formats_and_flags(capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    fid.main(['fid', '--help'])
+  assert fid.main(['fid', '--help']) == 0
   out = capsys.readouterr().out
-  assert exit_info.value.code == 0 and "'arr_0'" in out and '--reference' in out and '--num_samples' in out
+  assert "'arr_0'" in out and '--reference' in out and '--num_samples' in out
+  assert os.path.join('configs', 'default.py') in out  # The package's default config, found.
+
+
+def test_a_bad_command_line_is_one_error_line(capsys):
+  cases = [([], '--samples is required: '),
+           (['--samples=a.npz', 'b.npz'], "unexpected arguments 'b.npz'"),
+           (['--samples=a.npz', '--config.eval.nope=1'],
+            "--config.eval.nope: config.eval has no field 'nope'; valid: "),
+           (['--samples=a.npz', '--num_samples=-1'], 'flag --num_samples=-1: ')]
+  for args, message in cases:
+    code = fid.main(['fid'] + args)
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == '' and 'Traceback' not in captured.err, (args, captured.err)
+    assert captured.err.startswith(f'error: {message}') and captured.err.count('\n') == 1, (args, captured.err)
 
 
 def test_references_name_a_folder_only_where_the_dataset_has_no_default_one():

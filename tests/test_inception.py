@@ -7,8 +7,6 @@ the same state dict goes through our converter.
 """
 
 import os
-import subprocess
-import sys
 from unittest import mock
 
 import numpy as np
@@ -20,7 +18,6 @@ from ddpm_jax.evaluation import scores as ev
 from ddpm_jax.tools import convert_inception as ci
 from ddpm_jax.nets import inception
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_LAYOUTS = {4: (3, 2, 0, 1), 2: (1, 0), 1: (0,)}  # Ours -> torch: HWIO -> OIHW, (in, out) -> (out, in).
 
 
@@ -95,7 +92,7 @@ def test_a_missing_weights_file_says_what_to_download_and_how_to_convert(tmp_pat
   assert f'No Inception weights at {path}' in message
   assert inception.FID_WEIGHTS_URL in message
   assert (f'python -m ddpm_jax.tools.convert_inception --torch_weights={inception.FID_WEIGHTS_FILE} '
-          f'--output={path}`') in message
+          f'--out={path}`') in message
   assert f'which writes {path}' in message
   # The default path needs no --output.
   assert inception.conversion_command(inception.DEFAULT_WEIGHTS_PATH) == (
@@ -271,16 +268,29 @@ def test_frechet_distance_matches_pytorch_fid_on_full_rank_statistics(pfid):
       fid_score.calculate_frechet_distance(*stats[0], *stats[1]), rel=1e-8)
 
 
-def test_converter_command_writes_weights_that_load(tmp_path):
+def test_converter_command_writes_weights_that_load(tmp_path, capsys):
   import torch  # pylint: disable=g-import-not-at-top
   flat = inception.random_flat_variables(seed=6)
   torch_weights, output = tmp_path / inception.FID_WEIGHTS_FILE, tmp_path / 'out' / 'inception.npz'
   torch.save({k: torch.from_numpy(v) for k, v in torch_layout(flat).items()}, str(torch_weights))
-  result = subprocess.run([sys.executable, '-m', 'ddpm_jax.tools.convert_inception', f'--torch_weights={torch_weights}',
-                           f'--output={output}', '--nocheck_hash'], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-4000:]
-  assert f'Wrote 23,885,392 Inception weights to {output}.' in result.stdout
+  assert ci.main(['convert_inception', f'--torch_weights={torch_weights}', f'--out={output}', '--nocheck_hash']) == 0
+  captured = capsys.readouterr()
+  assert f'Wrote 23,885,392 Inception weights to {output}.' in captured.out, captured.err[-4000:]
   loaded = traverse_util.flatten_dict(inception.load_inception_params(str(output)), sep='/')
   for key in ('params/Mixed_6c/branch7x7dbl_4/conv/kernel', 'batch_stats/Conv2d_4a_3x3/bn/mean'):
     np.testing.assert_array_equal(loaded[key], flat[key])
+
+
+def test_converter_command_refuses_in_one_line_and_reads_the_former_output_flag(tmp_path, capsys):
+  missing, output = tmp_path / inception.FID_WEIGHTS_FILE, tmp_path / 'out' / 'inception.npz'
+  for args, message in [([f'--torch_weights={missing}', f'--out={output}'], f'error: No file {missing}.'),
+                        ([f'--out={output}'], 'error: --torch_weights is required: '),
+                        ([f'--torch_weights={missing}', f'--out={output}', 'x'], "error: unexpected arguments 'x'")]:
+    assert ci.main(['convert_inception', *args]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == '' and captured.err.startswith(message) and captured.err.count('\n') == 1, captured.err
+  # --output, as inception.conversion_command still spells it: read as --out, with one warning line.
+  assert ci.main(['convert_inception', f'--torch_weights={missing}', f'--output={output}']) == 1
+  lines = capsys.readouterr().err.splitlines()
+  assert lines[0] == 'warning: --output is deprecated; use --out.' and lines[1].startswith(f'error: No file {missing}.')
+  assert len(lines) == 2 and not output.parent.exists()

@@ -182,7 +182,7 @@ def test_bad_inputs_are_one_line_user_errors(prepared, tmp_path):
   cases = [
       (lambda: prepare_data.prepare_split(str(tmp_path / 'nowhere'), str(tmp_path / 'o'), 'train', 8, 3),
        'is not a folder'),
-      (lambda: prepare_data.prepare_split(folder, records, 'train', 8, 3), 'exists: give another --out_dir'),
+      (lambda: prepare_data.prepare_split(folder, records, 'train', 8, 3), 'exists: give another --out,'),
       (lambda: prepare_data.prepare_split(folder, str(tmp_path / 'o'), 'test', 8, 3), "split 'test' is missing"),
       (lambda: prepare_data.prepare_split(folder, str(tmp_path / 'o'), 'train', 8, 3, encoding='gif'),
        'not one of png, jpeg, raw'),
@@ -203,15 +203,25 @@ def test_bad_inputs_are_one_line_user_errors(prepared, tmp_path):
     data.read_manifest(str(tmp_path / 'damaged'), 'train')
 
 
-def test_the_command_prints_one_line_errors_and_a_summary(prepared, tmp_path):
+def test_the_command_prints_one_line_errors_and_a_summary(prepared, tmp_path, capsys):
   folder, _ = prepared
-  command = [sys.executable, '-m', 'ddpm_jax.tools.prepare_data', f'--image_folder={folder}', '--image_size=8']
-  done = subprocess.run(command + [f'--out_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert done.returncode == 0, done.stderr
-  assert json.loads(done.stdout.strip().splitlines()[-1])['count'] == 26
-  again = subprocess.run(command + [f'--out_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith('error: ')
-  assert 'exists' in again.stderr.strip().splitlines()[-1]
+  command = ['prepare_data', f'--image_folder={folder}', '--image_size=8']
+  assert prepare_data.main(command + [f'--out={tmp_path}']) == 0
+  captured = capsys.readouterr()
+  assert json.loads(captured.out.strip().splitlines()[-1])['count'] == 26, captured.err
+  # --out_dir, the flag's former name (as streaming's advice still spells it): read as --out, with a warning.
+  assert prepare_data.main(command + [f'--out_dir={tmp_path}']) == 1
+  captured = capsys.readouterr()
+  assert captured.out == '' and captured.err.splitlines() == [
+      'warning: --out_dir is deprecated; use --out.',
+      f'error: {tmp_path / "train"} exists: give another --out, or --overwrite to replace it.']
+  for args, message in [([f'--out={tmp_path / "new"}', '--image_size=0'], 'error: --image_size (0) '),
+                        ([], 'error: --out is required: '),
+                        ([f'--out={tmp_path / "new"}', 'train'], "error: unexpected arguments 'train'")]:
+    assert prepare_data.main(command + args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == '' and captured.err.startswith(message) and captured.err.count('\n') == 1, captured.err
+    assert not (tmp_path / 'new').exists()
 
 
 def test_config_checks():
