@@ -1,16 +1,13 @@
 """Checks of a config before any compile or data loading, and the workdir's copy of it."""
 
 import json
-import math
-import numbers
 import os
 
 import ml_collections
-import numpy as np
 
 from configs import default as default_config  # The one statement of every default.
 from ddpm_jax import atomic_io, data, diffusion, nets, ode, processes, samplers, streaming, train_state
-from ddpm_jax.errors import ConfigError, DataError, WorkdirError, require
+from ddpm_jax.errors import ConfigError, DataError, WorkdirError, in_range, require
 from ddpm_jax.nets import precision
 from ddpm_jax.layout import CONFIG_FILE, read_config_file
 
@@ -30,37 +27,12 @@ def _one_of(value, valid, field: str) -> None:
 _UINT32_MAX = 2 ** 32 - 1
 
 
-def _bounds(low, high, low_open: bool, high_open: bool) -> str:
-  text = lambda x: 'inf' if x == math.inf else '-inf' if x == -math.inf else repr(x)
-  return f'{"(" if low_open else "["}{text(low)}, {text(high)}{")" if high_open else "]"}'
-
-
-def _in_range(value, field: str, low=-math.inf, high=math.inf, low_open: bool = False,
-              high_open: bool = False, integer: bool = False, allow_inf: bool = False, note: str = '') -> None:
-  """The one range check: `value` of config.`field` is a number (an integer with `integer`; never a
-  bool) in the interval from low to high, each end open or closed. Infinite ends are excluded (inf
-  and -inf are refused) unless allow_inf (then high=math.inf is a closed end); NaN is never in range.
-  Raises ConfigError naming the field, the value and the range; `note` (e.g. ' (0 = never)') follows
-  the range."""
-  low_open = low_open or low == -math.inf
-  high_open = high_open or (high == math.inf and not allow_inf)
-  interval = _bounds(low, high, low_open, high_open)
-  number = (numbers.Integral if integer else numbers.Real)
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, number):
-    raise ConfigError(f'config.{field}={value!r} is not {"an integer" if integer else "a number"}: it must be '
-                      f'{"an integer" if integer else "a number"} in {interval}{note}.')
-  above = low < value if low_open else low <= value
-  below = value < high if high_open else value <= high
-  if not (above and below):  # NaN fails both comparisons.
-    raise ConfigError(f'config.{field}={value!r} is out of range: it must be in {interval}{note}.')
-
-
-def _each_in_range(values, field: str, *args, non_empty: bool = False, **kwargs) -> None:
+def _eachin_range(values, field: str, *args, non_empty: bool = False, **kwargs) -> None:
   """_in_range for every element of a tuple field, named config.field[i]."""
   values = tuple(values)
   require(values or not non_empty, f'config.{field}=() is empty: it needs at least one value.')
   for i, value in enumerate(values):
-    _in_range(value, f'{field}[{i}]', *args, **kwargs)
+    in_range(value, f'{field}[{i}]', *args, **kwargs)
 
 
 def _get(config, field: str):
@@ -79,7 +51,7 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
                    'sampling.batch_size', 'figures.num_images', 'eval.bpd_batch_size', 'eval.sample_batch_size',
                    'eval.feature_batch_size', 'eval.kid_subsets', 'eval.is_splits')
   for field in positive_ints:
-    _in_range(_get(config, field), field, 1, integer=True)
+    in_range(_get(config, field), field, 1, integer=True)
   zero_means = {'cpu_devices': ' (0 = one per core)', 'model.num_classes': ' (0 = unconditional)',
                 'training.num_train_steps': ' (0 = train config.training.num_epochs epochs)',
                 'training.bn_calibration_batches': ' (0 = keep the running statistics)',
@@ -89,74 +61,68 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
                 'eval.ode_bpd_num_examples': ' (0 = skip the ODE bits/dim)',
                 'eval.classifier_steps': ' (0 = the preset)'}
   for field, note in zero_means.items():
-    _in_range(_get(config, field), field, 0, integer=True, note=note)
-  _in_range(config.seed, 'seed', 0, _UINT32_MAX, integer=True,
+    in_range(_get(config, field), field, 0, integer=True, note=note)
+  in_range(config.seed, 'seed', 0, _UINT32_MAX, integer=True,
             note=' (jax.random.key keeps 32 bits: a larger seed would repeat a smaller one)')
-  _in_range(config.distributed.process_id, 'distributed.process_id', 0, integer=True)
+  in_range(config.distributed.process_id, 'distributed.process_id', 0, integer=True)
   if config.distributed.process_id >= config.distributed.num_processes:
-    _in_range(config.distributed.process_id, 'distributed.process_id', 0, config.distributed.num_processes - 1,
+    in_range(config.distributed.process_id, 'distributed.process_id', 0, config.distributed.num_processes - 1,
               integer=True, note=' (below config.distributed.num_processes)')
-  _in_range(config.progress_log_every_seconds, 'progress_log_every_seconds', 0, allow_inf=True,
+  in_range(config.progress_log_every_seconds, 'progress_log_every_seconds', 0, allow_inf=True,
             note=' (0 = a log line after every batch; inf = only at the end)')
-  _in_range(config.data.num_channels, 'data.num_channels', 1, 3, integer=True, note=' (1 or 3)')
-  _each_in_range(config.data.classes, 'data.classes', 0, integer=True)
-  _in_range(config.data.num_workers, 'data.num_workers', 0, integer=True, note=' (0 = threads of the training process)')
+  in_range(config.data.num_channels, 'data.num_channels', 1, 3, integer=True, note=' (1 or 3)')
+  _eachin_range(config.data.classes, 'data.classes', 0, integer=True)
+  in_range(config.data.num_workers, 'data.num_workers', 0, integer=True, note=' (0 = threads of the training process)')
   for field in ('data.worker_threads', 'data.prefetch_batches'):
-    _in_range(_get(config, field), field, 1, integer=True)
+    in_range(_get(config, field), field, 1, integer=True)
   m = config.model
-  _each_in_range(m.widths, 'model.widths', 1, integer=True, non_empty=True)
-  _in_range(m.time_embed_dim, 'model.time_embed_dim', 4, integer=True, note=', even')
-  _in_range(m.batch_norm_momentum, 'model.batch_norm_momentum', 0, 1, high_open=True)
-  _each_in_range(m.ch_mult, 'model.ch_mult', 1, integer=True, non_empty=True)
-  _each_in_range(m.attn_resolutions, 'model.attn_resolutions', 1, integer=True)
-  _in_range(m.dropout, 'model.dropout', 0, 1, high_open=True)
-  _in_range(m.norm_eps, 'model.norm_eps', 0, low_open=True)
-  _in_range(m.fourier_scale, 'model.fourier_scale', 0, low_open=True)
-  _each_in_range(m.fir_kernel, 'model.fir_kernel', 0, non_empty=True)
+  _eachin_range(m.widths, 'model.widths', 1, integer=True, non_empty=True)
+  in_range(m.time_embed_dim, 'model.time_embed_dim', 4, integer=True, note=', even')
+  in_range(m.batch_norm_momentum, 'model.batch_norm_momentum', 0, 1, high_open=True)
+  _eachin_range(m.ch_mult, 'model.ch_mult', 1, integer=True, non_empty=True)
+  _eachin_range(m.attn_resolutions, 'model.attn_resolutions', 1, integer=True)
+  in_range(m.dropout, 'model.dropout', 0, 1, high_open=True)
+  in_range(m.norm_eps, 'model.norm_eps', 0, low_open=True)
+  in_range(m.fourier_scale, 'model.fourier_scale', 0, low_open=True)
+  _eachin_range(m.fir_kernel, 'model.fir_kernel', 0, non_empty=True)
   d = config.diffusion
-  _in_range(d.num_timesteps, 'diffusion.num_timesteps', 2, integer=True)
+  in_range(d.num_timesteps, 'diffusion.num_timesteps', 2, integer=True)
   for field in ('beta_start', 'beta_end'):
-    _in_range(d[field], f'diffusion.{field}', 0, 1, low_open=True, high_open=True)
-  _in_range(d.hybrid_lambda, 'diffusion.hybrid_lambda', 0, low_open=True)
-  _in_range(d.mmd_weight, 'diffusion.mmd_weight', 0, low_open=True)
-  _in_range(d.mmd_simple_weight, 'diffusion.mmd_simple_weight', 0, note=' (0 = MMD alone)')
-  _each_in_range(d.mmd_bandwidths, 'diffusion.mmd_bandwidths', 0, low_open=True, non_empty=True)
+    in_range(d[field], f'diffusion.{field}', 0, 1, low_open=True, high_open=True)
+  in_range(d.hybrid_lambda, 'diffusion.hybrid_lambda', 0, low_open=True)
+  in_range(d.mmd_weight, 'diffusion.mmd_weight', 0, low_open=True)
+  in_range(d.mmd_simple_weight, 'diffusion.mmd_simple_weight', 0, note=' (0 = MMD alone)')
+  _eachin_range(d.mmd_bandwidths, 'diffusion.mmd_bandwidths', 0, low_open=True, non_empty=True)
   for field in ('beta_min', 'beta_max', 'sigma_min', 'sigma_max'):
-    _in_range(d[field], f'diffusion.{field}', 0, low_open=True)
-  _in_range(d.num_scales, 'diffusion.num_scales', 2, integer=True)
-  _in_range(d.train_eps, 'diffusion.train_eps', 0, 1, low_open=True, high_open=True)
-  _in_range(d.sigma_data, 'diffusion.sigma_data', 0, low_open=True)
-  _in_range(d.p_mean, 'diffusion.p_mean')
-  _in_range(d.p_std, 'diffusion.p_std', 0, low_open=True)
+    in_range(d[field], f'diffusion.{field}', 0, low_open=True)
+  in_range(d.num_scales, 'diffusion.num_scales', 2, integer=True)
+  in_range(d.train_eps, 'diffusion.train_eps', 0, 1, low_open=True, high_open=True)
   t = config.training
-  _in_range(t.num_epochs, 'training.num_epochs', 0, note=' (used when num_train_steps is 0)')
-  _in_range(t.ema_decay, 'training.ema_decay', 0, 1, high_open=True)
-  _in_range(t.cond_drop_prob, 'training.cond_drop_prob', 0, 1, high_open=True,
+  in_range(t.num_epochs, 'training.num_epochs', 0, note=' (used when num_train_steps is 0)')
+  in_range(t.ema_decay, 'training.ema_decay', 0, 1, high_open=True)
+  in_range(t.cond_drop_prob, 'training.cond_drop_prob', 0, 1, high_open=True,
             note=' (1 would never train the conditional model)')
-  _in_range(t.importance_uniform_prob, 'training.importance_uniform_prob', 0, 1)
-  _in_range(t.fid_num_samples, 'training.fid_num_samples', 2, integer=True)
+  in_range(t.importance_uniform_prob, 'training.importance_uniform_prob', 0, 1)
+  in_range(t.fid_num_samples, 'training.fid_num_samples', 2, integer=True)
   o = config.optim
-  _in_range(o.lr, 'optim.lr', 0, low_open=True)
-  _in_range(o.beta1, 'optim.beta1', 0, 1, high_open=True)
-  _in_range(o.beta2, 'optim.beta2', 0, 1, high_open=True)
-  _in_range(o.eps, 'optim.eps', 0, low_open=True)
-  _in_range(o.grad_clip, 'optim.grad_clip', 0, note=' (0 = no clipping)')
+  in_range(o.lr, 'optim.lr', 0, low_open=True)
+  in_range(o.beta1, 'optim.beta1', 0, 1, high_open=True)
+  in_range(o.beta2, 'optim.beta2', 0, 1, high_open=True)
+  in_range(o.eps, 'optim.eps', 0, low_open=True)
+  in_range(o.grad_clip, 'optim.grad_clip', 0, note=' (0 = no clipping)')
   s = config.sampling
-  _in_range(s.ddim_eta, 'sampling.ddim_eta', 0, note=' (0 = deterministic)')
-  _in_range(s.guidance_scale, 'sampling.guidance_scale', 0, note=' (0 = no guidance)')
-  _each_in_range(s.eval_guidance_scales, 'sampling.eval_guidance_scales', 0)
-  _each_in_range(s.classes, 'sampling.classes', 0, integer=True)
+  in_range(s.ddim_eta, 'sampling.ddim_eta', 0, note=' (0 = deterministic)')
+  in_range(s.guidance_scale, 'sampling.guidance_scale', 0, note=' (0 = no guidance)')
+  _eachin_range(s.eval_guidance_scales, 'sampling.eval_guidance_scales', 0)
+  _eachin_range(s.classes, 'sampling.classes', 0, integer=True)
   for field in ('sampling.num_steps', 'sampling.n_steps_each', 'sampling.ode_max_steps'):
-    _in_range(_get(config, field), field, 1, integer=True)
-  _in_range(s.s_churn, 'sampling.s_churn', 0)
-  _in_range(s.s_tmin, 'sampling.s_tmin', 0)
-  _in_range(s.s_tmax, 'sampling.s_tmax', 0, allow_inf=True)
-  for field in ('sampling.snr', 'sampling.ode_rtol', 'sampling.ode_atol', 'sampling.rho', 'sampling.s_noise'):
-    _in_range(_get(config, field), field, 0, low_open=True)
-  _in_range(config.figures.num_frames, 'figures.num_frames', 2, integer=True, note=' (the noise and the sample)')
+    in_range(_get(config, field), field, 1, integer=True)
+  for field in ('sampling.snr', 'sampling.ode_rtol', 'sampling.ode_atol'):
+    in_range(_get(config, field), field, 0, low_open=True)
+  in_range(config.figures.num_frames, 'figures.num_frames', 2, integer=True, note=' (the noise and the sample)')
   e = config.eval
-  _in_range(e.kid_subset_size, 'eval.kid_subset_size', 2, integer=True)
-  _in_range(e.kid_reference_size, 'eval.kid_reference_size', 2, integer=True)
+  in_range(e.kid_subset_size, 'eval.kid_subset_size', 2, integer=True)
+  in_range(e.kid_reference_size, 'eval.kid_reference_size', 2, integer=True)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

@@ -6,9 +6,13 @@ of the library (or handled where they arise) and say the same in their messages.
 """
 
 import errno
+import math
+import numbers
 import os
 import re
 import signal
+
+import numpy as np
 
 
 def one_line(text: object, limit: int = 0) -> str:
@@ -165,3 +169,28 @@ def require(ok: bool, message: str) -> None:
   """The config checks' one test: ConfigError(message) unless ok."""
   if not ok:
     raise ConfigError(message)
+
+
+def _bounds(low, high, low_open: bool, high_open: bool) -> str:
+  text = lambda x: 'inf' if x == math.inf else '-inf' if x == -math.inf else repr(x)
+  return f'{"(" if low_open else "["}{text(low)}, {text(high)}{")" if high_open else "]"}'
+
+
+def in_range(value, field: str, low=-math.inf, high=math.inf, low_open: bool = False,
+              high_open: bool = False, integer: bool = False, allow_inf: bool = False, note: str = '') -> None:
+  """The one range check: `value` of config.`field` is a number (an integer with `integer`; never a
+  bool) in the interval from low to high, each end open or closed. Infinite ends are excluded (inf
+  and -inf are refused) unless allow_inf (then high=math.inf is a closed end); NaN is never in range.
+  Raises ConfigError naming the field, the value and the range; `note` (e.g. ' (0 = never)') follows
+  the range."""
+  low_open = low_open or low == -math.inf
+  high_open = high_open or (high == math.inf and not allow_inf)
+  interval = _bounds(low, high, low_open, high_open)
+  number = (numbers.Integral if integer else numbers.Real)
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, number):
+    raise ConfigError(f'config.{field}={value!r} is not {"an integer" if integer else "a number"}: it must be '
+                      f'{"an integer" if integer else "a number"} in {interval}{note}.')
+  above = low < value if low_open else low <= value
+  below = value < high if high_open else value <= high
+  if not (above and below):  # NaN fails both comparisons.
+    raise ConfigError(f'config.{field}={value!r} is out of range: it must be in {interval}{note}.')

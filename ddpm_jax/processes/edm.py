@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ddpm_jax.diffusion import expand, mean_flat
-from ddpm_jax.errors import require
+from ddpm_jax.errors import in_range, require
 from ddpm_jax.processes.base import LossTerms, NetworkFn, Process
 from ddpm_jax.processes.registry import register
 
@@ -44,6 +44,9 @@ class EDM(Process):
   @classmethod
   def check(cls, config: ml_collections.ConfigDict) -> None:
     d, t = config.diffusion, config.training
+    in_range(d.sigma_data, 'diffusion.sigma_data', 0, low_open=True)
+    in_range(d.p_mean, 'diffusion.p_mean')
+    in_range(d.p_std, 'diffusion.p_std', 0, low_open=True)
     require(d.sigma_min < d.sigma_max, f'config.diffusion.sigma_min={d.sigma_min} must be below '
             f'sigma_max={d.sigma_max}.')
     what = 'config.diffusion.process=edm trains a preconditioned denoiser with its own loss weighting'

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax.errors import require
+from ddpm_jax.errors import in_range, require
 from ddpm_jax.processes.base import Process
 from ddpm_jax.samplers.levels import step_noise
 from ddpm_jax.samplers.registry import Sampler, register
@@ -101,7 +101,12 @@ class _KarrasSampler(Sampler):
   def check(cls, config, process, steps=None):
     super().check(config, process, steps)
     s = config.sampling
+    in_range(s.rho, 'sampling.rho', 0, low_open=True)
     if cls.stochastic:
+      in_range(s.s_churn, 'sampling.s_churn', 0)
+      in_range(s.s_tmin, 'sampling.s_tmin', 0)
+      in_range(s.s_tmax, 'sampling.s_tmax', 0, allow_inf=True)
+      in_range(s.s_noise, 'sampling.s_noise', 0, low_open=True)
       require(s.s_tmin <= s.s_tmax, f'config.sampling.s_tmin={s.s_tmin} exceeds s_tmax={s.s_tmax}: churn acts on '
               f'the noise levels between them.')
 
