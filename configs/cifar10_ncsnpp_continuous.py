@@ -9,7 +9,7 @@ random flips; sampled by predictor-corrector (reverse diffusion + Langevin, snr 
 
 score_sde trains VE on images in [0, 1] with sigma in [0.01, 50]; our images are in [-1, 1], twice
 the scale, so the same process is sigma in [0.02, 100] here (sigma_max is still the largest distance
-between two training images, score_sde's technique 1: sde.ve_sigma_max_from_data). A GPU job.
+between two training images, score_sde's technique 1: processes.vesde.sigma_max_from_data). A GPU job.
 """
 
 from configs import default

@@ -192,7 +192,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Range: (0, inf), below sigma_max; changed only with process vesde or edm.
   diffusion.sigma_min = 0.01
   # score_sde's technique 1 takes sigma_max from the data: the largest distance between two training
-  # images (sde.ve_sigma_max_from_data): CIFAR-10 about 100 here (score_sde's 50 on images in [0, 1]),
+  # images (processes.vesde.sigma_max_from_data): CIFAR-10 about 100 here (score_sde's 50 on images in [0, 1]),
   # the offline digits 32.
   # Range: (0, inf), above sigma_min; changed only with process vesde or edm.
   diffusion.sigma_max = 50.0

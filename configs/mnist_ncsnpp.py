@@ -2,7 +2,7 @@
 
 Three levels (28, 14, 7), widths 32-64-64, 2 blocks per level, attention at 14x14, FIR resampling,
 the residual input pyramid, Fourier features of log sigma. VE with sigma_max 32 (score_sde's technique
-1, sde.ve_sigma_max_from_data, on the offline 5,000 digits in [-1, 1]: 31.7). Data and training
+1, processes.vesde.sigma_max_from_data, on the offline 5,000 digits in [-1, 1]: 31.7). Data and training
 length as configs/mnist_simple.py; sampled by predictor-corrector.
 """
 

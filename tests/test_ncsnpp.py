@@ -11,8 +11,9 @@ from flax import traverse_util
 from scipy import signal
 
 from configs import cifar10_ddpmpp_continuous, cifar10_ncsnpp_continuous, default, mnist_ddpmpp, mnist_ncsnpp
-from ddpm_jax import nets, sde
+from ddpm_jax import nets
 from ddpm_jax.nets import ncsnpp
+from ddpm_jax.processes.vesde import VESDE
 from ddpm_jax.tools import convert_diffusers as cd
 
 
@@ -276,7 +277,7 @@ def test_the_config_check_names_what_diffusers_ncsnpp_fixes():
 
 
 def test_parity_with_diffusers_ncsnpp_gives_its_score_through_score_fn(tmp_path):
-  """The converted network is diffusers' NCSN++: sde.score_fn_from_model(ours) = diffusers(x, sigma)."""
+  """The converted network is diffusers' NCSN++: VESDE's score_fn of its eps_fn(ours) = diffusers(x, sigma)."""
   torch = pytest.importorskip('torch')
   diffusers = pytest.importorskip('diffusers')
   torch.manual_seed(0)
@@ -291,14 +292,14 @@ def test_parity_with_diffusers_ncsnpp_gives_its_score_through_score_fn(tmp_path)
   config = tiny_ncsnpp_config()
   params = cd.convert(diffusers_config, state_dict, config)
 
-  process = sde.ve(sigma_min=0.01, sigma_max=50.0)
+  process = VESDE(sigma_min=0.01, sigma_max=50.0)
   x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32) * 3
   t = np.array([0.35, 0.9], np.float32)
-  sigmas = np.array(sde.sigma(process, jnp.asarray(t)))  # A writable copy for torch.
+  sigmas = np.array(process.sigma(jnp.asarray(t)))  # A writable copy for torch.
   with torch.no_grad():
     reference = model(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(sigmas)).sample.numpy()
   network = nets.get_model(config)
-  score_fn = sde.score_fn_from_model(process, lambda xt, time: network.apply({'params': params}, xt, time, train=False))
+  score_fn = process.score_fn(process.eps_fn(lambda xt, time: network.apply({'params': params}, xt, time, train=False)))
   ours = np.asarray(jax.jit(score_fn)(jnp.asarray(x), jnp.asarray(t))).transpose(0, 3, 1, 2)
   eps_scale = np.abs(reference * sigmas[:, None, None, None]).max()
   assert eps_scale > 0.1

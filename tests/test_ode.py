@@ -1,6 +1,7 @@
 """The probability-flow ODE (ddpm_jax/ode.py) against closed forms: Gaussian data, whose marginals and
-score are Gaussian at every t, for VP, sub-VP and VE (encode onto the prior, decode back, sample,
-exact and Hutchinson log-likelihoods); a two-point mixture's weights; NFE equal to score calls."""
+score are Gaussian at every t, for VP, sub-VP, VE and the ddpm chain (encode onto the prior, decode
+back, sample, each against the ODE's analytic flow map per sample; exact and Hutchinson
+log-likelihoods); a two-point mixture's weights; NFE equal to score calls."""
 
 import math
 
@@ -9,8 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import ode
-from ddpm_jax import sde as sde_lib
+from ddpm_jax import diffusion, ode
+from ddpm_jax.processes.ddpm import DDPM
+from ddpm_jax.processes.subvpsde import SubVPSDE
+from ddpm_jax.processes.vesde import VESDE
+from ddpm_jax.processes.vpsde import VPSDE
 
 SHAPE = (2, 2)  # Each example is a 2 x 2 "image": D = 4.
 D = math.prod(SHAPE)
@@ -22,7 +26,9 @@ COV = _A @ _A.T
 # COV = U diag(LAM) U^T: p_t's covariance m^2 COV + c I shares the eigenvectors, so the score needs
 # no matrix solve.
 LAM, U = np.linalg.eigh(COV)
-KINDS = {'vp': sde_lib.vp, 'subvp': sde_lib.subvp, 've': sde_lib.ve}
+KINDS = {'vp': VPSDE, 'subvp': SubVPSDE, 've': VESDE,
+         # DDPM's linear chain as a process, in timestep units: t in [0.999, 999].
+         'ddpm': lambda: DDPM(diffusion.make_schedule(diffusion.linear_betas(1000, 1e-4, 0.02)))}
 TOL = dict(rtol=1e-6, atol=1e-6)
 
 
@@ -42,23 +48,36 @@ class Counter:
     self.calls += 1
 
 
-def noise_variance(sde, t):
-  """(m(t), the variance the SDE adds from t = 0 to t): std(t)^2 - m^2 std(0)^2 (VE's std(0) is
-  sigma_min), so that p_t = N(m MU, m^2 COV + noise_variance I) for data N(MU, COV)."""
-  m, std = sde_lib.marginal(sde, t)
-  _, std0 = sde_lib.marginal(sde, jnp.zeros_like(t))
+def noise_variance(process, t):
+  """(m(t), the variance the process adds to the data by time t), so that p_t = N(m MU, m^2 COV +
+  noise_variance I) for data N(MU, COV). The data are the process's at t = 0: std(t)^2 - m^2 std(0)^2
+  (VE's std(0) is sigma_min); the ddpm chain's data are its clean x_0, before timestep 0: std(t)^2."""
+  m, std = process.marginal(t)
+  if process.discrete_chain:
+    return m, std ** 2
+  _, std0 = process.marginal(jnp.zeros_like(t))
   return m, std ** 2 - m ** 2 * std0 ** 2
 
 
-def moments_np(sde, t: float):
+def moments_np(process, t: float):
   """(mean, covariance) of p_t at one time t, in float64 numpy (for the checks)."""
-  m, noise = (float(v) for v in noise_variance(sde, jnp.float32(t)))
+  m, noise = (float(v) for v in noise_variance(process, jnp.float32(t)))
   return m * MU, m ** 2 * COV + noise * np.eye(D)
 
 
-def gaussian_score(sde):
+def flow_map(process, x, s: float, t: float):
+  """The probability-flow ODE's exact map from time s to time t of rows x (float64): the covariances
+  C = m^2 COV + noise I share COV's eigenvectors, so x_t = mean_t + C_t^(1/2) C_s^(-1/2) (x_s - mean_s)
+  (the flow dx/dt = d mean/dt + dC/dt C^-1 (x - mean) / 2 of Gaussian marginals)."""
+  (m_s, n_s), (m_t, n_t) = ((float(v) for v in noise_variance(process, jnp.float32(time))) for time in (s, t))
+  ratio = np.sqrt((m_t ** 2 * LAM + n_t) / (m_s ** 2 * LAM + n_s))
+  diff = np.asarray(x, np.float64).reshape(-1, D) - m_s * MU
+  return (m_t * MU + ((diff @ U) * ratio) @ U.T).reshape(np.shape(x))
+
+
+def gaussian_score(process):
   def score_fn(x, t):
-    m, noise = noise_variance(sde, t)
+    m, noise = noise_variance(process, t)
     diff = x.reshape(x.shape[0], D) - m[:, None] * MU
     eigenvalues = m[:, None] ** 2 * LAM + noise[:, None]
     return -(((diff @ U) / eigenvalues) @ U.T).reshape(x.shape)
@@ -89,80 +108,108 @@ def assert_moments(x, mean, cov, n_sigma=5.0):
   np.testing.assert_array_less(np.abs(np.cov(flat.T) - cov), n_sigma * se)
 
 
-@pytest.mark.parametrize('kind,solver', [('vp', 'dopri5'), ('subvp', 'tsit5'), ('ve', 'dopri5')])
+@pytest.mark.parametrize('kind,solver', [('vp', 'dopri5'), ('subvp', 'tsit5'), ('ve', 'dopri5'),
+                                         ('ddpm', 'dopri5')])
 def test_gaussian_data_is_carried_onto_the_prior_and_back(kind, solver):
-  sde = KINDS[kind]()
-  eps = sde_lib.sampling_eps(sde)
+  """Encoding carries each data point to its image under the exact flow map from t_min to t_max,
+  onto p_{t_max} (about the prior); decoding carries the latents back to the data and prior samples to
+  their exact images at t_min, distributed as p_{t_min}; each to 1e-4 per sample (of the prior's std
+on the latent side). The ddpm chain (time
+  in timesteps, beta(t) of its interpolated marginal) is held to the continuous processes' tolerance."""
+  process = KINDS[kind]()
+  t_min, t_max = process.t_min, process.t_max
   counter = Counter()
-  score_fn = counter.wrap(gaussian_score(sde))
+  score_fn = counter.wrap(gaussian_score(process))
   n = 1000
   x = sample_data(jax.random.PRNGKey(0), n)
 
-  z, nfe = ode.ode_encode(sde, score_fn, x, eps=eps, solver=solver, **TOL)
+  z, nfe = ode.ode_encode(process, score_fn, x, solver=solver, **TOL)
   assert int(nfe) == counter.calls > 1
-  assert_moments(z, *moments_np(sde, 1.0))
-  prior_std = float(sde_lib.prior_std(sde))
+  np.testing.assert_allclose(z, flow_map(process, x, t_min, t_max), atol=1e-4 * process.prior_std)  # VE's: 50.
+  assert_moments(z, *moments_np(process, t_max))
+  prior_std = process.prior_std
   z = np.asarray(z).reshape(n, D)
   np.testing.assert_allclose(z.std(0), prior_std, rtol=0.06)
   np.testing.assert_array_less(np.abs(z.mean(0)), 5 * prior_std / math.sqrt(n))
 
-  # Decode the latents (back to x to 1e-4) and fresh prior samples (onto p_eps) in one solve, jitted.
-  prior = sde_lib.prior_sample(sde, jax.random.PRNGKey(1), (n,) + SHAPE)
-  decode = jax.jit(lambda latents: ode.ode_sample(sde, score_fn, latents, eps=eps, solver=solver,
-                                                  denoise=False, **TOL))
+  # Decode the latents (back to x) and fresh prior samples (onto p_t_min) in one solve, jitted.
+  prior = process.prior_sample(jax.random.PRNGKey(1), (n,) + SHAPE)
+  decode = jax.jit(lambda latents: ode.ode_sample(process, score_fn, latents, solver=solver, denoise=False,
+                                                  **TOL))
   counter.calls = 0
   out, nfe = decode(jnp.concatenate([z.reshape(x.shape), prior]))
   assert int(nfe) == counter.calls
   np.testing.assert_allclose(out[:n], x, atol=1e-4)
-  assert_moments(out[n:], *moments_np(sde, eps))
+  np.testing.assert_allclose(out[n:], flow_map(process, prior, t_max, t_min), atol=1e-4)
+  assert_moments(out[n:], *moments_np(process, t_min))
 
 
-def test_tweedie_denoiser_is_the_posterior_mean():
-  sde = sde_lib.vp()
+def posterior_mean_np(process, x_t, t: float):
+  """E[x_0 | x_t] for the process's own x_0 (clean data: N(MU, COV) for VP and the chain, N(MU, COV -
+  sigma_min^2 I) under VE's data at t = 0), x_t = m x_0 + std z: MU + m COV_0 C_t^-1 (x_t - m MU)."""
+  mean_t, cov_t = moments_np(process, t)
+  m, std = (float(v) for v in process.marginal(jnp.float32(t)))
+  cov_0 = (cov_t - std ** 2 * np.eye(D)) / m ** 2
+  return MU + m * (np.asarray(x_t, np.float64).reshape(-1, D) - mean_t) @ np.linalg.inv(cov_t) @ cov_0
+
+
+@pytest.mark.parametrize('kind', ['vp', 'ddpm'])
+def test_tweedie_denoiser_is_the_posterior_mean(kind):
+  """process.tweedie_denoise at one time, and ode_sample's final denoising step of the exact flow map's
+  end point (per sample, as tight as the flow map itself)."""
+  process = KINDS[kind]()
   x_t = np.asarray(sample_data(jax.random.PRNGKey(2), 3))
-  denoised = jax.jit(lambda x: ode.tweedie_denoise(sde, gaussian_score(sde), x, jnp.full((3,), 0.3)))(x_t)
-  # E[x_0 | x_t] for x_0 ~ N(MU, COV), x_t = m x_0 + std z: MU + m COV V^-1 (x_t - m MU).
-  mean_t, cov_t = moments_np(sde, 0.3)
-  m = float(sde_lib.marginal(sde, jnp.float32(0.3))[0])
-  expected = MU + m * (x_t.reshape(3, D) - mean_t) @ np.linalg.inv(cov_t) @ COV
-  np.testing.assert_allclose(np.asarray(denoised).reshape(3, D), expected, atol=1e-5)
+  t = 0.3 * process.t_max
+  denoised = jax.jit(lambda x: process.tweedie_denoise(x, gaussian_score(process)(x, jnp.full((3,), t)),
+                                                       jnp.full((3,), t)))(x_t)
+  np.testing.assert_allclose(np.asarray(denoised).reshape(3, D), posterior_mean_np(process, x_t, t), atol=1e-5)
+  prior = process.prior_sample(jax.random.PRNGKey(3), (8,) + SHAPE)
+  samples, _ = ode.ode_sample(process, gaussian_score(process), prior, **TOL)
+  end = flow_map(process, prior, process.t_max, process.t_min)
+  np.testing.assert_allclose(np.asarray(samples).reshape(8, D), posterior_mean_np(process, end, process.t_min),
+                             atol=1e-4)
 
 
-def analytic_logp(sde, x, z, eps):
-  """log p_eps(x) of the ODE's identity log p_eps(x) = log p_1(z) + int div, with the prior
-  standing in for p_1: the analytic log p_eps(x) plus log prior(z) - log p_1(z)."""
-  mean_eps, cov_eps = moments_np(sde, eps)
-  mean_1, cov_1 = moments_np(sde, 1.0)
-  return (gaussian_logpdf(x, mean_eps, cov_eps) + np.asarray(sde_lib.prior_logp(sde, z), np.float64)
-          - gaussian_logpdf(z, mean_1, cov_1))
+def analytic_logp(process, x, z):
+  """log p_min(x) of the ODE's identity log p_min(x) = log p_max(z) + int div, with the prior
+  standing in for p_max: the analytic log p_min(x) plus log prior(z) - log p_max(z)."""
+  mean_min, cov_min = moments_np(process, process.t_min)
+  mean_max, cov_max = moments_np(process, process.t_max)
+  return (gaussian_logpdf(x, mean_min, cov_min) + np.asarray(process.prior_logp(z), np.float64)
+          - gaussian_logpdf(z, mean_max, cov_max))
 
 
 def logp_of(bpd):
   return (ode.DATA_BITS - 1 - np.asarray(bpd, np.float64)) * D * math.log(2.0)
 
 
-@pytest.mark.parametrize('kind', ['vp', 'subvp', 've'])
+@pytest.mark.parametrize('kind', ['vp', 'subvp', 've', 'ddpm'])
 def test_exact_divergence_likelihood_is_the_gaussian_log_density(kind):
-  sde = KINDS[kind]()
-  eps = sde_lib.sampling_eps(sde)
+  """Bits/dim of the exact-trace likelihood are the closed-form Gaussian log-density's, through the
+  dequantisation convention of logp_to_bpd: to 1e-3 nats per example (1e-3 bits/dim checked too), and
+  the latent is the flow map's image; the ddpm chain as exactly as the continuous processes."""
+  process = KINDS[kind]()
   x = sample_data(jax.random.PRNGKey(4), 8)
-  bpd, z, nfe = ode.ode_likelihood(sde, gaussian_score(sde), x, jax.random.PRNGKey(5), eps=eps,
+  bpd, z, nfe = ode.ode_likelihood(process, gaussian_score(process), x, jax.random.PRNGKey(5),
                                    hutchinson='exact', **TOL)
   assert bpd.shape == (8,) and z.shape == x.shape and int(nfe) > 1
-  np.testing.assert_allclose(logp_of(bpd), analytic_logp(sde, x, z, eps), atol=1e-3)
+  np.testing.assert_allclose(z, flow_map(process, x, process.t_min, process.t_max), atol=1e-4 * process.prior_std)
+  truth = analytic_logp(process, x, z)
+  np.testing.assert_allclose(logp_of(bpd), truth, atol=1e-3)
+  np.testing.assert_allclose(bpd, ode.logp_to_bpd(truth, D), atol=1e-3)
 
 
 @pytest.mark.parametrize('hutchinson', ['gaussian', 'rademacher'])
 def test_hutchinson_likelihood_is_unbiased(hutchinson):
-  sde = sde_lib.vp()
+  process = VPSDE()
   counter = Counter()
   n = 400
   x = jnp.broadcast_to(sample_data(jax.random.PRNGKey(6), 1), (n,) + SHAPE)  # One point, n probes.
-  bpd, z, nfe = ode.ode_likelihood(sde, counter.wrap(gaussian_score(sde)), x, jax.random.PRNGKey(7),
-                                   eps=1e-3, hutchinson=hutchinson, **TOL)
+  bpd, z, nfe = ode.ode_likelihood(process, counter.wrap(gaussian_score(process)), x, jax.random.PRNGKey(7),
+                                   hutchinson=hutchinson, **TOL)
   assert int(nfe) == counter.calls
   estimates = logp_of(bpd)
-  truth = analytic_logp(sde, x, z, 1e-3)
+  truth = analytic_logp(process, x, z)
   spread = estimates.std()
   assert spread > 1e-2  # Each probe gives its own estimate ...
   assert abs(np.mean(estimates - truth)) < 4 * spread / math.sqrt(n)  # ... right on average.
@@ -191,12 +238,12 @@ def test_divergence_estimators_on_a_linear_map():
 
 def test_two_point_mixture_lands_on_its_weights():
   """Data at two points with weights 0.3 / 0.7: p_t is a two-component Gaussian mixture."""
-  sde = sde_lib.vp()
+  process = VPSDE()
   points = jnp.array([[0.6, -0.4, 0.2, 0.8], [-0.5, 0.3, -0.7, 0.1]])
   log_w = jnp.log(jnp.array([0.3, 0.7]))
 
   def score_fn(x, t):
-    m, std = sde_lib.marginal(sde, t)
+    m, std = process.marginal(t)
     flat = x.reshape(x.shape[0], D)
     diff = flat[:, None, :] - m[:, None, None] * points  # (B, 2, D)
     var = std[:, None, None] ** 2
@@ -205,9 +252,9 @@ def test_two_point_mixture_lands_on_its_weights():
 
   n = 2000
   counter = Counter()
-  x_T = sde_lib.prior_sample(sde, jax.random.PRNGKey(10), (n,) + SHAPE)
-  x0, nfe = ode.ode_sample(sde, counter.wrap(score_fn), x_T, eps=1e-3, solver='tsit5')
-  assert int(nfe) == counter.calls  # Tweedie's denoising step at eps included.
+  x_T = process.prior_sample(jax.random.PRNGKey(10), (n,) + SHAPE)
+  x0, nfe = ode.ode_sample(process, counter.wrap(score_fn), x_T, solver='tsit5')
+  assert int(nfe) == counter.calls  # Tweedie's denoising step at t_min included.
   distance = np.linalg.norm(np.asarray(x0).reshape(n, 1, D) - np.asarray(points), axis=-1)
   assert distance.min(axis=1).max() < 0.05  # Every sample on one of the points.
   fraction = np.mean(distance.argmin(axis=1) == 1)
@@ -228,17 +275,17 @@ def test_dequantize_and_bits_per_dim():
 
 
 def test_max_steps_error_and_bad_names():
-  sde = sde_lib.vp()
+  process = VPSDE()
   x = jnp.zeros((2,) + SHAPE)
-  score_fn = gaussian_score(sde)
+  score_fn = gaussian_score(process)
   with pytest.raises(RuntimeError, match=r'more than max_steps=2 steps: raise max_steps or loosen'):
-    ode.ode_sample(sde, score_fn, x, eps=1e-3, max_steps=2)
+    ode.ode_sample(process, score_fn, x, max_steps=2)
   with pytest.raises(ValueError, match=r"^Unknown ODE solver 'rk4'; valid: dopri5, tsit5\.$"):
-    ode.ode_sample(sde, score_fn, x, eps=1e-3, solver='rk4')
+    ode.ode_sample(process, score_fn, x, solver='rk4')
   with pytest.raises(ValueError, match=r"^Unknown ODE solver 'euler'"):
-    ode.ode_encode(sde, score_fn, x, eps=1e-3, solver='euler')
+    ode.ode_encode(process, score_fn, x, solver='euler')
   with pytest.raises(ValueError, match=r"^Unknown divergence estimator hutchinson='Rademacher'; valid: "
                                        r"gaussian, rademacher, exact\.$"):
-    ode.ode_likelihood(sde, score_fn, x, jax.random.PRNGKey(0), eps=1e-3, hutchinson='Rademacher')
+    ode.ode_likelihood(process, score_fn, x, jax.random.PRNGKey(0), hutchinson='Rademacher')
   with pytest.raises(ValueError, match=r'^max_steps=0 must be at least 1\.$'):
-    ode.ode_encode(sde, score_fn, x, eps=1e-3, max_steps=0)
+    ode.ode_encode(process, score_fn, x, max_steps=0)

@@ -1,10 +1,11 @@
-"""Predictor-corrector samplers (ddpm_jax/pc_sampling.py) with exact scores of known data.
+"""Predictor-corrector samplers (ddpm_jax/samplers/pc.py) with exact scores of known data.
 
 Data: 3 independent coordinates, two Gaussian N(mu, s^2) and one two-point mixture of -1 (30%)
 and +1 (70%) with spread 0.05. The noised data stay in closed form at every t
 (p_t(x) = p_0 scaled by mean_coeff and convolved with N(0, std^2)), so each sampler runs with the
 exact score and its samples are checked against the law of x_eps: mean and variance of the
 Gaussian coordinates, the fraction of the mixture's coordinate above 0, within 4 standard errors.
+The processes: VP, sub-VP, VE and the ddpm chain of a cosine schedule (time in timesteps).
 """
 
 import functools
@@ -16,8 +17,12 @@ import numpy as np
 import pytest
 
 from ddpm_jax import diffusion
-from ddpm_jax import pc_sampling
-from ddpm_jax import sde as sde_lib
+from ddpm_jax.processes.base import Process
+from ddpm_jax.processes.ddpm import DDPM
+from ddpm_jax.processes.subvpsde import SubVPSDE
+from ddpm_jax.processes.vesde import VESDE
+from ddpm_jax.processes.vpsde import VPSDE
+from ddpm_jax.samplers import pc as pc_sampling
 
 MU = np.array([0.5, -0.3])
 S = 0.5
@@ -26,20 +31,19 @@ NUM = 4000  # Samples.
 STEPS = 500
 
 SDES = {
-    'vp': lambda: sde_lib.vp(0.1, 20.0, STEPS),
-    'subvp': lambda: sde_lib.subvp(0.1, 20.0, STEPS),
-    've': lambda: sde_lib.ve(0.01, 50.0, STEPS),
-    'cosine': lambda: sde_lib.from_schedule(
-        diffusion.make_schedule(diffusion.cosine_betas(STEPS))),
+    'vp': lambda: VPSDE(0.1, 20.0, STEPS),
+    'subvp': lambda: SubVPSDE(0.1, 20.0, STEPS),
+    've': lambda: VESDE(0.01, 50.0, STEPS),
+    'cosine': lambda: DDPM(diffusion.make_schedule(diffusion.cosine_betas(STEPS))),
 }
 
 
-def oracle_score(sde: sde_lib.SDE):
+def oracle_score(process: Process):
   """The exact score of p_t for the data above."""
   mu, log_w, points = jnp.asarray(MU, jnp.float32), jnp.log(jnp.asarray(WEIGHTS)), jnp.asarray(POINTS)
 
   def score(x, t):
-    m, std = sde_lib.marginal(sde, t)
+    m, std = process.marginal(t)
     m, std = m[:, None], std[:, None]
     gaussian = -(x[:, :2] - m * mu) / (m ** 2 * S ** 2 + std ** 2)
     var = m ** 2 * SPREAD ** 2 + std ** 2
@@ -51,8 +55,8 @@ def oracle_score(sde: sde_lib.SDE):
   return score
 
 
-def check_samples(sde: sde_lib.SDE, x: np.ndarray, eps: float) -> None:
-  m, std = (float(v[0]) for v in sde_lib.marginal(sde, jnp.array([eps])))
+def check_samples(process: Process, x: np.ndarray, t_end: float) -> None:
+  m, std = (float(v[0]) for v in process.marginal(jnp.array([t_end])))
   var = m ** 2 * S ** 2 + std ** 2
   z_mean = (x[:, :2].mean(0) - m * MU) / math.sqrt(var / NUM)
   z_var = (x[:, :2].var(0) - var) / (var * math.sqrt(2.0 / NUM))
@@ -81,11 +85,11 @@ def _cases():
 
 @pytest.mark.parametrize('name,predictor,corrector', list(_cases()))
 def test_pc_sampler_draws_the_noised_data(name, predictor, corrector):
-  sde = SDES[name]()
-  sample = jax.jit(functools.partial(pc_sampling.pc_sample, sde, oracle_score(sde), (NUM, 3),
+  process = SDES[name]()
+  sample = jax.jit(functools.partial(pc_sampling.pc_sample, process, oracle_score(process), (NUM, 3),
                                      predictor=predictor, corrector=corrector, snr=0.1, n_steps_each=1))
   x, nfe = sample(jax.random.PRNGKey(0))
-  check_samples(sde, np.asarray(x), sde_lib.sampling_eps(sde))
+  check_samples(process, np.asarray(x), process.t_min)
   assert nfe == STEPS * (1 if corrector == 'none' else 2)
 
 
@@ -95,19 +99,23 @@ def test_corrector_keeps_the_marginal(name, corrector):
   """Langevin steps at a fixed t, from x far off, reach p_t: for N(m, V) the chain
   x + h score + sqrt(2 h) z is stationary at variance V / (1 - h / (2 V)), h / (2 V) = alpha snr^2
   (langevin: h = 2 alpha snr^2 |z|^2 / |score|^2 ~ 2 alpha snr^2 V; annealed: 2 alpha snr^2 std^2)."""
-  sde, snr = SDES[name](), 0.3
+  process, snr = SDES[name](), 0.3
   t = jnp.full((NUM,), 0.4)
-  score = oracle_score(sde)
-  m, std = (float(v[0]) for v in sde_lib.marginal(sde, t[:1]))
+  score = oracle_score(process)
+  m, std = (float(v[0]) for v in process.marginal(t[:1]))
   var = m ** 2 * S ** 2 + std ** 2
-  alpha = 1.0 if name == 've' else 1.0 - float(sde_lib.discrete_betas(sde, sde_lib.step_index(t[:1], STEPS), STEPS)[0])
+  alpha = float(process.langevin_alpha(t[:1], STEPS)[0])
+  if name == 've':
+    assert alpha == 1.0
+  else:
+    assert alpha == pytest.approx(1.0 - float(process.discrete_betas(process.step_index(t[:1], STEPS), STEPS)[0]))
   ratio = alpha * snr ** 2 * (1.0 if corrector == 'langevin' else std ** 2 / var)
 
   @jax.jit
   def run(key):
     def body(j, x):
       noise = jax.random.normal(jax.random.fold_in(key, j), x.shape)
-      return pc_sampling.corrector_step(sde, score, x, t, noise, corrector, snr, STEPS)[0]
+      return pc_sampling.corrector_step(process, score, x, t, noise, corrector, snr, STEPS)[0]
     return jax.lax.fori_loop(0, 400, body, jnp.full((NUM, 3), 3.0))
 
   x = np.asarray(run(jax.random.PRNGKey(0)))
@@ -120,58 +128,60 @@ def test_corrector_keeps_the_marginal(name, corrector):
 def test_corrector_only_and_key_handling():
   """Annealed Langevin alone (NCSN's sampler, predictor none) at several steps per level; the
   sample depends on (x_T, key) only; x_T drawn from fold_in(key, num_steps) when a shape is given."""
-  sde = sde_lib.ve(0.01, 50.0, 200)
-  score = oracle_score(sde)
-  run = functools.partial(pc_sampling.pc_sample, sde, score, predictor='none', corrector='langevin',
+  process = VESDE(0.01, 50.0, 200)
+  score = oracle_score(process)
+  run = functools.partial(pc_sampling.pc_sample, process, score, predictor='none', corrector='langevin',
                           snr=0.2, n_steps_each=5, denoise=False)
   key = jax.random.PRNGKey(5)
   x, nfe = run((NUM, 3), key)
   assert nfe == 1000
-  check_samples(sde, np.asarray(x), 1e-5)
-  x_T = sde_lib.prior_sample(sde, jax.random.fold_in(key, 200), (NUM, 3))
+  check_samples(process, np.asarray(x), 1e-5)
+  x_T = process.prior_sample(jax.random.fold_in(key, 200), (NUM, 3))
   np.testing.assert_array_equal(run(x_T, key)[0], x)
   assert not np.allclose(run(x_T, jax.random.PRNGKey(6))[0], x)
 
 
 def test_denoise_returns_the_last_mean():
-  sde = sde_lib.vp(0.1, 20.0, 50)
-  score = oracle_score(sde)
-  x_T = sde_lib.prior_sample(sde, jax.random.PRNGKey(0), (8, 3))
-  noisy, _ = pc_sampling.pc_sample(sde, score, x_T, jax.random.PRNGKey(1), 'ancestral', 'none', denoise=False)
-  clean, _ = pc_sampling.pc_sample(sde, score, x_T, jax.random.PRNGKey(1), 'ancestral', 'none', denoise=True)
-  # The last ancestral step at t = eps (step 0) adds sqrt(beta_0) noise: the two differ by exactly that.
+  process = VPSDE(0.1, 20.0, 50)
+  score = oracle_score(process)
+  x_T = process.prior_sample(jax.random.PRNGKey(0), (8, 3))
+  noisy, _ = pc_sampling.pc_sample(process, score, x_T, jax.random.PRNGKey(1), 'ancestral', 'none', denoise=False)
+  clean, _ = pc_sampling.pc_sample(process, score, x_T, jax.random.PRNGKey(1), 'ancestral', 'none', denoise=True)
+  # The last ancestral step at t = t_min (step 0) adds sqrt(beta_0) noise: the two differ by exactly that.
   last_noise = jax.random.normal(jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(1), 49), 0), x_T.shape)
-  beta_0 = float(sde_lib.discrete_betas(sde, jnp.zeros((1,), jnp.int32), 50)[0])
+  beta_0 = float(process.discrete_betas(jnp.zeros((1,), jnp.int32), 50)[0])
   np.testing.assert_allclose(noisy - clean, math.sqrt(beta_0) * last_noise, rtol=1e-4, atol=1e-6)
 
 
 def test_probability_flow_predictor_is_deterministic():
-  sde = sde_lib.vp(0.1, 20.0, 200)
-  score = oracle_score(sde)
-  x_T = sde_lib.prior_sample(sde, jax.random.PRNGKey(0), (NUM, 3))
+  process = VPSDE(0.1, 20.0, 200)
+  score = oracle_score(process)
+  x_T = process.prior_sample(jax.random.PRNGKey(0), (NUM, 3))
   for predictor in ('euler_maruyama', 'reverse_diffusion'):
-    a, _ = pc_sampling.pc_sample(sde, score, x_T, jax.random.PRNGKey(1), predictor, 'none', probability_flow=True)
-    b, _ = pc_sampling.pc_sample(sde, score, x_T, jax.random.PRNGKey(2), predictor, 'none', probability_flow=True)
+    a, _ = pc_sampling.pc_sample(process, score, x_T, jax.random.PRNGKey(1), predictor, 'none', probability_flow=True)
+    b, _ = pc_sampling.pc_sample(process, score, x_T, jax.random.PRNGKey(2), predictor, 'none', probability_flow=True)
     np.testing.assert_array_equal(a, b)  # No noise: the key does not matter.
     if predictor == 'euler_maruyama':
       # (score_sde's reverse-diffusion flow, x - f + G^2 score / 2 with the chain's exact f, grows
       # the spread by ~sum beta_i^2 / 8 of the steps: +20% variance in 200 steps, so not checked.)
-      check_samples(sde, np.asarray(a), 1e-3)
+      check_samples(process, np.asarray(a), 1e-3)
 
 
 def test_refuses_unsupported_combinations():
-  score = oracle_score(sde_lib.vp())
-  with pytest.raises(ValueError, match='ancestral predictor exists for the VP and VE'):
-    pc_sampling.pc_sample(sde_lib.subvp(), score, (2, 3), jax.random.PRNGKey(0), 'ancestral', 'none')
+  score = oracle_score(VPSDE())
+  with pytest.raises(ValueError, match='ancestral predictor exists for the VP and VE processes only; for subvpsde'):
+    pc_sampling.pc_sample(SubVPSDE(), score, (2, 3), jax.random.PRNGKey(0), 'ancestral', 'none')
   with pytest.raises(ValueError, match='Unknown predictor'):
-    pc_sampling.pc_sample(sde_lib.vp(), score, (2, 3), jax.random.PRNGKey(0), 'heun', 'none')
+    pc_sampling.pc_sample(VPSDE(), score, (2, 3), jax.random.PRNGKey(0), 'heun', 'none')
   with pytest.raises(ValueError, match='Unknown corrector'):
-    pc_sampling.pc_sample(sde_lib.vp(), score, (2, 3), jax.random.PRNGKey(0), 'ancestral', 'mala')
+    pc_sampling.pc_sample(VPSDE(), score, (2, 3), jax.random.PRNGKey(0), 'ancestral', 'mala')
   with pytest.raises(ValueError, match='both none'):
-    pc_sampling.pc_sample(sde_lib.vp(), score, (2, 3), jax.random.PRNGKey(0), 'none', 'none')
+    pc_sampling.pc_sample(VPSDE(), score, (2, 3), jax.random.PRNGKey(0), 'none', 'none')
   with pytest.raises(ValueError, match='no probability-flow form'):
-    pc_sampling.pc_sample(sde_lib.vp(), score, (2, 3), jax.random.PRNGKey(0), 'ancestral', 'none',
+    pc_sampling.pc_sample(VPSDE(), score, (2, 3), jax.random.PRNGKey(0), 'ancestral', 'none',
                           probability_flow=True)
+  # The processes with an ancestral chain: VP (and the ddpm chain, a VP) and VE.
+  assert [name for name, make in SDES.items() if make().has_ancestral_step()] == ['vp', 've', 'cosine']
 
 
 # ---------------------------------------------------------------------------
@@ -187,7 +197,7 @@ def test_ve_steps_match_diffusers_score_sde_ve_scheduler():
                                             sigma_max=sigma_max, sampling_eps=eps, correct_steps=1)
   scheduler.set_timesteps(num_steps)
   scheduler.set_sigmas(num_steps)
-  sde = sde_lib.ve(sigma_min, sigma_max, num_steps)
+  process = VESDE(sigma_min, sigma_max, num_steps)
   shape = (2, 3, 4, 4)
   rng = np.random.default_rng(0)
   theirs = torch.from_numpy((rng.normal(size=shape) * sigma_max).astype(np.float32))
@@ -196,16 +206,16 @@ def test_ve_steps_match_diffusers_score_sde_ve_scheduler():
     t = jnp.full((shape[0],), float(time), jnp.float32)
     for stage in ('correct', 'predict'):
       # A score that depends on x and on sigma(t), computed once and given to both.
-      score = torch.from_numpy(np.array(-ours / (1.0 + sde_lib.sigma(sde, t)[:, None, None, None] ** 2)))
+      score = torch.from_numpy(np.array(-ours / (1.0 + process.sigma(t)[:, None, None, None] ** 2)))
       seed = 2 * i + (stage == 'predict')
       noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))  # diffusers' own draw, replayed.
       if stage == 'correct':
         theirs = scheduler.step_correct(score, theirs, generator=torch.Generator().manual_seed(seed)).prev_sample
-        ours, _ = pc_sampling.corrector_step(sde, lambda x, tt, s=score: jnp.asarray(s.numpy()), ours, t,
+        ours, _ = pc_sampling.corrector_step(process, lambda x, tt, s=score: jnp.asarray(s.numpy()), ours, t,
                                              jnp.asarray(noise.numpy()), 'langevin', snr, num_steps)
       else:
         out = scheduler.step_pred(score, time, theirs, generator=torch.Generator().manual_seed(seed))
-        ours, ours_mean = pc_sampling.predictor_step(sde, lambda x, tt, s=score: jnp.asarray(s.numpy()), ours, t,
+        ours, ours_mean = pc_sampling.predictor_step(process, lambda x, tt, s=score: jnp.asarray(s.numpy()), ours, t,
                                                      jnp.asarray(noise.numpy()), 'reverse_diffusion', num_steps)
         theirs = out.prev_sample
         scale = float(np.abs(out.prev_sample_mean.numpy()).max())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ddpm_jax import data, diffusion, generate, parallel, train_step
-from ddpm_jax import sde as sde_lib
+from ddpm_jax.diffusion import expand, mean_flat
 from ddpm_jax.train_state import TrainState, root_keys
 import train_testlib
 
@@ -27,14 +27,16 @@ def test_loss_decreases_on_a_tiny_dataset():
 def test_bn_calibration_gives_the_ema_network_its_own_batch_statistics():
   """With statistics calibrated on one batch, eval mode on that batch equals train mode."""
   config = train_testlib.tiny_config()
-  mesh, model, schedule, state, _ = train_testlib.training_setup(config)
+  mesh, model, process, state, _ = train_testlib.training_setup(config)
   state = state.replace(ema_params=jax.tree.map(lambda p: p * 1.5 + 0.01, state.ema_params))
   key = jax.random.key(3, impl='rbg')
   images = np.random.default_rng(0).integers(0, 256, (1, 16, 8, 8, 1)).astype(np.uint8)
-  calibrated = jax.jit(train_step.make_bn_calibration(model, schedule, config, key))(state, images)
+  calibrated = jax.jit(train_step.make_bn_calibration(model, process, config, key))(state, images)
   x0, t, _, noise, _, _ = train_step.training_inputs(images[0], jax.random.fold_in(jax.random.fold_in(key, 0), 0),
-                                             config.data.random_flip, train_step.uniform_timesteps(schedule.num_timesteps))
-  x_t = diffusion.q_sample(schedule, x0, t, noise)
+                                                     config.data.random_flip, process_times(process, config))
+  assert jnp.issubdtype(t.dtype, jnp.integer) and np.all((t >= 0) & (t < 20))  # The chain's timesteps.
+  x_t = diffusion.q_sample(process.schedule, x0, t, noise)
+  np.testing.assert_allclose(process.training_inputs(x0, t, noise)[0], x_t, rtol=1e-6)
   evaluate = jax.jit(lambda stats: model.apply(
       {'params': state.ema_params, 'batch_stats': stats}, x_t, t, train=False))
   in_train_mode, _ = jax.jit(lambda: model.apply(
@@ -42,7 +44,7 @@ def test_bn_calibration_gives_the_ema_network_its_own_batch_statistics():
       mutable=['batch_stats']))()
   np.testing.assert_allclose(evaluate(calibrated.ema_batch_stats), in_train_mode, atol=2e-3, rtol=1e-3)
   assert not np.allclose(evaluate(state.batch_stats), in_train_mode, atol=2e-2)
-  no_calibration = jax.jit(train_step.make_bn_calibration(model, schedule, config, key))(state, images[:0])
+  no_calibration = jax.jit(train_step.make_bn_calibration(model, process, config, key))(state, images[:0])
   for a, b in zip(jax.tree.leaves(no_calibration.ema_batch_stats), jax.tree.leaves(state.batch_stats)):
     np.testing.assert_array_equal(a, b)
 
@@ -138,7 +140,13 @@ def test_gradient_accumulation_updates_batch_statistics_once_per_step():
 
 
 # ---------------------------------------------------------------------------
-# Continuous processes (config.diffusion.process vpsde, subvpsde, vesde).
+# Continuous processes (config.diffusion.process vpsde, subvpsde, vesde, edm).
+
+def process_times(process, config):
+  """draw(key, n) -> (t, weights): the process's training times, as the step draws them before any loss
+  history (and as the batch-norm calibration always does)."""
+  return lambda key, n: process.train_times(key, n, config)
+
 
 def continuous_config(process: str, likelihood_weighting: bool = False, importance: bool = False):
   config = train_testlib.tiny_level_config()  # No batch norm: train and eval mode compute alike.
@@ -149,60 +157,95 @@ def continuous_config(process: str, likelihood_weighting: bool = False, importan
   return config
 
 
-def expected_first_loss(config, model, state, images):
-  """sde.continuous_loss on the step-0 inputs of the train step, drawn as it draws them."""
-  draw = train_step.continuous_times(config)
+def expected_first_loss(config, model, process, state, images):
+  """The denoising score-matching loss, computed here from the process's marginal, network time and
+  likelihood weight, on the step-0 inputs of the train step, drawn as it draws them."""
   x0, t, weights, noise, _, _ = train_step.training_inputs(
-      images, jax.random.fold_in(root_keys(config)['train'], 0), config.data.random_flip, draw)
-  sde = sde_lib.from_config(config.diffusion)
+      images, jax.random.fold_in(root_keys(config)['train'], 0), config.data.random_flip,
+      process_times(process, config))
   model_fn = generate.model_fn_for(model, state.params, state.batch_stats)
-  per_example = sde_lib.continuous_loss(sde, model_fn, x0, t, noise, config.diffusion.likelihood_weighting)
+  alpha, sigma = process.marginal(t)
+  x_t = expand(alpha, 4) * x0 + expand(sigma, 4) * noise
+  per_example = mean_flat((model_fn(x_t, process.network_time(t)) - noise) ** 2)
+  if config.diffusion.likelihood_weighting:
+    per_example = per_example * process.likelihood_weight(t)
   return float(jnp.mean(weights * per_example)), t, weights
 
 
 @pytest.mark.parametrize('process,likelihood_weighting,importance', [
     ('vpsde', False, False), ('vesde', True, False), ('subvpsde', True, True)])
 def test_a_continuous_train_step_takes_the_sde_loss_at_its_times(process, likelihood_weighting, importance):
-  """The step's loss is sde.continuous_loss at the times and noise it draws (importance weights
-  applied); the likelihood weighting reaches it (the unweighted loss of the same draw differs)."""
+  """The step's loss is the denoising score-matching loss at the times and noise it draws (importance
+  weights applied); the likelihood weighting reaches it (the unweighted loss of the same draw differs)."""
   config = continuous_config(process, likelihood_weighting, importance)
-  mesh, model, _, state, step = train_testlib.training_setup(config)
+  mesh, model, process, state, step = train_testlib.training_setup(config)
+  assert process.likelihood_weighting == likelihood_weighting
   images = train_testlib.two_patterns().images[::2]
   _, metrics = step(state, parallel.shard_batch(images, mesh))
-  expected, t, weights = expected_first_loss(config, model, state, images)
+  expected, t, weights = expected_first_loss(config, model, process, state, images)
   assert np.isfinite(expected) and float(metrics['loss']) == pytest.approx(expected, rel=1e-5)
   if likelihood_weighting:  # VE's weighting g^2 / sigma^2 is the constant 2 log(sigma_max / sigma_min).
     config.diffusion.likelihood_weighting = False
-    assert float(metrics['loss']) != pytest.approx(expected_first_loss(config, model, state, images)[0], rel=1e-2)
+    assert float(metrics['loss']) != pytest.approx(expected_first_loss(config, model, process, state, images)[0],
+                                                   rel=1e-2)
   eps = config.diffusion.train_eps
   assert np.all((t >= eps) & (t <= 1.0)) and len(np.unique(np.asarray(t))) == len(t)
-  sde = sde_lib.from_config(config.diffusion)
   if importance:  # t drawn in proportion to the weighting, weights undo it: their product is constant.
     assert not np.allclose(weights, 1.0)
-    product = np.asarray(weights * sde_lib.likelihood_weight(sde, t))
+    product = np.asarray(weights * process.likelihood_weight(t))
     np.testing.assert_allclose(product, product[0], rtol=1e-4)
   else:
     np.testing.assert_array_equal(weights, 1.0)
 
 
-@pytest.mark.parametrize('process', ['vpsde', 'vesde'])
+def test_an_edm_train_step_takes_the_preconditioned_loss():
+  """config.diffusion.process=edm: the step's loss is lambda(sigma) ||D - x0||^2, D = c_skip x_t + c_out
+  F(c_in x_t, c_noise) (Table 1 of Karras et al. 2022, computed here), at the log-normal sigmas it draws;
+  finite, and the step moves the parameters."""
+  config = continuous_config('edm')
+  mesh, model, process, state, step = train_testlib.training_setup(config)
+  images = train_testlib.two_patterns().images[::2]
+  new_state, metrics = step(state, parallel.shard_batch(images, mesh))
+  x0, t, weights, noise, _, _ = train_step.training_inputs(
+      images, jax.random.fold_in(root_keys(config)['train'], 0), config.data.random_flip,
+      process_times(process, config))
+  np.testing.assert_array_equal(weights, 1.0)
+  assert np.all(np.asarray(t) > 0) and len(np.unique(np.asarray(t))) == len(t)
+  sd, sigma = config.diffusion.sigma_data, expand(t, 4)
+  x_t = x0 + sigma * noise
+  total = jnp.sqrt(sigma ** 2 + sd ** 2)
+  output = generate.model_fn_for(model, state.params, state.batch_stats)(x_t / total, jnp.log(t) / 4)
+  denoised = sd ** 2 / total ** 2 * x_t + sigma * sd / total * output
+  expected = jnp.mean((t ** 2 + sd ** 2) / (t * sd) ** 2 * mean_flat((denoised - x0) ** 2))
+  assert np.isfinite(float(metrics['loss'])) and np.isfinite(float(metrics['grad_norm']))
+  assert float(metrics['loss']) == pytest.approx(float(expected), rel=1e-5)
+  assert int(new_state.step) == 1
+  assert not np.allclose(new_state.params['conv_out']['kernel'], state.params['conv_out']['kernel'])
+
+
+@pytest.mark.parametrize('process', ['vpsde', 'vesde', 'edm'])
 def test_bn_calibration_of_a_continuous_process_uses_its_noised_inputs(process):
-  """As the discrete test above: the calibrated statistics are the batch's at the SDE's x_t and the
-  network's time input (log sigma for VE), drawn with the calibration key."""
+  """As the discrete test above: the calibrated statistics are the batch's at the process's network
+  input and time input (log sigma for VE; EDM's c_in x_t and c_noise), drawn with the calibration key."""
   config = train_testlib.tiny_config()
   config.diffusion.process = process
-  mesh, model, schedule, state, _ = train_testlib.training_setup(config)
+  mesh, model, process, state, _ = train_testlib.training_setup(config)
   state = state.replace(ema_params=jax.tree.map(lambda p: p * 1.5 + 0.01, state.ema_params))
   key = jax.random.key(3, impl='rbg')
   images = np.random.default_rng(0).integers(0, 256, (1, 16, 8, 8, 1)).astype(np.uint8)
-  calibrated = jax.jit(train_step.make_bn_calibration(model, schedule, config, key))(state, images)
+  calibrated = jax.jit(train_step.make_bn_calibration(model, process, config, key))(state, images)
   x0, t, _, noise, _, _ = train_step.training_inputs(images[0], jax.random.fold_in(jax.random.fold_in(key, 0), 0),
-                                                     config.data.random_flip, train_step.continuous_times(config))
-  sde = sde_lib.from_config(config.diffusion)
-  mean_coeff, std = sde_lib.marginal(sde, t)
+                                                     config.data.random_flip, process_times(process, config))
+  mean_coeff, std = process.marginal(t)
   x_t = mean_coeff[:, None, None, None] * x0 + std[:, None, None, None] * noise
-  time_input = sde_lib.model_time(sde, t)
-  np.testing.assert_allclose(train_step.noised(config, schedule, x0, t, noise)[0], x_t, rtol=1e-6)
+  if process.name == 'edm':  # Its network sees c_in x_t and c_noise = log(sigma) / 4 (Table 1).
+    x_t = x_t / np.sqrt(np.asarray(t) ** 2 + config.diffusion.sigma_data ** 2)[:, None, None, None]
+    time_input = jnp.log(t) / 4
+  else:  # VE: log sigma(t); VP: 999 t.
+    time_input = {'vesde': jnp.log(process.marginal(t)[1]), 'vpsde': 999.0 * t}[process.name]
+  got_x, got_time = process.training_inputs(x0, t, noise)
+  np.testing.assert_allclose(got_x, x_t, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got_time, time_input, rtol=1e-5, atol=1e-6)
   evaluate = jax.jit(lambda stats: model.apply(
       {'params': state.ema_params, 'batch_stats': stats}, x_t, time_input, train=False))
   in_train_mode, _ = jax.jit(lambda: model.apply(

@@ -1,9 +1,12 @@
 """DDPM's discrete chain (Ho et al., 2020) as a process: the VP SDE tabulated on its timesteps.
 
-As in score_sde, the chain of T steps is the VP SDE whose log alpha_bar is the chain's, interpolated
-linearly between timesteps; time is the timestep itself, t in [0, T - 1], so the network's time
-input is t (an integer in training and in the chain's own samplers, fractional in the solvers). The
-score, the drift and the denoiser all use that one marginal, at integer and fractional times alike.
+As in score_sde, the chain of T steps is the VP SDE whose log alpha_bar is the chain's at the
+timesteps, interpolated between them by a monotone C^1 cubic (`monotone_slopes`), so beta(t) is
+continuous: a piecewise-constant beta (linear interpolation) makes the probability-flow ODE's drift
+jump at every timestep, and an adaptive solver then misses its tolerance by orders of magnitude.
+Time is the timestep itself, t in [0, T - 1], so the network's time input is t (an integer in
+training and in the chain's own samplers, fractional in the solvers). The score, the drift and the
+denoiser all use that one marginal, at integer and fractional times alike.
 Training is the chain's: integer t, uniform or importance-sampled from the loss history (Improved
 DDPM), with the losses of diffusion.py (simple, kl, hybrid, mmd) on any parameterisation.
 """
@@ -33,6 +36,27 @@ TIMESTEP_SPACINGS = ('linspace', 'leading', 'trailing')
 #   euler (EulerDiscrete, HeunDiscrete): num_steps points from T - 1 down to 0 ('linspace' not
 #     rounded, so the network may get fractional timesteps), then one step to clean data.
 GRIDS = ('multistep', 'euler')
+
+
+def monotone_slopes(y: np.ndarray) -> np.ndarray:
+  """Slopes at the nodes 0, 1, ... of a strictly monotone table y (float64) for its cubic Hermite
+  interpolant: centred differences (one-sided second order at the ends), so the interpolant is
+  smooth where the table is, limited as Fritsch & Carlson (1980) so that no interval overshoots
+  (monotone: beta stays positive, also where a schedule jumps, as jsd's last beta)."""
+  secants = np.diff(y)
+  slopes = np.empty_like(y)
+  slopes[1:-1] = 0.5 * (secants[:-1] + secants[1:])
+  ends = (1.5 * secants[0] - 0.5 * secants[1], 1.5 * secants[-1] - 0.5 * secants[-2]) if y.shape[0] > 2 else (
+      secants[0], secants[-1])
+  slopes[0], slopes[-1] = ends
+  slopes[[0, -1]] = np.where(slopes[[0, -1]] * secants[[0, -1]] > 0, slopes[[0, -1]], 0.0)
+  # An interval whose end slopes over its secant lie inside the circle of radius 3 is monotone; a
+  # node shared by two intervals takes the smaller of their scales.
+  scale = np.minimum(1.0, 3.0 / np.hypot(slopes[:-1] / secants, slopes[1:] / secants))
+  node_scale = np.ones_like(y)
+  node_scale[:-1] = scale
+  node_scale[1:] = np.minimum(node_scale[1:], scale)
+  return slopes * node_scale
 
 
 def discrete_timesteps(num_timesteps: int, num_steps: int, spacing: str = 'linspace',
@@ -87,7 +111,15 @@ class DDPM(VPSDE):
     self.spec = spec
     betas = np.asarray(schedule.betas, np.float64)
     self.num_scales = betas.shape[0]
-    self.log_alphas_cumprod = jnp.asarray(np.cumsum(np.log1p(-betas)), jnp.float32)
+    log_abar = np.cumsum(np.log1p(-betas))
+    self.log_alphas_cumprod = jnp.asarray(log_abar, jnp.float32)
+    # log alpha_bar on [k, k + 1] is y_k + u (c1 + u (c2 + u c3)), u = t - k: the cubic Hermite of the
+    # node values and monotone_slopes d; the row after the last node continues it linearly.
+    d, secants = monotone_slopes(log_abar), np.append(np.diff(log_abar), 0.0)
+    d_next = np.append(d[1:], 0.0)
+    cubic = np.stack([d, 3.0 * secants - 2.0 * d - d_next, d + d_next - 2.0 * secants], axis=1)
+    cubic[-1, 1:] = 0.0
+    self._cubic = jnp.asarray(cubic, jnp.float32)
     self.beta_min, self.beta_max = float(betas[0] * self.num_scales), float(betas[-1] * self.num_scales)
     self.t_max = float(self.num_scales - 1)
     self.t_min = SAMPLING_EPS_FRACTION * self.t_max
@@ -105,15 +137,21 @@ class DDPM(VPSDE):
   def check_pc(cls, config: ml_collections.ConfigDict) -> None:
     """The chain's own betas are below 1."""
 
+  def _segment(self, t):
+    """(k, u = t - k, cubic coefficients of interval k) of times t; k = floor(t) in [0, T - 1]."""
+    t = jnp.asarray(t, jnp.float32)
+    k = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, self.num_scales - 1)
+    return k, t - k.astype(jnp.float32), self._cubic[k]
+
   def log_alpha_bar(self, t):
-    table = self.log_alphas_cumprod
-    return jnp.interp(jnp.asarray(t, jnp.float32), jnp.arange(table.shape[0], dtype=jnp.float32), table)
+    """The chain's log alphas_cumprod at the timesteps, a monotone C^1 cubic between them."""
+    k, u, c = self._segment(t)
+    return self.log_alphas_cumprod[k] + u * (c[..., 0] + u * (c[..., 1] + u * c[..., 2]))
 
   def beta(self, t):
-    """-d/dt log alpha_bar: piecewise constant, the chain's -log(1 - beta_k) on [k, k + 1)."""
-    table = self.log_alphas_cumprod
-    k = jnp.clip(jnp.floor(jnp.asarray(t, jnp.float32)).astype(jnp.int32), 0, table.shape[0] - 2)
-    return table[k] - table[k + 1]
+    """-d/dt log alpha_bar: continuous, piecewise quadratic."""
+    _, u, c = self._segment(t)
+    return -(c[..., 0] + u * (2.0 * c[..., 1] + 3.0 * u * c[..., 2]))
 
   def network_time(self, t):
     return jnp.asarray(t, jnp.float32)
