@@ -27,7 +27,7 @@ def _one_of(value, valid, field: str) -> None:
 _UINT32_MAX = 2 ** 32 - 1
 
 
-def _eachin_range(values, field: str, *args, non_empty: bool = False, **kwargs) -> None:
+def _each_in_range(values, field: str, *args, non_empty: bool = False, **kwargs) -> None:
   """_in_range for every element of a tuple field, named config.field[i]."""
   values = tuple(values)
   require(values or not non_empty, f'config.{field}=() is empty: it needs at least one value.')
@@ -71,20 +71,20 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
   in_range(config.progress_log_every_seconds, 'progress_log_every_seconds', 0, allow_inf=True,
             note=' (0 = a log line after every batch; inf = only at the end)')
   in_range(config.data.num_channels, 'data.num_channels', 1, 3, integer=True, note=' (1 or 3)')
-  _eachin_range(config.data.classes, 'data.classes', 0, integer=True)
+  _each_in_range(config.data.classes, 'data.classes', 0, integer=True)
   in_range(config.data.num_workers, 'data.num_workers', 0, integer=True, note=' (0 = threads of the training process)')
   for field in ('data.worker_threads', 'data.prefetch_batches'):
     in_range(_get(config, field), field, 1, integer=True)
   m = config.model
-  _eachin_range(m.widths, 'model.widths', 1, integer=True, non_empty=True)
+  _each_in_range(m.widths, 'model.widths', 1, integer=True, non_empty=True)
   in_range(m.time_embed_dim, 'model.time_embed_dim', 4, integer=True, note=', even')
   in_range(m.batch_norm_momentum, 'model.batch_norm_momentum', 0, 1, high_open=True)
-  _eachin_range(m.ch_mult, 'model.ch_mult', 1, integer=True, non_empty=True)
-  _eachin_range(m.attn_resolutions, 'model.attn_resolutions', 1, integer=True)
+  _each_in_range(m.ch_mult, 'model.ch_mult', 1, integer=True, non_empty=True)
+  _each_in_range(m.attn_resolutions, 'model.attn_resolutions', 1, integer=True)
   in_range(m.dropout, 'model.dropout', 0, 1, high_open=True)
   in_range(m.norm_eps, 'model.norm_eps', 0, low_open=True)
   in_range(m.fourier_scale, 'model.fourier_scale', 0, low_open=True)
-  _eachin_range(m.fir_kernel, 'model.fir_kernel', 0, non_empty=True)
+  _each_in_range(m.fir_kernel, 'model.fir_kernel', 0, non_empty=True)
   d = config.diffusion
   in_range(d.num_timesteps, 'diffusion.num_timesteps', 2, integer=True)
   for field in ('beta_start', 'beta_end'):
@@ -92,7 +92,7 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
   in_range(d.hybrid_lambda, 'diffusion.hybrid_lambda', 0, low_open=True)
   in_range(d.mmd_weight, 'diffusion.mmd_weight', 0, low_open=True)
   in_range(d.mmd_simple_weight, 'diffusion.mmd_simple_weight', 0, note=' (0 = MMD alone)')
-  _eachin_range(d.mmd_bandwidths, 'diffusion.mmd_bandwidths', 0, low_open=True, non_empty=True)
+  _each_in_range(d.mmd_bandwidths, 'diffusion.mmd_bandwidths', 0, low_open=True, non_empty=True)
   for field in ('beta_min', 'beta_max', 'sigma_min', 'sigma_max'):
     in_range(d[field], f'diffusion.{field}', 0, low_open=True)
   in_range(d.num_scales, 'diffusion.num_scales', 2, integer=True)
@@ -113,8 +113,8 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
   s = config.sampling
   in_range(s.ddim_eta, 'sampling.ddim_eta', 0, note=' (0 = deterministic)')
   in_range(s.guidance_scale, 'sampling.guidance_scale', 0, note=' (0 = no guidance)')
-  _eachin_range(s.eval_guidance_scales, 'sampling.eval_guidance_scales', 0)
-  _eachin_range(s.classes, 'sampling.classes', 0, integer=True)
+  _each_in_range(s.eval_guidance_scales, 'sampling.eval_guidance_scales', 0)
+  _each_in_range(s.classes, 'sampling.classes', 0, integer=True)
   for field in ('sampling.num_steps', 'sampling.n_steps_each', 'sampling.ode_max_steps'):
     in_range(_get(config, field), field, 1, integer=True)
   for field in ('sampling.snr', 'sampling.ode_rtol', 'sampling.ode_atol'):

@@ -10,6 +10,12 @@ no unrestorable checkpoint in checkpoints/ (damaged ones are set aside as corrup
 its own status: 0 (training went on), 1 and one `error:` line, or 128 + the signal and one
 `stopped:` line.
 
+What it costs: one run trained once (the module fixture) and copied into each case that changes
+it; a checkpoint restored once per content (checkpoint_states); sampling programs without host
+callbacks, so that JAX's compilation cache serves every case after the first. Every case runs
+main.py's own entry point (main.main after cli.parse_flags) in this process; `python main.py`
+itself is run on bad input in tests/test_main.py.
+
 How the cases were chosen:
 - the classes of issue 19 (§2-§5 and §7's files: ranges, knobs without effect, a workdir that is a
   file, read-only, full, cut short; data, init_from, Inception weights; damaged checkpoints; signals);
@@ -17,6 +23,9 @@ How the cases were chosen:
   each kind of bound (open, closed, integer, tuple element, NaN/inf), plus each kind of name field
   (dataset, model, schedule, loss, mean type, sampler, optimizer, timestep sampler, rng, dtype,
   feature net); the exhaustive per-field ranges are unit-tested in test_configuration.py;
+- the processes and samplers (issue 27): a process beside what it cannot train or sample (edm with
+  the chain's sampler or loss, vpsde's own order of its betas), their knobs changed where nothing
+  reads them, the EDM samplers' ranges, a run sampled as another process;
 - each flag of main.py (--config, its overrides, --workdir, --mode, --force_workdir_config) and
   of the diffusers converter (--model_dir's files);
 - each file of a workdir (config.json, run_info.json, checkpoints/<step>/ and its default/ item,
@@ -84,7 +93,10 @@ def tiny(data: str) -> list[str]:
           '--config.training.checkpoint_every_steps=2', '--config.training.sample_every_steps=0',
           '--config.training.num_preview_samples=4', '--config.training.bn_calibration_batches=1',
           '--config.optim.warmup_steps=2', '--config.sampling.batch_size=4', '--config.sampling.num_samples=4',
-          '--config.eval.bpd_num_examples=4', '--config.eval.bpd_batch_size=4', '--config.eval.num_samples=0']
+          '--config.eval.bpd_num_examples=4', '--config.eval.bpd_batch_size=4', '--config.eval.num_samples=0',
+          # No progress reports from inside the sampling loop: a program with a host callback is compiled
+          # anew in every case (JAX's compilation cache keeps none), without one once per session.
+          '--config.sampling.progress_every=0']
 
 
 # ---------------------------------------------------------------------------
@@ -217,7 +229,7 @@ def signal_when(module: str, function: str, signum: int, at_call: int = 1, arg: 
         calls.append(1)
         if len(calls) == at_call:
           os.kill(os.getpid(), signum)
-          time.sleep(0.5)  # The handler runs here (or the loop's flag is set).
+          time.sleep(0.05)  # The handler runs here (or the loop's flag is set).
       return real(*args, **kwargs)
 
     monkeypatch.setattr(target, function, signalled)
@@ -292,13 +304,15 @@ CASES = [
         ((), '--config.figures.num_frames=1', 'config.figures.num_frames=1 is out of range: it must be in [2, inf)'),
         ((), '--config.eval.bpd_batch_size=0', 'config.eval.bpd_batch_size=0 is out of range'),
         ((), '--config.eval.kid_subset_size=1', 'config.eval.kid_subset_size=1 is out of range: it must be in [2, inf)'),
+        (('--config.sampling.sampler=edm_stochastic',), '--config.sampling.s_churn=-1', 'config.sampling.s_churn=-1.0 is out of range: it must be in [0, inf)'),
+        (('--config.sampling.sampler=edm_heun',), '--config.sampling.rho=0', 'config.sampling.rho=0.0 is out of range: it must be in (0, inf)'),
     ]],
     # Knobs changed where they have no effect: refused, not ignored (issue §3).
     *[bad('no effect', f'{a.split("=")[0][9:]} without effect', 'run', [*extra, a], m) for extra, a, m in [
         ((), '--config.sampling.guidance_scale=3', 'config.sampling.guidance_scale=3.0 has no effect here: it needs a class-conditional network'),
         ((), '--config.training.cond_drop_prob=0.2', 'has no effect here: it needs a class-conditional network'),
         ((), '--config.sampling.ddim_eta=1.0', ('config.sampling.ddim_eta=1.0 has no effect here', 'ddim')),
-        ((), '--config.diffusion.hybrid_lambda=0.01', 'has no effect here: it needs config.diffusion.loss=hybrid'),
+        ((), '--config.diffusion.hybrid_lambda=0.01', 'has no effect here: it needs config.diffusion.process=ddpm with config.diffusion.loss=hybrid'),
         (('--config.diffusion.schedule=cosine',), '--config.diffusion.beta_end=0.05', 'config.diffusion.beta_end=0.05 has no effect here'),
         ((), '--config.training.init_ema=False', 'has no effect here: it needs config.training.init_from'),
         ((), '--config.model.ch=16', 'unet_simple does not use config.model.ch'),
@@ -306,6 +320,9 @@ CASES = [
         ((CONV,), '--config.model.widths=(8,8,8,8,8)', 'unet_conv does not use config.model.widths'),
         ((CONV,), '--config.model.attn_resolutions=(4,)', 'unet_conv does not use config.model.attn_resolutions'),
         (('--config.model.name=unet_resnet', '--config.model.attn_resolutions=()'), '--config.model.batch_norm_momentum=0.9', 'unet_resnet does not use config.model.batch_norm_momentum'),
+        ((), '--config.sampling.rho=5', 'config.sampling.rho=5.0 has no effect here: it needs config.sampling.sampler=edm_heun or edm_stochastic'),
+        ((), '--config.diffusion.sigma_data=1', 'config.diffusion.sigma_data=1.0 has no effect here: it needs config.diffusion.process=edm.'),
+        ((), '--config.diffusion.beta_min=0.2', 'config.diffusion.beta_min=0.2 has no effect here: it needs config.diffusion.process=subvpsde or vpsde.'),
     ]],
     # Unknown names list the valid ones.
     *[bad('unknown name', a.split('=')[0][9:], 'run', [*extra, a], m) for extra, a, m in [
@@ -321,10 +338,18 @@ CASES = [
         ((), '--config.training.timestep_sampler=fancy', "timestep_sampler 'fancy'; valid: uniform"),
         ((), '--config.training.compute_dtype=float8', "compute_dtype 'float8'"),
         ((), '--config.rng_impl=philox', "Unknown config.rng_impl 'philox'; valid: rbg"),
+        ((), '--config.diffusion.process=ou', "Unknown config.diffusion.process 'ou'; valid: ddpm, edm, subvpsde, vesde, vpsde."),
         ((), "--config.eval.feature_nets=('vgg',)", "feature network in config.eval.feature_nets 'vgg'"),
         ((CONV,), '--config.model.upsample=bicubic', "Unknown config.model.upsample 'bicubic'"),
     ]],
     bad('unknown name', 'diffusion.loss=hybrid with a fixed variance', 'run', ['--config.diffusion.loss=hybrid'], 'only trains a learned variance'),
+    # A process with what it cannot train or sample (each process's and sampler's own check).
+    bad('process', 'edm with the chain\'s sampler', 'run', ['--config.diffusion.process=edm'],
+        'The ancestral sampler walks the discrete chain, but config.diffusion.process=edm: use a sampler of every process'),
+    bad('process', 'edm with the kl loss', 'run', ['--config.diffusion.process=edm', '--config.sampling.sampler=edm_heun', '--config.diffusion.loss=kl'],
+        'config.diffusion.process=edm trains a preconditioned denoiser with its own loss weighting: set config.diffusion.loss=simple'),
+    bad('process', 'vpsde with beta_min above beta_max', 'run', ['--config.diffusion.process=vpsde', '--config.sampling.sampler=euler',
+                                                                 '--config.diffusion.beta_min=30'], 'config.diffusion.beta_min=30.0 exceeds beta_max=20.0'),
     # Flags, overrides and config files.
     *[bad('flags', name, 'run', args, m) for name, args, m in [
         ('unknown flag', ['--bogus=1'], "Unknown command line flag 'bogus'"),
@@ -361,6 +386,9 @@ CASES = [
         'holds a run with a different model (model.time_embed_dim: 16 -> 32). Use a new --workdir'),
     bad('workdir', 'another diffusion in sample', 'run', ['--mode=sample', '--config.diffusion.num_timesteps=30'],
         'or --force_workdir_config'),
+    bad('workdir', 'another process in sample', 'run', ['--mode=sample', '--config.diffusion.process=edm', '--config.sampling.sampler=edm_heun',
+                                                        '--config.diffusion.num_timesteps=1000'],
+        "holds a run with a different model (diffusion.num_timesteps: 10 -> 1000; diffusion.process: 'ddpm' -> 'edm')"),
     bad('workdir', 'forced, not fitting, sample', 'run', ['--force_workdir_config', '--mode=sample', '--config.model.time_embed_dim=24'],
         'The checkpoint {run}/checkpoints/4 does not fit the new model'),
     bad('workdir', 'forced, not fitting, train', 'run', ['--force_workdir_config', '--config.model.time_embed_dim=32'],
@@ -502,22 +530,37 @@ def env(tmp_path_factory):
   from ddpm_jax import train_state  # pylint: disable=g-import-not-at-top
   mesh, model, _, tx = train_state.components(config)
   paths['abstract'] = train_state.abstract_state(model, config, tx, mesh)
+  paths['restores'] = {}
+  assert checkpoint_states(paths['run'], paths) == {2: True, 4: True}  # Each case's copy of the run restores alike.
   return paths
 
 
+def step_contents(step_dir: str) -> tuple:
+  """What a checkpoint folder holds: (relative path, size, sha256) of each file in it, (path, 'dir') of each folder."""
+  return tuple(sorted((path, 'dir') if digest == 'dir' else (path, size, digest)
+                      for path, (size, _, digest) in files_testlib.snapshot(step_dir).items()))
+
+
 def checkpoint_states(workdir: str, env: dict) -> dict[int, bool]:
-  """{step: whether it restores} of every step folder in workdir/checkpoints."""
+  """{step: whether it restores} of every step folder in workdir/checkpoints, by checkpoints.restore_step.
+  A folder that holds the same bytes as one restored before (the trained run's, copied into each
+  case) restores alike: env['restores'] keeps each result by (step, contents), so a case restores
+  only the checkpoints it damaged or wrote."""
   from ddpm_jax import checkpoints  # pylint: disable=g-import-not-at-top
   directory = os.path.join(workdir, 'checkpoints')
   steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
-  manager = checkpoints.make_manager(workdir, 3) if steps else None
-  states = {}
+  manager, states = None, {}
   for step in steps:
-    try:
-      checkpoints.restore_step(manager, env['abstract'], step)
-      states[step] = True
-    except Exception:  # pylint: disable=broad-except
-      states[step] = False
+    key = (step, step_contents(os.path.join(directory, str(step))))
+    if key not in env['restores']:
+      if manager is None:
+        manager = checkpoints.make_manager(workdir, 3)
+      try:
+        checkpoints.restore_step(manager, env['abstract'], step)
+        env['restores'][key] = True
+      except Exception:  # pylint: disable=broad-except
+        env['restores'][key] = False
+    states[step] = env['restores'][key]
   return states
 
 

@@ -4,11 +4,12 @@ import glob
 import importlib
 import json
 import os
+import re
 
 import pytest
 
 from configs import default
-from ddpm_jax import configuration, errors
+from ddpm_jax import configuration, errors, processes, samplers
 
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')) if not p.endswith('__init__.py'))
@@ -211,10 +212,8 @@ OUT_OF_RANGE = [
     ('diffusion.mmd_bandwidths', (), r'config.diffusion.mmd_bandwidths=\(\) is empty'),
     ('diffusion.beta_min', 0.0, r'config.diffusion.beta_min=0.0 is out of range: it must be in \(0, inf\)'),
     ('diffusion.beta_max', -1.0, r'config.diffusion.beta_max=-1.0 is out of range: it must be in \(0, inf\)'),
-    ('diffusion.beta_min', 30.0, r'config.diffusion.beta_min=30.0 exceeds beta_max=20.0'),
     ('diffusion.sigma_min', 0.0, r'config.diffusion.sigma_min=0.0 is out of range: it must be in \(0, inf\)'),
     ('diffusion.sigma_max', INF, r'config.diffusion.sigma_max=inf is out of range: it must be in \(0, inf\)'),
-    ('diffusion.sigma_min', 60.0, r'config.diffusion.sigma_min=60.0 must be below sigma_max=50.0'),
     ('diffusion.num_scales', 1, r'config.diffusion.num_scales=1 is out of range: it must be in \[2, inf\)'),
     ('diffusion.train_eps', 0.0, r'config.diffusion.train_eps=0.0 is out of range: it must be in \(0, 1\)'),
     ('diffusion.train_eps', 1.0, r'config.diffusion.train_eps=1.0 is out of range: it must be in \(0, 1\)'),
@@ -283,6 +282,11 @@ def _set(config, field, value):
   (config[section] if section else config)[name] = value
 
 
+def _get_field(config, field):
+  section, _, name = field.rpartition('.')
+  return (config[section] if section else config)[name]
+
+
 @pytest.mark.parametrize('field,value,message', OUT_OF_RANGE, ids=[f'{f}={v!r}' for f, v, _ in OUT_OF_RANGE])
 def test_values_out_of_range_are_refused_in_one_line_naming_field_value_and_range(field, value, message):
   config = default.get_config()
@@ -346,26 +350,38 @@ _USES_DDIM, _USES_PC = _USES.format('ddim'), _USES.format('pc')
     ('sampling.ddim_eta', 1.0, _USES_DDIM),
     ('sampling.ddim_spacing', 'quad', _USES_DDIM),
     ('sampling.ddim_clipped_eps', False, _USES_DDIM),
-    ('diffusion.hybrid_lambda', 0.01, 'config.diffusion.loss=hybrid'),
-    ('diffusion.mmd_weight', 2.0, 'config.diffusion.loss=mmd'),
-    ('diffusion.mmd_simple_weight', 0.0, 'config.diffusion.loss=mmd'),
-    ('diffusion.mmd_bandwidths', (1.0,), 'config.diffusion.loss=mmd'),
-    ('training.importance_history', 5, 'config.training.timestep_sampler=importance'),
-    ('training.importance_uniform_prob', 0.01, 'config.training.timestep_sampler=importance'),
+    ('diffusion.hybrid_lambda', 0.01, 'config.diffusion.process=ddpm with config.diffusion.loss=hybrid'),
+    ('diffusion.mmd_weight', 2.0, 'config.diffusion.process=ddpm with config.diffusion.loss=mmd'),
+    ('diffusion.mmd_simple_weight', 0.0, 'config.diffusion.process=ddpm with config.diffusion.loss=mmd'),
+    ('diffusion.mmd_bandwidths', (1.0,), 'config.diffusion.process=ddpm with config.diffusion.loss=mmd'),
+    ('training.importance_history', 5, 'config.diffusion.process=ddpm with config.training.timestep_sampler=importance'),
+    ('training.importance_uniform_prob', 0.01,
+     'config.diffusion.process=ddpm with config.training.timestep_sampler=importance'),
     ('training.init_ema', False, 'config.training.init_from'),
     ('training.fid_num_samples', 500, r'config.training.fid_every_steps > 0'),
-    # The score-based half: each knob of a process or sampler, changed under another.
-    ('diffusion.num_scales', 10, r'a continuous config.diffusion.process \(vpsde, subvpsde, vesde\)'),
-    ('diffusion.train_eps', 1e-3, 'a continuous config.diffusion.process'),
-    ('diffusion.likelihood_weighting', True, 'a continuous config.diffusion.process'),
-    ('diffusion.beta_max', 10.0, 'config.diffusion.process=vpsde or subvpsde'),
-    ('diffusion.sigma_max', 80.0, 'config.diffusion.process=vesde'),
+    # The score-based half: each knob of a process or sampler, changed under another (processes in
+    # name order, samplers in registry order).
+    ('diffusion.num_scales', 10, r'config.diffusion.process=edm or subvpsde or vesde or vpsde\.'),
+    ('diffusion.train_eps', 1e-3, r'config.diffusion.process=subvpsde or vesde or vpsde\.'),
+    ('diffusion.likelihood_weighting', True, r'config.diffusion.process=subvpsde or vesde or vpsde\.'),
+    ('diffusion.beta_max', 10.0, r'config.diffusion.process=subvpsde or vpsde\.'),
+    ('diffusion.sigma_max', 80.0, r'config.diffusion.process=edm or vesde\.'),
+    ('diffusion.sigma_data', 1.0, r'config.diffusion.process=edm\.'),
+    ('diffusion.p_mean', -1.0, r'config.diffusion.process=edm\.'),
+    ('diffusion.p_std', 1.0, r'config.diffusion.process=edm\.'),
     ('sampling.snr', 0.2, _USES_PC),
     ('sampling.n_steps_each', 2, _USES_PC),
     ('sampling.predictor', 'euler_maruyama', _USES_PC),
     ('sampling.corrector', 'none', _USES_PC),
-    ('sampling.num_steps', 10, _USES.format('dpm_solver_pp_2m or sde_dpm_solver_pp_2m or unipc or euler or heun')),
-    ('sampling.denoise', False, _USES.format('pc or ode')),
+    ('sampling.num_steps', 10, _USES.format('dpm_solver_pp_2m or sde_dpm_solver_pp_2m or edm_heun or edm_stochastic or '
+                                            'euler or heun or unipc')),
+    ('sampling.spacing', 'uniform', _USES.format('dpm_solver_pp_2m or sde_dpm_solver_pp_2m or euler or heun or unipc')),
+    ('sampling.denoise', False, _USES.format('ode or pc')),
+    ('sampling.rho', 5.0, _USES.format('edm_heun or edm_stochastic')),
+    ('sampling.s_churn', 0.0, _USES.format('edm_stochastic')),
+    ('sampling.s_tmin', 0.0, _USES.format('edm_stochastic')),
+    ('sampling.s_tmax', float('inf'), _USES.format('edm_stochastic')),
+    ('sampling.s_noise', 1.0, _USES.format('edm_stochastic')),
     ('sampling.ode_rtol', 1e-3, r'config.sampling.sampler=ode \(or in config.eval.sampler_sweep\), or '
                                 r'config.eval.ode_bpd_num_examples > 0'),
     ('sampling.ode_max_steps', 100, 'config.sampling.sampler=ode'),
@@ -396,20 +412,179 @@ def test_guidance_and_label_dropout_apply_to_a_conditional_network():
   configuration.validate_config(config)
 
 
-def test_the_knobs_defaults_are_those_of_configs_default():
+# ---------------------------------------------------------------------------
+# Knob ownership: each process, sampler and cross-cutting rule declares the config fields it reads
+# (Process.knobs / conditional_knobs, Sampler.knobs, configuration.CROSS_CUTTING_KNOBS); configs/default.py
+# holds their defaults, and a knob changed where nothing reads it is refused.
+
+def _declared_fields():
+  """(who, field) of every field a process, a sampler or a cross-cutting rule declares."""
+  for name, cls in processes.PROCESSES.items():
+    yield from ((f'process {name}', field) for field in (*cls.knobs, *cls.conditional_knobs))
+  for name, cls in samplers.SAMPLERS.items():
+    yield from ((f'sampler {name}', field) for field in (*cls.knobs, *filter(None, [cls.steps_field])))
+  yield from (('configuration.CROSS_CUTTING_KNOBS', field) for field in configuration.CROSS_CUTTING_KNOBS)
+
+
+def _default_field_names(config, prefix=''):
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      yield from _default_field_names(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}'
+
+
+def test_every_declared_knob_is_a_field_of_configs_default():
+  fields = set(_default_field_names(default.get_config()))
+  unknown = [(who, field) for who, field in _declared_fields() if field not in fields]
+  assert not unknown, unknown
+  assert configuration.owned_knobs() <= fields
+  assert configuration.owned_knobs() == {field for _, field in _declared_fields()}
+  # A sampler's steps (config.eval.sampler_sweep's NAME:STEPS) are one of its own knobs.
+  for name, cls in samplers.SAMPLERS.items():
+    assert cls.steps_field is None or cls.steps_field in cls.knobs, name
+
+
+def test_the_default_config_reads_its_process_and_sampler_knobs_only():
+  used = configuration.knobs_in_use(default.get_config())
+  assert used == set(processes.process_class('ddpm').used_knobs(default.get_config())) | set(
+      samplers.sampler_class('ancestral').knobs)
+  assert {'diffusion.schedule', 'diffusion.num_timesteps', 'diffusion.beta_start', 'diffusion.beta_end'} <= used
+  assert not used & {'diffusion.hybrid_lambda', 'diffusion.sigma_data', 'sampling.rho', 'sampling.num_steps'}
+
+
+# A valid value other than configs/default.py's, for every owned knob (the test below asks that this
+# table covers configuration.owned_knobs(): a new knob needs a row).
+CHANGED = {
+    'data.num_workers': 3, 'data.prefetch_batches': 3, 'data.worker_threads': 3,
+    'diffusion.beta_end': 0.03, 'diffusion.beta_max': 15.0, 'diffusion.beta_min': 0.2, 'diffusion.beta_start': 2e-4,
+    'diffusion.hybrid_lambda': 0.01, 'diffusion.likelihood_weighting': True, 'diffusion.mmd_bandwidths': (1.0,),
+    'diffusion.mmd_simple_weight': 0.0, 'diffusion.mmd_weight': 2.0, 'diffusion.num_scales': 500,
+    'diffusion.num_timesteps': 500, 'diffusion.p_mean': -1.0, 'diffusion.p_std': 1.0, 'diffusion.schedule': 'cosine',
+    'diffusion.sigma_data': 1.0, 'diffusion.sigma_max': 80.0, 'diffusion.sigma_min': 0.002, 'diffusion.train_eps': 1e-3,
+    'eval.hutchinson': 'gaussian',
+    'sampling.corrector': 'none', 'sampling.ddim_clipped_eps': False, 'sampling.ddim_eta': 1.0,
+    'sampling.ddim_spacing': 'quad', 'sampling.ddim_steps': 100, 'sampling.denoise': False,
+    'sampling.eval_guidance_scales': (0.0, 2.0), 'sampling.guidance_scale': 3.0, 'sampling.n_steps_each': 2,
+    'sampling.num_steps': 10, 'sampling.ode_atol': 1e-3, 'sampling.ode_max_steps': 100, 'sampling.ode_rtol': 1e-3,
+    'sampling.ode_solver': 'tsit5', 'sampling.predictor': 'euler_maruyama', 'sampling.rho': 5.0,
+    'sampling.s_churn': 10.0, 'sampling.s_noise': 1.0, 'sampling.s_tmax': float('inf'), 'sampling.s_tmin': 0.0,
+    'sampling.snr': 0.2, 'sampling.spacing': 'trailing',
+    'training.cond_drop_prob': 0.2, 'training.fid_num_samples': 500, 'training.importance_history': 5,
+    'training.importance_uniform_prob': 0.01, 'training.init_ema': False,
+}
+# What makes a conditional or cross-cutting knob act (with its owner in use).
+ENABLED_BY = {
+    'diffusion.hybrid_lambda': {'diffusion.loss': 'hybrid', 'diffusion.model_var_type': 'learned_range'},
+    **{f'diffusion.{k}': {'diffusion.loss': 'mmd'} for k in ('mmd_weight', 'mmd_simple_weight', 'mmd_bandwidths')},
+    **{f'training.{k}': {'training.timestep_sampler': 'importance'}
+       for k in ('importance_history', 'importance_uniform_prob')},
+    **{k: {'model.num_classes': 10} for k in ('sampling.guidance_scale', 'sampling.eval_guidance_scales',
+                                              'training.cond_drop_prob')},
+    'training.init_ema': {'training.init_from': '/runs/pretrained'},
+    'training.fid_num_samples': {'training.fid_every_steps': 1000},
+    'eval.hutchinson': {'eval.ode_bpd_num_examples': 8},
+    **{f'data.{k}': {'data.pipeline': 'streaming'} for k in ('num_workers', 'worker_threads', 'prefetch_batches')},
+}
+
+
+def _owners(field):
+  """(processes, samplers) that declare `field`, in the orders the refusal lists them."""
+  owning = [n for n, cls in processes.PROCESSES.items() if field in cls.knobs or field in cls.conditional_knobs]
+  using = [n for n, cls in samplers.SAMPLERS.items() if field in cls.knobs]
+  return owning, using
+
+
+def _config_where_used(field):
+  """The default config, switched to the first process or sampler that reads `field` (a process
+  other than ddpm samples with euler), with what the knob's condition needs."""
   config = default.get_config()
-  for field, (value, _, _) in configuration.KNOB_DEFAULTS.items():
-    section, name = field.split('.')
-    assert config[section][name] == value, field
-  for field, value in configuration.FIELDS_ADDED_LATER.items():
-    section, name = field.split('.')
-    assert config[section][name] == value, field
+  owning, using = _owners(field)
+  if owning and 'ddpm' not in owning:
+    config.diffusion.process, config.sampling.sampler = owning[0], 'euler'
+  elif using:
+    config.sampling.sampler = using[0]
+  for name, value in ENABLED_BY.get(field, {}).items():
+    _set(config, name, value)
+  return config
+
+
+def _config_where_unused(field):
+  """The default config (ddpm, ancestral), or for the knobs it reads, vpsde sampled by euler."""
+  config = default.get_config()
+  if field in configuration.knobs_in_use(config):
+    config.diffusion.process, config.sampling.sampler = 'vpsde', 'euler'
+  assert field not in configuration.knobs_in_use(config)
+  return config
+
+
+def test_every_owned_knob_has_a_changed_value_in_the_table():
+  assert set(CHANGED) == configuration.owned_knobs()
+  for field, value in CHANGED.items():
+    assert value != _get_field(default.get_config(), field), field
+
+
+@pytest.mark.parametrize('field', sorted(CHANGED))
+def test_each_owned_knob_is_refused_where_nothing_reads_it_and_accepted_where_its_owner_runs(field):
+  value, default_value = CHANGED[field], _get_field(default.get_config(), field)
+  unused = _config_where_unused(field)
+  _set(unused, field, value)
+  with pytest.raises(errors.ConfigError) as raised:
+    configuration.validate_config(unused)
+  message = str(raised.value)
+  assert '\n' not in message
+  assert message.startswith(f'config.{field}={value!r} has no effect here: it needs '), message
+  assert message.endswith(f'. Leave it at its default {default_value!r}, or set what it needs.'), message
+  needs = message[len(f'config.{field}={value!r} has no effect here: it needs '):]
+  owning, using = _owners(field)
+  if owning:
+    assert f'config.diffusion.process={" or ".join(owning)}' in needs, message
+  if using:
+    assert f'config.sampling.sampler={" or ".join(using)} (or in config.eval.sampler_sweep)' in needs, message
+  if field in configuration.CROSS_CUTTING_KNOBS:
+    assert configuration.CROSS_CUTTING_KNOBS[field][1] in needs, message
+  used = _config_where_used(field)
+  _set(used, field, value)
+  configuration.validate_config(used)
+  assert field in configuration.knobs_in_use(used)
+
+
+@pytest.mark.parametrize('field,value,accepted,refused,needs', [
+    ('sampling.rho', 5.0, {'sampling.sampler': 'edm_heun'}, {'sampling.sampler': 'heun'},
+     'config.sampling.sampler=edm_heun or edm_stochastic'),
+    ('sampling.rho', 5.0, {'eval.sampler_sweep': ('edm_stochastic:10',)}, {'eval.sampler_sweep': ('heun:10',)},
+     'config.sampling.sampler=edm_heun or edm_stochastic'),
+    ('sampling.s_churn', 0.0, {'sampling.sampler': 'edm_stochastic'}, {'sampling.sampler': 'edm_heun'},
+     'config.sampling.sampler=edm_stochastic'),
+    ('diffusion.sigma_data', 1.0, {'diffusion.process': 'edm', 'sampling.sampler': 'edm_heun'},
+     {'diffusion.process': 'vesde', 'sampling.sampler': 'edm_heun'}, 'config.diffusion.process=edm.'),
+    ('diffusion.p_std', 2.0, {'diffusion.process': 'edm', 'sampling.sampler': 'euler'}, {}, 'config.diffusion.process=edm.'),
+    ('diffusion.beta_min', 0.2, {'diffusion.process': 'vpsde', 'sampling.sampler': 'pc'}, {},
+     'config.diffusion.process=subvpsde or vpsde.'),
+    ('diffusion.beta_min', 0.2, {'diffusion.process': 'subvpsde', 'sampling.sampler': 'ode'},
+     {'diffusion.process': 'edm', 'sampling.sampler': 'ode'}, 'config.diffusion.process=subvpsde or vpsde.'),
+    ('diffusion.sigma_min', 0.002, {'diffusion.process': 'edm', 'sampling.sampler': 'edm_heun'},
+     {'diffusion.process': 'vpsde', 'sampling.sampler': 'edm_heun'}, 'config.diffusion.process=edm or vesde.'),
+    ('diffusion.num_timesteps', 100, {}, {'diffusion.process': 'edm', 'sampling.sampler': 'edm_heun'},
+     'config.diffusion.process=ddpm.'),
+])
+def test_a_knob_acts_with_its_owner_and_is_refused_without_it(field, value, accepted, refused, needs):
+  """Examples of the rule above, in the configs a user writes: the knob with its owner, the knob beside
+  another process or sampler (ddpm and ancestral where not given)."""
+  config = default.get_config()
+  for name, v in {**accepted, field: value}.items():
+    _set(config, name, v)
+  configuration.validate_config(config)
+  config = default.get_config()
+  for name, v in {**refused, field: value}.items():
+    _set(config, name, v)
+  with pytest.raises(errors.ConfigError, match=re.escape(f'config.{field}={value!r} has no effect here: it needs {needs}')):
+    configuration.validate_config(config)
 
 
 def test_the_default_config_validates_and_every_knob_comment_states_a_range():
   configuration.validate_config(default.get_config())
   source = open(default.__file__).read()
-  import re  # pylint: disable=g-import-not-at-top
   for field in _numeric_fields(default.get_config()):
     name = field.rpartition('.')[2]
     # The comment block just above `<section>.<name> =` (or `config.<name> =`) states the range.
@@ -434,10 +609,118 @@ def _config(**fields):
   return config
 
 
-@pytest.mark.parametrize('process', ['vpsde', 'subvpsde', 'vesde'])
-@pytest.mark.parametrize('sampler', ['dpm_solver_pp_2m', 'sde_dpm_solver_pp_2m', 'unipc', 'euler', 'heun', 'pc', 'ode'])
+# The processes without a discrete chain, and the samplers that work from eps alone (every sampler
+# but the chain's own), from the registries.
+CONTINUOUS = [name for name, cls in processes.PROCESSES.items() if not cls.discrete_chain]
+EPS_SAMPLERS = [name for name, cls in samplers.SAMPLERS.items() if cls.needs_eps]
+
+
+def test_the_registries_hold_the_processes_and_samplers_of_issue_27():
+  assert tuple(processes.PROCESSES) == ('ddpm', 'edm', 'subvpsde', 'vesde', 'vpsde')  # Name order.
+  assert CONTINUOUS == ['edm', 'subvpsde', 'vesde', 'vpsde']
+  assert set(EPS_SAMPLERS) >= {'dpm_solver_pp_2m', 'sde_dpm_solver_pp_2m', 'unipc', 'euler', 'heun', 'pc', 'ode',
+                               'edm_heun', 'edm_stochastic'}
+  assert set(samplers.SAMPLERS) - set(EPS_SAMPLERS) == {'ancestral', 'ddim'}
+
+
+@pytest.mark.parametrize('process', CONTINUOUS)
+@pytest.mark.parametrize('sampler', EPS_SAMPLERS)
 def test_every_continuous_process_takes_every_score_sampler(process, sampler):
   configuration.validate_config(_config(diffusion__process=process, sampling__sampler=sampler))
+  configuration.validate_config(_config(diffusion__process=process, sampling__sampler='euler',
+                                        eval__sampler_sweep=(f'{sampler}:4',)))
+
+
+@pytest.mark.parametrize('sampler', ['edm_heun', 'edm_stochastic'])
+def test_the_edm_samplers_run_on_the_ddpm_chain_too(sampler):
+  configuration.validate_config(_config(sampling__sampler=sampler))
+  configuration.validate_config(_config(eval__sampler_sweep=(f'{sampler}:18',)))
+
+
+# EDM's process trains a preconditioned denoiser with its own loss weighting and lognormal sigmas:
+# everything else is refused by processes/edm.py's check, in one line naming the fix.
+_EDM = {'diffusion.process': 'edm', 'sampling.sampler': 'edm_heun'}
+_EDM_WHAT = 'config.diffusion.process=edm trains a preconditioned denoiser with its own loss weighting'
+
+
+@pytest.mark.parametrize('fields,message', [
+    ({'diffusion.loss': 'kl'}, f'{_EDM_WHAT}: set config.diffusion.loss=simple, or process=ddpm.'),
+    ({'diffusion.loss': 'mmd'}, f'{_EDM_WHAT}: set config.diffusion.loss=simple'),
+    ({'diffusion.loss': 'hybrid', 'diffusion.model_var_type': 'learned_range'},
+     f'{_EDM_WHAT}: set config.diffusion.loss=simple'),  # The loss first: hybrid is the learned variance's.
+    ({'diffusion.model_mean_type': 'x0'}, f'{_EDM_WHAT}: leave config.diffusion.model_mean_type=eps'),
+    ({'diffusion.model_mean_type': 'xprev'}, f'{_EDM_WHAT}: leave config.diffusion.model_mean_type=eps'),
+    ({'diffusion.model_var_type': 'learned_range'},
+     f'{_EDM_WHAT}, without a variance: set a fixed config.diffusion.model_var_type (fixedlarge).'),
+    ({'training.timestep_sampler': 'importance'},
+     'config.diffusion.process=edm draws log sigma from N(p_mean, p_std^2): set config.training.timestep_sampler=uniform.'),
+    ({'diffusion.sigma_min': 80.0, 'diffusion.sigma_max': 80.0},
+     'config.diffusion.sigma_min=80.0 must be below sigma_max=80.0.'),
+    ({'diffusion.sigma_data': 0.0}, 'config.diffusion.sigma_data=0.0 is out of range: it must be in (0, inf).'),
+    ({'diffusion.p_std': -1.0}, 'config.diffusion.p_std=-1.0 is out of range: it must be in (0, inf).'),
+    ({'diffusion.p_mean': float('nan')}, 'config.diffusion.p_mean=nan is out of range'),
+    ({'diffusion.p_mean': float('inf')}, 'config.diffusion.p_mean=inf is out of range: it must be in (-inf, inf).'),
+    # And the discrete chain's samplers, which need process=ddpm.
+    ({'sampling.sampler': 'ancestral'}, 'The ancestral sampler walks the discrete chain, but config.diffusion.process=edm'),
+    ({'eval.sampler_sweep': ('ddim:10',)}, 'The ddim sampler walks the discrete chain, but config.diffusion.process=edm'),
+])
+def test_the_edm_process_refuses_what_it_cannot_train(fields, message):
+  config = default.get_config()
+  for field, value in {**_EDM, **fields}.items():
+    _set(config, field, value)
+  with pytest.raises(errors.ConfigError) as raised:
+    configuration.validate_config(config)
+  assert message in str(raised.value) and '\n' not in str(raised.value), str(raised.value)
+
+
+@pytest.mark.parametrize('fields', [
+    {}, {'diffusion.sigma_data': 1.0, 'diffusion.p_mean': -0.4, 'diffusion.p_std': 1.4},
+    {'diffusion.sigma_min': 0.002, 'diffusion.sigma_max': 80.0, 'sampling.rho': 3.0},
+    {'sampling.sampler': 'pc', 'diffusion.num_scales': 50},
+    {'sampling.sampler': 'dpm_solver_pp_2m', 'sampling.spacing': 'uniform'},
+])
+def test_the_edm_process_takes_its_own_knobs(fields):
+  config = default.get_config()
+  for field, value in {**_EDM, **fields}.items():
+    _set(config, field, value)
+  configuration.validate_config(config)
+
+
+# The Karras samplers' ranges (samplers/edm.py's check), checked where the sampler runs (as the
+# sampler or in the sweep); elsewhere the knob has no effect and is refused as such.
+@pytest.mark.parametrize('sampler,field,value,message', [
+    ('edm_heun', 'rho', 0.0, 'config.sampling.rho=0.0 is out of range: it must be in (0, inf).'),
+    ('edm_stochastic', 'rho', -7.0, 'config.sampling.rho=-7.0 is out of range: it must be in (0, inf).'),
+    ('edm_heun', 'rho', float('nan'), 'config.sampling.rho=nan is out of range'),
+    ('edm_stochastic', 's_churn', -1.0, 'config.sampling.s_churn=-1.0 is out of range: it must be in [0, inf).'),
+    ('edm_stochastic', 's_tmin', -0.5, 'config.sampling.s_tmin=-0.5 is out of range: it must be in [0, inf).'),
+    ('edm_stochastic', 's_tmin', 60.0, 'config.sampling.s_tmin=60.0 exceeds s_tmax=50.0'),
+    ('edm_stochastic', 's_tmax', 0.01, 'config.sampling.s_tmin=0.05 exceeds s_tmax=0.01'),
+    ('edm_stochastic', 's_tmax', -1.0, 'config.sampling.s_tmax=-1.0 is out of range: it must be in [0, inf].'),
+    ('edm_stochastic', 's_noise', 0.0, 'config.sampling.s_noise=0.0 is out of range: it must be in (0, inf).'),
+    ('edm_stochastic', 's_noise', float('inf'), 'config.sampling.s_noise=inf is out of range'),
+])
+def test_the_edm_samplers_ranges(sampler, field, value, message):
+  for where in ({'sampling.sampler': sampler}, {'eval.sampler_sweep': (f'{sampler}:10',)}):
+    config = default.get_config()
+    for name, v in {**where, f'sampling.{field}': value}.items():
+      _set(config, name, v)
+    with pytest.raises(errors.ConfigError) as raised:
+      configuration.validate_config(config)
+    assert message in str(raised.value) and '\n' not in str(raised.value), (where, str(raised.value))
+
+
+@pytest.mark.parametrize('fields', [
+    {'sampling.s_tmin': 0.0, 'sampling.s_tmax': float('inf')},  # Churn at every level.
+    {'sampling.s_tmin': 1.0, 'sampling.s_tmax': 1.0},
+    {'sampling.s_churn': 0.0, 'sampling.s_noise': 1.0},  # Alg. 1: no churn.
+    {'sampling.rho': 1.0, 'sampling.num_steps': 1},
+])
+def test_the_edm_samplers_take_values_at_the_ends_of_their_ranges(fields):
+  config = _config(sampling__sampler='edm_stochastic')
+  for field, value in fields.items():
+    _set(config, field, value)
+  configuration.validate_config(config)
 
 
 @pytest.mark.parametrize('fields,message', [
@@ -480,15 +763,25 @@ def test_every_continuous_process_takes_every_score_sampler(process, sampler):
     ({'eval.sampler_sweep': ('nope:5',)}, r"Unknown sampler 'nope'; valid: ancestral, ddim, dpm_solver_pp_2m"),
     ({'sampling.sampler': 'ode', 'sampling.ode_solver': 'rk4'}, r"Unknown config.sampling.ode_solver 'rk4'"),
     ({'sampling.sampler': 'pc', 'sampling.predictor': 'leapfrog'}, 'config.sampling.predictor / corrector'),
-    ({'diffusion.process': 'ou'}, r"Unknown config.diffusion.process 'ou'; valid: ddpm, vpsde, subvpsde, vesde"),
+    ({'diffusion.process': 'ou'}, r"Unknown config.diffusion.process 'ou'; valid: ddpm, edm, subvpsde, vesde, vpsde\.$"),
     ({'eval.ode_bpd_num_examples': 4, 'eval.hutchinson': 'bernoulli'}, r"Unknown config.eval.hutchinson 'bernoulli'"),
+    # Each process's own order of its knobs.
+    ({'diffusion.process': 'vpsde', 'sampling.sampler': 'euler', 'diffusion.beta_min': 30.0},
+     r'config.diffusion.beta_min=30.0 exceeds beta_max=20.0'),
+    ({'diffusion.process': 'subvpsde', 'sampling.sampler': 'euler', 'diffusion.beta_max': 0.05},
+     r'config.diffusion.beta_min=0.1 exceeds beta_max=0.05'),
+    ({'diffusion.process': 'vesde', 'sampling.sampler': 'euler', 'diffusion.sigma_min': 60.0},
+     r'config.diffusion.sigma_min=60.0 must be below sigma_max=50.0'),
+    ({'diffusion.process': 'vesde', 'sampling.sampler': 'euler', 'diffusion.sigma_max': 0.01},
+     r'config.diffusion.sigma_min=0.01 must be below sigma_max=0.01'),
     # The chain's own knobs, under a continuous process.
     ({'diffusion.process': 'vpsde', 'sampling.sampler': 'pc', 'diffusion.num_timesteps': 100},
      'config.diffusion.num_timesteps=100 has no effect here: it needs config.diffusion.process=ddpm'),
     ({'diffusion.process': 'vesde', 'sampling.sampler': 'pc', 'diffusion.beta_end': 0.05},
-     'config.diffusion.beta_end=0.05 has no effect here: it needs process ddpm'),
+     r'config.diffusion.beta_end=0.05 has no effect here: it needs config.diffusion.process=ddpm with a schedule '
+     r'that uses it \(not cosine or jsd\)'),
     ({'diffusion.process': 'vesde', 'sampling.sampler': 'pc', 'diffusion.beta_max': 10.0},
-     'config.diffusion.beta_max=10.0 has no effect here: it needs config.diffusion.process=vpsde or subvpsde'),
+     'config.diffusion.beta_max=10.0 has no effect here: it needs config.diffusion.process=subvpsde or vpsde'),
 ])
 def test_settings_the_process_or_sampler_cannot_use_are_refused(fields, message):
   config = default.get_config()
@@ -521,11 +814,12 @@ def test_the_ode_bits_per_dim_makes_the_ode_knobs_apply():
 
 
 def test_a_workdir_saved_before_the_process_knobs_is_the_same_model(tmp_path):
-  """A config.json written before diffusion.process (and its knobs, and the ncsnpp fields) existed ran
-  the ddpm process: resuming it is no change of model; switching it to a continuous process is one."""
+  """A config.json written before diffusion.process (and its knobs, EDM's, and the ncsnpp fields)
+  existed ran the ddpm process: resuming it is no change of model; switching it to a continuous
+  process is one."""
   saved = configuration.config_to_dict(default.get_config())
   added = ('process', 'beta_min', 'beta_max', 'sigma_min', 'sigma_max', 'num_scales', 'train_eps',
-           'likelihood_weighting')
+           'likelihood_weighting', 'sigma_data', 'p_mean', 'p_std')
   for name in added:
     del saved['diffusion'][name]
   for name in ('skip_rescale', 'embedding_type', 'fourier_scale', 'fir', 'fir_kernel', 'progressive',
@@ -543,3 +837,35 @@ def test_a_workdir_saved_before_the_process_knobs_is_the_same_model(tmp_path):
   config.diffusion.sigma_max = 20.0  # A changed knob of the new process is listed too.
   assert configuration.model_changes(config, str(tmp_path)) == [
       "diffusion.process: 'ddpm' -> 'vesde'", 'diffusion.sigma_max: 50.0 -> 20.0']
+
+
+@pytest.mark.parametrize('field', ['diffusion.sigma_data', 'diffusion.p_mean', 'diffusion.p_std', 'model.fourier_scale',
+                                   'diffusion.process', 'diffusion.num_scales', 'model.remat'])
+def test_a_workdir_saved_without_a_later_field_is_no_model_change(tmp_path, field):
+  """Fields added to the model-defining sections after a run was made stood at their default then
+  (configs/default.py): a config.json without one resumes, for every later-added field alike."""
+  saved = configuration.config_to_dict(default.get_config())
+  section, name = field.split('.')
+  del saved[section][name]
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(saved, f)
+  config = default.get_config()
+  assert configuration.model_changes(config, str(tmp_path)) == []
+  assert configuration.check_workdir_config(config, str(tmp_path)) == []
+  if field != 'model.remat':  # A different value of the field is a different model, also where it was left out.
+    value = CHANGED.get(field, {'model.fourier_scale': 8.0, 'diffusion.process': 'edm'}.get(field))
+    _set(config, field, value)
+    assert configuration.model_changes(config, str(tmp_path)) == [
+        f'{field}: {_get_field(default.get_config(), field)!r} -> {value!r}']
+    with pytest.raises(errors.WorkdirError, match=re.escape(f'{field}: ')):
+      configuration.check_workdir_config(config, str(tmp_path))
+
+
+def test_an_edm_run_is_refused_after_its_edm_knobs_change(tmp_path):
+  config = _config(diffusion__process='edm', sampling__sampler='edm_heun', diffusion__sigma_data=1.0)
+  configuration.save_config(config, str(tmp_path))
+  config.sampling.rho, config.sampling.num_steps = 3.0, 40  # Sampling knobs: the same model.
+  assert configuration.model_changes(config, str(tmp_path)) == []
+  config.diffusion.sigma_data, config.diffusion.p_mean = 0.5, -1.0
+  assert configuration.model_changes(config, str(tmp_path)) == [
+      'diffusion.p_mean: -1.2 -> -1.0', 'diffusion.sigma_data: 1.0 -> 0.5']

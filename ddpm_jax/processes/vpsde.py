@@ -38,7 +38,7 @@ class VPSDE(ScoreSDE):
   def check(cls, config: ml_collections.ConfigDict) -> None:
     d = config.diffusion
     require(d.beta_min <= d.beta_max, f'config.diffusion.beta_min={d.beta_min} exceeds beta_max={d.beta_max}: '
-            f'beta(t) rises from beta_min to beta_max.')
+            f'beta(t) rises from beta_min to beta_max, so set beta_min <= beta_max.')
     super().check(config)
 
   def log_alpha_bar(self, t: jax.Array) -> jax.Array:

@@ -11,17 +11,18 @@ import jax.numpy as jnp
 import ml_collections
 
 from ddpm_jax import diffusion, viz
-from ddpm_jax.errors import require
+from ddpm_jax.errors import ConfigError
 from ddpm_jax.processes.base import Process
 from ddpm_jax.samplers import frames as frames_lib
-from ddpm_jax.samplers.registry import Sampler, register
+from ddpm_jax.samplers.registry import SAMPLERS, Sampler, register
 
 
 def check_chain(name: str, config: ml_collections.ConfigDict, process: Process) -> None:
   """The chain's samplers need a process with a discrete chain (ddpm)."""
-  require(process.discrete_chain,
-          f'The {name} sampler walks the discrete chain, but config.diffusion.process={config.diffusion.process}: '
-          f'use a sampler of every process (any but ancestral and ddim).')
+  if not process.discrete_chain:
+    others = [other for other, cls in SAMPLERS.items() if cls.needs_eps]
+    raise ConfigError(f'The {name} sampler walks the discrete chain, but config.diffusion.process='
+                      f'{config.diffusion.process}: use a sampler of every process ({", ".join(others)}).')
 
 
 def ancestral_sample(

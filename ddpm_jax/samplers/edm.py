@@ -108,7 +108,7 @@ class _KarrasSampler(Sampler):
       in_range(s.s_tmax, 'sampling.s_tmax', 0, allow_inf=True)
       in_range(s.s_noise, 'sampling.s_noise', 0, low_open=True)
       require(s.s_tmin <= s.s_tmax, f'config.sampling.s_tmin={s.s_tmin} exceeds s_tmax={s.s_tmax}: churn acts on '
-              f'the noise levels between them.')
+              f'the noise levels between them, so set s_tmin <= s_tmax.')
 
   @classmethod
   def grid(cls, config, process: Process) -> np.ndarray:
