@@ -11,7 +11,7 @@ given. For each network and --dtype:
   - train: ddpm_jax.train_step.make_train_step (noising, loss, gradients, clipping, Adam, EMA),
     compiled with the state donated as in training, then --steps steps run back to back;
   - forward: the network in eval mode, --steps calls back to back;
-  - sampling: the compiled samplers of ddpm_jax.sampling, ancestral (T = 1000 steps) and DDIM
+  - sampling: the compiled loops of ddpm_jax/samplers/, ancestral (T = 1000 steps) and DDIM
     (--ddim_steps). --sample_steps=N times an N-step run of the same compiled loop instead
     (ancestral: an N-step schedule; DDIM: N of the steps) and extrapolates images/s from the
     time per step to the full chain; the result says so (sample_*_extrapolated). By default
@@ -220,16 +220,17 @@ def core_train_step(model, schedule, tx, config, train_key):
 
 def make_steps(model, schedule, tx, config) -> list:
   """[(train_step(state, uint8 images) -> (state, metrics), where it comes from)], best first:
-  ddpm_jax.train_step's when it imports, then the benchmark's rebuild from the core modules."""
+  ddpm_jax.train_step's (with config.diffusion's process) when it imports, then the benchmark's
+  rebuild from the core modules."""
   import jax  # pylint: disable=g-import-not-at-top
   key = jax.random.split(jax.random.key(config.seed, impl=config.rng_impl), 5)[1]  # train_state.root_keys()['train']
   core = (lambda: core_train_step(model, schedule, tx, config, key), 'benchmark core step')
   try:
-    from ddpm_jax import train_step  # pylint: disable=g-import-not-at-top
+    from ddpm_jax import processes, train_step  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return [(core[0], f'{core[1]} (ddpm_jax.train_step: {e})')]
-  return [(lambda: train_step.make_train_step(model, schedule, tx, config, key), 'ddpm_jax.train_step.make_train_step'),
-          core]
+  return [(lambda: train_step.make_train_step(model, processes.from_config(config.diffusion), tx, config, key),
+           'ddpm_jax.train_step.make_train_step'), core]
 
 
 # ---------------------------------------------------------------------------
@@ -308,8 +309,9 @@ def measure_jax(name: str, dtype_name: str, batch: int, steps: int, sample_steps
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import diffusion, nets, sampling  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import diffusion, nets  # pylint: disable=g-import-not-at-top
   from ddpm_jax.nets import precision  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.samplers import ancestral, ddim  # pylint: disable=g-import-not-at-top
   from ddpm_jax.train_state import create_train_state, make_optimizer  # pylint: disable=g-import-not-at-top
 
   batch = batch or config.training.batch_size
@@ -397,7 +399,7 @@ def measure_jax(name: str, dtype_name: str, batch: int, steps: int, sample_steps
   if dtype_name == 'float32' and not on_cpu:
     result.update(mfu_tf32=mfu('tf32'), matmul_precision=str(jax.config.jax_default_matmul_precision))
 
-  # Samplers: the compiled loops of ddpm_jax.sampling.
+  # Samplers: the compiled loops of ddpm_jax/samplers/ancestral.py and ddim.py.
   if not skip_sampling:
     d, s = config.diffusion, config.sampling
     if sample_steps < 0:
@@ -413,10 +415,10 @@ def measure_jax(name: str, dtype_name: str, batch: int, steps: int, sample_steps
       def sample(params, batch_stats, x_T, key, kind=kind, chain=chain, num=num):
         model_fn = lambda x, t: model.apply({'params': params, 'batch_stats': batch_stats}, x, t, train=False)
         if kind == 'ancestral':
-          return sampling.ancestral_sample(chain, model_fn, x_T, key, d.model_var_type, d.clip_denoised,
-                                           model_mean_type=d.model_mean_type)[0]
-        return sampling.ddim_sample(chain, model_fn, x_T, key, num, s.ddim_eta, s.ddim_spacing, d.clip_denoised,
-                                    model_mean_type=d.model_mean_type, model_var_type=d.model_var_type)[0]
+          return ancestral.ancestral_sample(chain, model_fn, x_T, key, d.model_var_type, d.clip_denoised,
+                                            model_mean_type=d.model_mean_type)[0]
+        return ddim.ddim_sample(chain, model_fn, x_T, key, num, s.ddim_eta, s.ddim_spacing, d.clip_denoised,
+                                model_mean_type=d.model_mean_type, model_var_type=d.model_var_type)[0]
 
       args = (state.params, state.batch_stats, x_T, jax.random.PRNGKey(1))
       sampler, _, compile_s = compile_timed(sample, *args)

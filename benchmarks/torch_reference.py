@@ -486,7 +486,7 @@ def measure(name: str, config, batch: int, steps: int, sample_steps: int, ddim_s
     x_ = x_T
     with torch.no_grad():
       for i in range(num):
-        step = (ddim_steps - 1 - i) * stride  # sampling.ddim_timesteps, 'uniform' spacing.
+        step = (ddim_steps - 1 - i) * stride  # samplers/ddim.py's ddim_timesteps, 'uniform' spacing.
         prev = step - stride
         tt = torch.full((sample_batch,), step, dtype=torch.long)
         eps = call(x_, tt)

@@ -10,7 +10,7 @@ import pytest
 
 import jax
 
-from ddpm_jax import generate, parallel, train
+from ddpm_jax import generate, parallel, processes, samplers, train
 from ddpm_jax.evaluation import evaluate, likelihood
 from ddpm_jax.tools import events
 from train_testlib import tiny_level_config, training_setup
@@ -100,15 +100,20 @@ def test_sample_labels_cycle_through_the_requested_classes():
   np.testing.assert_array_equal(evaluate.sample_labels(config, 3), [2, 2, 2])
 
 
-def test_sampler_config_sets_the_sampler_and_the_steps_it_reads():
+def test_with_steps_sets_the_sampler_and_the_steps_it_reads():
   config = tiny_level_config()
-  swept = evaluate.sampler_config(config, 'ddim', 7)
+  swept = samplers.sampler_class('ddim').with_steps(config, 7)
   assert (swept.sampling.sampler, swept.sampling.ddim_steps, swept.sampling.num_steps) == ('ddim', 7, 20)
-  swept = evaluate.sampler_config(config, 'heun', 5)
+  swept = samplers.sampler_class('heun').with_steps(config, 5)
   assert (swept.sampling.sampler, swept.sampling.ddim_steps, swept.sampling.num_steps) == ('heun', 50, 5)
-  swept = evaluate.sampler_config(config, 'pc', None)
+  swept = samplers.sampler_class('pc').with_steps(config, None)
   assert swept.sampling.sampler == 'pc' and swept.sampling.num_steps == 20
   assert config.sampling.sampler == 'ancestral'  # A copy: the run's config is left alone.
+  for name, cls in samplers.SAMPLERS.items():  # Every sampler with a steps knob: the one its steps() reads.
+    if cls.steps_field is not None:
+      swept = cls.with_steps(config, 3)
+      section, field = cls.steps_field.split('.')
+      assert swept[section][field] == 3 and cls.steps(swept, processes.from_config(swept.diffusion)) == 3, name
 
 
 def test_sweep_table_has_a_row_per_sampler_and_the_cost_columns_first():

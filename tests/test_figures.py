@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import shutil
 
 import jax
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax import data, diffusion, errors, figures, sampling, train, viz
+from ddpm_jax import data, diffusion, errors, figures, samplers, train, viz
+from ddpm_jax.samplers import ddim
 from train_testlib import tiny_level_config
 
 PADDING = 2  # viz's default padding around tiles.
@@ -108,7 +110,7 @@ def test_ddim_frames_are_evenly_spaced_steps_left_labelled_with_timesteps():
   config = tiny_level_config()
   config.sampling.sampler = 'ddim'
   config.sampling.ddim_steps = 10
-  steps_left, timesteps = figures.sampler_frames(config, config.figures.num_frames)
+  steps_left, timesteps = samplers.sampler_class('ddim').frames(config, config.figures.num_frames)
   assert steps_left == list(range(10, -1, -1))
   assert timesteps == [19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 0]
 
@@ -116,6 +118,18 @@ def test_ddim_frames_are_evenly_spaced_steps_left_labelled_with_timesteps():
 def test_no_checkpoint_is_a_workdir_error(tmp_path):
   with pytest.raises(errors.WorkdirError, match='No checkpoint'):
     figures.reverse_process(tiny_level_config(), str(tmp_path))
+
+
+def test_a_sampler_that_keeps_no_frames_is_a_config_error(tmp_path):
+  """Before the workdir is read: the error names the samplers that keep frames (the registry's)."""
+  keeping = [name for name, cls in samplers.SAMPLERS.items() if cls.keeps_frames]
+  assert {'ancestral', 'ddim'} <= set(keeping)
+  config = tiny_level_config()
+  config.sampling.sampler = next(name for name, cls in samplers.SAMPLERS.items() if not cls.keeps_frames)
+  with pytest.raises(errors.ConfigError, match=re.escape(
+      f'keeps them ({" or ".join(keeping)}); config.sampling.sampler={config.sampling.sampler} keeps none: set '
+      f'--config.sampling.sampler={keeping[0]}')):
+    figures.reverse_process(config, str(tmp_path))
 
 
 def test_bad_counts_are_config_errors(tmp_path):
@@ -139,11 +153,11 @@ def test_each_ddim_frame_label_is_the_timestep_the_network_sees(spacing):
     return 0.1 * x + 0.01 * t[:, None, None, None].astype(x.dtype)
 
   steps_left = viz.frame_timesteps(7, 8)
-  labels = figures.ddim_frame_timesteps(20, 7, spacing, steps_left)
+  labels = ddim.ddim_frame_timesteps(20, 7, spacing, steps_left)
   x_T = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
   with jax.disable_jit():  # Step by step: no compile for a model this small.
-    _, frames = sampling.ddim_sample(schedule, model_fn, x_T, jax.random.key(1), 7, spacing=spacing,
-                                     frame_steps=steps_left)
+    _, frames = ddim.ddim_sample(schedule, model_fn, x_T, jax.random.key(1), 7, spacing=spacing,
+                                 frame_steps=steps_left)
   frames = np.asarray(frames)
   assert len(seen) == 7 and labels[-1] == 0
   for frame, label in zip(frames[:-1], labels[:-1]):
@@ -154,6 +168,6 @@ def test_each_ddim_frame_label_is_the_timestep_the_network_sees(spacing):
 
 def test_ddim_frame_timesteps_refuses_frames_out_of_range():
   with pytest.raises(ValueError, match='outside'):
-    figures.ddim_frame_timesteps(20, 5, 'uniform', [6])
+    ddim.ddim_frame_timesteps(20, 5, 'uniform', [6])
   # DDPM's T = 1000 with 50 uniform DDIM steps starts at 0-based 980: the noise is labelled 981.
-  assert figures.ddim_frame_timesteps(1000, 50, 'uniform', [50, 49, 0]) == [981, 961, 0]
+  assert ddim.ddim_frame_timesteps(1000, 50, 'uniform', [50, 49, 0]) == [981, 961, 0]

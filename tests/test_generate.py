@@ -1,9 +1,15 @@
 """Sampling bound to a network (ddpm_jax/generate.py): a tiny class-conditional model draws the
-requested class, with and without guidance; every sampler of every diffusion process on a tiny
-random network, its network calls (NFE) and its prior. --mode=sample itself runs in test_train.py
-and test_main.py."""
+requested class, with and without guidance; every registered sampler on every process it allows, on
+a tiny random network: its network calls (NFE), its use of the key, guidance, and the closed form of
+a zero network. --mode=sample itself runs in test_train.py and test_main.py.
 
+A compile is most of a case's time, so each (process, sampler) program is compiled once
+(`compiled`) and shared by the tests that run it, with a network of a few parameters and a few steps.
+"""
+
+import functools
 import logging
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -11,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import data, diffusion, generate, parallel, progress
-from ddpm_jax import sde as sde_lib
+from ddpm_jax import data, generate, parallel, processes, progress, samplers
+from ddpm_jax.errors import ConfigError
 import train_testlib
 
 
@@ -35,7 +41,7 @@ def test_a_tiny_conditional_model_draws_the_requested_class_with_and_without_gui
   config = train_testlib.conditional_config(0.1)
   config.model.ch_mult = (1, 2)  # A downsampling level: a receptive field that sees where the bright half is.
   config.diffusion.schedule = 'cosine'  # x_T is pure noise even with T = 20.
-  mesh, model, schedule, state, step = train_testlib.training_setup(config)
+  mesh, model, process, state, step = train_testlib.training_setup(config)
   dataset = train_testlib.two_patterns()
   for i in range(500):
     batch = data.get_batch(dataset, 16, i, 0)
@@ -46,9 +52,9 @@ def test_a_tiny_conditional_model_draws_the_requested_class_with_and_without_gui
   for sampler in ('ddim', 'ancestral'):
     config.sampling.sampler = sampler
     for w in (0.0, 3.0):
-      sample_fn = generate.make_sampler(model, schedule, config, guidance_scale=w)
-      draw = lambda key: generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, 64, 64, (8, 8, 1),
-                                        key, mesh, labels)
+      sample_fn = generate.make_sampler(model, process, config, guidance_scale=w)
+      draw = lambda seed_key: generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, 64, 64,
+                                             (8, 8, 1), seed_key, mesh, labels)
       images = draw(jax.random.PRNGKey(1))
       for c in (0, 1):
         accuracy = np.mean(classify(images[labels == c]) == c)
@@ -77,33 +83,17 @@ def test_progress_counts_images_across_batches_and_reverse_steps_within_one(capl
   assert 'done in' in caplog.records[-1].getMessage()
 
 
-def test_the_compiled_samplers_reverse_steps_move_the_bar_or_are_logged_outside_generate(caplog):
-  config = train_testlib.tiny_level_config()
-  config.data.image_size = 8
-  config.sampling.sampler, config.sampling.ddim_steps, config.sampling.progress_every = 'ddim', 4, 1
-  mesh, model, schedule, state, _ = train_testlib.training_setup(config)
-  sample_fn = generate.make_sampler(model, schedule, config, progress=True)
-  with caplog.at_level(logging.INFO, logger='absl'):
-    generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, 4, 2, (8, 8, 1), jax.random.PRNGKey(0),
-                      mesh, log_every_seconds=0)
-  done = [float(r.getMessage().split('(')[1].split('%')[0]) for r in caplog.records
-          if r.getMessage().startswith('Sampling:')]
-  assert done == [12.0, 25.0, 38.0, 50.0, 62.0, 75.0, 88.0, 100.0]  # Each reverse step of each batch.
-  assert not any('reverse step' in r.getMessage() for r in caplog.records)
-  caplog.clear()
-  with caplog.at_level(logging.INFO, logger='absl'):
-    x_T = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
-    jax.block_until_ready(sample_fn(state.ema_params, state.ema_batch_stats, x_T, jax.random.PRNGKey(2)))
-  assert [r.getMessage() for r in caplog.records if 'reverse step' in r.getMessage()] == [
-      f'  reverse step {n}/4' for n in range(1, 5)]
-
-
 # ---------------------------------------------------------------------------
-# Every process with every sampler it allows (configuration._check_sampler).
+# A tiny random network with every sampler of every process.
 
-SCORE_SAMPLERS = ('dpm_solver_pp_2m', 'sde_dpm_solver_pp_2m', 'unipc', 'euler', 'heun', 'pc', 'ode')
-PROCESS_SAMPLERS = [('ddpm', s) for s in ('ancestral', 'ddim') + SCORE_SAMPLERS] + [
-    (p, s) for p in ('vpsde', 'subvpsde', 'vesde') for s in SCORE_SAMPLERS]
+
+def key(seed: int) -> jax.Array:
+  """An rbg key: a loop that draws noise compiles in a third of threefry's time on CPU, and every
+  sampler draws its noise by fold_in from whatever key it gets."""
+  return jax.random.key(seed, impl='rbg')
+
+
+X_T = jnp.asarray(np.random.default_rng(1).standard_normal((2, 8, 8, 1)), jnp.float32)
 
 
 class TinyEps(nn.Module):
@@ -131,94 +121,226 @@ def sampler_config(process: str, sampler: str, conditional: bool = False):
   config.diffusion.clip_denoised = False
   s = config.sampling
   s.sampler, s.ddim_steps, s.num_steps = sampler, 4, 3
-  s.ode_rtol = s.ode_atol = 1e-3
+  # Tight for the zero network's closed form (test below); the guided runs only count calls.
+  s.ode_rtol = s.ode_atol = 1e-3 if conditional else 1e-6
   return config
 
 
-def random_network(config):
-  """(model, schedule, params, batch_stats) of a TinyEps network for config."""
+class Compiled(NamedTuple):
+  config: object
+  process: processes.Process
+  params: dict
+  sample_fn: Callable
+
+
+@functools.cache
+def compiled(process: str, sampler: str, conditional: bool = False, guidance_scale: float | None = None) -> Compiled:
+  """The compiled sampler of a TinyEps network (random parameters from PRNGKey(7)) for
+  sampler_config(process, sampler, conditional), built once per session. Samplers that report
+  progress from their loop (those that keep frames) report every reverse step: the progress test
+  shares the ddpm DDIM program of the matrix."""
+  config = sampler_config(process, sampler, conditional)
+  reports = samplers.sampler_class(sampler).keeps_frames
+  config.sampling.progress_every = 1
   model = TinyEps(config.model.num_classes)
   labels = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
-  variables = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)), labels=labels)
-  return model, diffusion.schedule_from_config(config.diffusion), variables['params'], {}
+  params = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)), labels=labels)['params']
+  process_ = processes.from_config(config.diffusion)
+  sample_fn = generate.make_sampler(model, process_, config, progress=reports, guidance_scale=guidance_scale)
+  return Compiled(config, process_, params, sample_fn)
 
 
-def expected_nfe(config) -> int | None:
-  """Network calls per image of config.sampling's sampler (unguided); None for the adaptive ODE."""
-  s, d = config.sampling, config.diffusion
-  continuous = d.process != 'ddpm'
-  return {'ancestral': d.num_timesteps, 'ddim': s.ddim_steps, 'dpm_solver_pp_2m': s.num_steps,
-          'sde_dpm_solver_pp_2m': s.num_steps, 'unipc': s.num_steps,
-          'euler': s.num_steps,
-          # Heun corrects every step but one that lands on clean data (diffusers' discrete grids end there).
-          'heun': 2 * s.num_steps - (0 if continuous else 1),
-          'pc': 2 * (d.num_scales if continuous else d.num_timesteps),  # reverse_diffusion + 1 langevin step.
-          'ode': None}[s.sampler]
+def allowed(process: str, sampler: str) -> bool:
+  """Whether the sampler's own check lets it run on the process."""
+  config = sampler_config(process, sampler)
+  try:
+    samplers.sampler_class(sampler).check(config, processes.from_config(config.diffusion))
+  except ConfigError:
+    return False
+  return True
+
+
+ALL_PAIRS = [(p, s) for p in processes.PROCESSES for s in samplers.SAMPLERS]
+PROCESS_SAMPLERS = [pair for pair in ALL_PAIRS if allowed(*pair)]
+
+
+def test_every_sampler_runs_on_every_process_but_the_chains_own_off_the_chain():
+  """Only the discrete chain's samplers (of the network's raw output, needs_eps False) are refused,
+  and only on processes without a chain; everything else samples from eps on any process."""
+  refused = sorted(set(ALL_PAIRS) - set(PROCESS_SAMPLERS))
+  assert refused == sorted((p, s) for p, p_cls in processes.PROCESSES.items() if not p_cls.discrete_chain
+                           for s, s_cls in samplers.SAMPLERS.items() if not s_cls.needs_eps)
+
+
+def _ends_on_clean_data(config, process) -> bool:
+  """Whether the level solvers' last level has sigma 0 (the ddpm chain's diffusers grids)."""
+  return process.solver_levels(config.sampling.num_steps, config.sampling.spacing, 'euler')[1][-1] == 0
+
+
+class Expected(NamedTuple):
+  # nfe(config, process, steps) -> network calls per image (unguided), steps = the sampler's steps;
+  # None for an adaptive sampler.
+  nfe: Callable | None
+  # Whether it draws noise along the way (another key: other images), or uses no key at all.
+  stochastic: bool
+
+
+ONE_CALL_PER_STEP = lambda config, process, steps: steps
+EXPECTED = {
+    'ancestral': Expected(ONE_CALL_PER_STEP, True),
+    'ddim': Expected(ONE_CALL_PER_STEP, False),  # eta = 0.
+    'dpm_solver_pp_2m': Expected(ONE_CALL_PER_STEP, False),
+    'sde_dpm_solver_pp_2m': Expected(ONE_CALL_PER_STEP, True),
+    'unipc': Expected(ONE_CALL_PER_STEP, False),
+    'euler': Expected(ONE_CALL_PER_STEP, False),
+    # Heun corrects every step but one that lands on clean data (diffusers' discrete grids end there).
+    'heun': Expected(lambda config, process, steps: 2 * steps - _ends_on_clean_data(config, process), False),
+    'pc': Expected(lambda config, process, steps: 2 * steps, True),  # reverse_diffusion + 1 langevin step.
+    'ode': Expected(None, False),  # dopri5: its first stage, 6 calls per step, one denoising call.
+    # Karras's grid ends at sigma 0: every step but the last corrected.
+    'edm_heun': Expected(lambda config, process, steps: 2 * steps - 1, False),
+    'edm_stochastic': Expected(lambda config, process, steps: 2 * steps - 1, True),  # config's s_churn 40.
+}
+
+
+def test_every_registered_sampler_has_its_expectations():
+  assert sorted(EXPECTED) == sorted(samplers.SAMPLERS)
+  for name, cls in samplers.SAMPLERS.items():
+    assert (EXPECTED[name].nfe is None) == cls.adaptive, name
+
+
+def assert_nfe(run: Compiled, nfe, calls_per_eval: int = 1) -> None:
+  sampler = samplers.sampler_class(run.config.sampling.sampler)
+  expected = EXPECTED[sampler.name].nfe
+  if expected is None:  # The adaptive ODE: 2 + 6 calls per step, each of calls_per_eval network calls.
+    assert int(nfe) % calls_per_eval == 0 and (int(nfe) // calls_per_eval - 2) % 6 == 0, int(nfe)
+    assert int(nfe) // calls_per_eval > 2
+  else:
+    assert int(nfe) == calls_per_eval * expected(run.config, run.process, sampler.steps(run.config, run.process))
 
 
 @pytest.mark.parametrize('process,sampler', PROCESS_SAMPLERS)
 def test_every_sampler_of_every_process_gives_finite_images_and_counts_its_network_calls(process, sampler):
-  config = sampler_config(process, sampler)
-  model, schedule, params, batch_stats = random_network(config)
-  sample_fn = generate.make_sampler(model, schedule, config)
-  x_T = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
-  x_0, frames, nfe = sample_fn(params, batch_stats, x_T, jax.random.PRNGKey(2))
-  assert x_0.shape == (2, 8, 8, 1) and np.all(np.isfinite(x_0))
+  run = compiled(process, sampler)
+  x_0, frames, nfe = run.sample_fn(run.params, {}, X_T, key(2))
+  assert x_0.shape == X_T.shape and np.all(np.isfinite(x_0)) and frames is None
   assert np.std(np.asarray(x_0)) > 0.0
-  expected = expected_nfe(config)
-  if expected is None:  # dopri5: its first stage, 6 calls per step, one denoising call.
-    assert int(nfe) > 2 and (int(nfe) - 2) % 6 == 0, int(nfe)
-  else:
-    assert int(nfe) == expected
-  again, _, nfe_again = sample_fn(params, batch_stats, x_T, jax.random.PRNGKey(2))
+  assert_nfe(run, nfe)
+  again, _, nfe_again = run.sample_fn(run.params, {}, X_T, key(2))
   np.testing.assert_array_equal(again, x_0)  # The same key: the same images.
   assert int(nfe_again) == int(nfe)
-  if sampler in ('ancestral', 'pc'):  # Noise at every step: another key, other images.
-    other, _, _ = sample_fn(params, batch_stats, x_T, jax.random.PRNGKey(3))
+  other, _, _ = run.sample_fn(run.params, {}, X_T, key(3))
+  if EXPECTED[sampler].stochastic:  # Noise along the way: another key, other images.
     assert not np.allclose(other, x_0)
+  else:
+    np.testing.assert_array_equal(other, x_0)
 
 
-@pytest.mark.parametrize('process,sampler', [('ddpm', 'ancestral'), ('vpsde', 'heun'), ('subvpsde', 'pc'),
-                                             ('vesde', 'ode')])
+# One sampler of each kind: the chain's (raw output), a level solver, predictor-corrector (score),
+# the adaptive ODE, Karras's (denoiser); guidance wraps the network once, under all of them.
+GUIDED = [('ddpm', 'ancestral'), ('vpsde', 'heun'), ('subvpsde', 'pc'), ('vesde', 'ode'), ('edm', 'edm_stochastic')]
+LABELS = jnp.array([0, 1], jnp.int32)
+
+
+@pytest.mark.parametrize('process,sampler', GUIDED)
 def test_classifier_free_guidance_doubles_the_network_calls(process, sampler):
-  config = sampler_config(process, sampler, conditional=True)
-  model, schedule, params, batch_stats = random_network(config)
-  x_T = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
-  labels = jnp.array([0, 1], jnp.int32)
+  """Guided, each network call is one on the doubled batch: twice the unguided calls (EXPECTED; the
+  ODE's steps are adaptive: the guided solve may take other steps, each of two calls)."""
+  run = compiled(process, sampler, conditional=True, guidance_scale=2.0)
+  x_0, _, nfe = run.sample_fn(run.params, {}, X_T, key(2), LABELS)
+  assert np.all(np.isfinite(x_0))
+  assert_nfe(run, nfe, calls_per_eval=2)
+
+
+def test_unguided_a_conditional_network_is_called_once_and_guidance_changes_the_images():
+  """w = 0 calls the conditional network alone. The guided network is one wrapper for every sampler
+  (denoiser.network_output_fn), so one sampler shows that guidance acts."""
   outputs = {}
   for w in (0.0, 2.0):
-    x_0, _, nfe = generate.make_sampler(model, schedule, config, guidance_scale=w)(
-        params, batch_stats, x_T, jax.random.PRNGKey(2), labels)
+    run = compiled(*GUIDED[0], conditional=True, guidance_scale=w)
+    x_0, _, nfe = run.sample_fn(run.params, {}, X_T, key(2), LABELS)
     assert np.all(np.isfinite(x_0))
-    outputs[w] = x_0, int(nfe)
-  expected = expected_nfe(config)
-  if expected is not None:
-    assert outputs[0.0][1] == expected
-  # The ODE's steps are adaptive: the guided solve may take others, each calling the network twice.
-  assert outputs[2.0][1] % 2 == 0 and (expected is None or outputs[2.0][1] == 2 * expected)
-  assert not np.allclose(outputs[0.0][0], outputs[2.0][0])
+    assert_nfe(run, nfe, calls_per_eval=2 if w else 1)
+    outputs[w] = x_0
+  assert not np.allclose(outputs[0.0], outputs[2.0])
 
 
-@pytest.mark.parametrize('process', ['ddpm', 'vpsde', 'subvpsde', 'vesde'])
-@pytest.mark.parametrize('sampler', ['euler', 'ode'])
+def _zero_network_gain(process, t) -> np.ndarray:
+  """g(t) with eps = g(t) x / alpha(t) for the network that outputs 0 (its parameters all 0): 0 where
+  eps is the output itself, (1 - c_skip) alpha / sigma for EDM's preconditioned denoiser."""
+  t = jnp.asarray(np.atleast_1d(t), jnp.float32)
+  eps = process.eps_fn(lambda x, time: jnp.zeros_like(x))(jnp.ones((t.shape[0], 1)), t)
+  return np.asarray(eps[:, 0], np.float64) * np.asarray(process.marginal(t)[0], np.float64)
+
+
+def _sigma_ratio(process, t) -> np.ndarray:
+  alpha, sigma = process.marginal(jnp.asarray(np.atleast_1d(t), jnp.float32))
+  return np.asarray(sigma, np.float64) / np.asarray(alpha, np.float64)
+
+
+def zero_network_scale(process, config) -> float:
+  """x_0 / x_T of config.sampling's sampler (euler, ode or edm_heun) with the zero network, in closed form.
+
+  Each walks x~ = x / alpha against sigma~ = sigma / alpha from x~_T = prior_std x_T / alpha(t_max),
+  along dx~/dsigma~ = eps = g x~: linear in x~, so x_0 = scale x_T. With g = 0 (eps-networks) x~ stays;
+  EDM's zero network is the denoiser D = c_skip x, so g = sigma / (sigma^2 + sigma_data^2) there.
+  euler: x~ (1 + g_i dsigma~_i) per level, then x = alpha x~ at the last level; edm_heun: Heun's
+  factor per step (Euler's on the last, to sigma~ = 0, which lands on D); ode: x~ exp(int g dsigma~)
+  to t_min, then Tweedie's x_0 = x~ (1 - sigma~ g).
+  """
+  name = config.sampling.sampler
+  start = process.prior_std / float(process.marginal(jnp.float32(process.t_max))[0])
+  if name == 'euler':
+    alpha, sigma, times = process.solver_levels(config.sampling.num_steps, config.sampling.spacing, 'euler')
+    g, step = _zero_network_gain(process, times[:-1]), np.diff(sigma / alpha)
+    return process.prior_std / alpha[0] * np.prod(1 + g * step) * alpha[-1]  # Its own first level's alpha.
+  if name == 'edm_heun':
+    sigmas = samplers.sampler_class(name).grid(config, process)
+    g = np.append(_zero_network_gain(process, process.times_at_sigma_ratio(sigmas[:-1])), 0.0)
+    step = np.diff(sigmas)
+    factors = 1 + 0.5 * step * (g[:-1] + g[1:] * (1 + step * g[:-1]))
+    factors[-1] = 1 + step[-1] * g[-2]
+    return start * np.prod(factors)
+  assert name == 'ode'
+  t = np.linspace(process.t_max, process.t_min, 20001)
+  g, ratio = _zero_network_gain(process, t), _sigma_ratio(process, t)
+  integral = np.sum(0.5 * (g[1:] + g[:-1]) * np.diff(ratio))
+  return start * np.exp(integral) * (1 - ratio[-1] * g[-1])
+
+
+@pytest.mark.parametrize('sampler', ['euler', 'ode', 'edm_heun'])
+@pytest.mark.parametrize('process', list(processes.PROCESSES))
 def test_a_zero_network_carries_the_prior_to_the_data_end_in_closed_form(process, sampler):
-  """eps = 0 (all parameters zero): the score is 0, so the probability-flow ODE (and Euler on
-  x / alpha) only rescales the start, x_T times the prior's std (sigma_max for VE, 1 otherwise): VE
-  leaves it there; VP and sub-VP divide by the mean coefficient at t = 1 (the ODE, Tweedie's last
-  step included), Euler by alpha of its first level."""
-  config = sampler_config(process, sampler)
-  config.sampling.ode_rtol = config.sampling.ode_atol = 1e-6
-  model, schedule, params, batch_stats = random_network(config)
-  params = jax.tree.map(jnp.zeros_like, params)
-  x_T = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
-  x_0, _, _ = generate.make_sampler(model, schedule, config)(params, batch_stats, x_T, jax.random.PRNGKey(2))
-  sde = sde_lib.from_config(config.diffusion)
-  if sampler == 'euler':
-    levels = generate.solver_levels(config, config.sampling.num_steps)
-    scale = levels.alpha[-1] / levels.alpha[0]
-  else:
-    scale = 1.0 / float(sde_lib.marginal(sde, jnp.float32(1.0))[0])
-  scale *= float(sde_lib.prior_std(sde))
+  """All parameters zero: the sample is x_T times a closed form of the process (zero_network_scale).
+  With eps = 0 the ODE, Euler and Karras's Heun on x / alpha only rescale the start by the prior's
+  std over alpha there (VE keeps sigma_max); EDM's zero network denoises to c_skip x."""
+  run = compiled(process, sampler)
+  params = jax.tree.map(jnp.zeros_like, run.params)
+  x_0, _, _ = run.sample_fn(params, {}, X_T, key(2))
+  scale = zero_network_scale(run.process, run.config)
   if process == 'vesde':
-    assert scale == pytest.approx(config.diffusion.sigma_max)
-  np.testing.assert_allclose(x_0, scale * np.asarray(x_T), rtol=2e-4, atol=1e-5)
+    assert scale == pytest.approx(run.config.diffusion.sigma_max)
+  if process == 'edm' and sampler == 'ode':  # sigma_data sqrt((s_max^2 / (s_max^2 + s_d^2)) c_skip(s_min)).
+    d = run.config.diffusion
+    assert scale == pytest.approx(d.sigma_data * d.sigma_max / np.sqrt(d.sigma_max ** 2 + d.sigma_data ** 2)
+                                  * np.sqrt(d.sigma_data ** 2 / (d.sigma_min ** 2 + d.sigma_data ** 2)), rel=1e-4)
+  # Karras's d = (x~ - D) / sigma~ cancels in float32: x~ ~ 150 (never denoised) over sub-VP's sigma~ of
+  # 1e-4 at t_min turns ulps of x~ into errors of ~1e-3 x~ at the last corrected step.
+  rtol = 2e-3 if (process, sampler) == ('subvpsde', 'edm_heun') else 2e-4
+  np.testing.assert_allclose(x_0, scale * np.asarray(X_T), rtol=rtol, atol=1e-5)
+
+
+def test_the_compiled_samplers_reverse_steps_move_the_bar_or_are_logged_outside_generate(caplog):
+  run = compiled('ddpm', 'ddim')  # ddim_steps 4, a report every step.
+  with caplog.at_level(logging.INFO, logger='absl'):
+    generate.generate(run.sample_fn, run.params, {}, 4, 2, (8, 8, 1), key(0), parallel.make_mesh(),
+                      log_every_seconds=0)
+  done = [float(r.getMessage().split('(')[1].split('%')[0]) for r in caplog.records
+          if r.getMessage().startswith('Sampling:')]
+  assert done == [12.0, 25.0, 38.0, 50.0, 62.0, 75.0, 88.0, 100.0]  # Each reverse step of each batch.
+  assert not any('reverse step' in r.getMessage() for r in caplog.records)
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger='absl'):
+    jax.block_until_ready(run.sample_fn(run.params, {}, X_T, key(2)))
+  assert [r.getMessage() for r in caplog.records if 'reverse step' in r.getMessage()] == [
+      f'  reverse step {n}/4' for n in range(1, 5)]

@@ -56,7 +56,7 @@ def worker(out_dir: str) -> None:
   """Runs every case with meshes of 1 and 8 devices; saves final params and samples as .npz."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import diffusion, generate, nets, parallel, train  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import generate, nets, parallel, processes, train  # pylint: disable=g-import-not-at-top
   from ddpm_jax.tools import events  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == DEVICES, jax.devices()
@@ -88,8 +88,8 @@ def worker(out_dir: str) -> None:
     logged = events.read_scalars(os.path.join(out_dir, resumed), ['loss'])['loss'].steps.tolist()
     assert logged == [STEPS], f'{resumed} logged steps {logged}: it did not resume from step 2'
 
-  model, schedule = nets.get_model(config), diffusion.schedule_from_config(config.diffusion)
-  sample_fn = generate.make_sampler(model, schedule, config)
+  model, process = nets.get_model(config), processes.from_config(config.diffusion)
+  sample_fn = generate.make_sampler(model, process, config)
   samples = {}
   for devices in (1, DEVICES):
     mesh = Mesh(np.asarray(jax.devices()[:devices]), ('data',))

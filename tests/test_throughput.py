@@ -114,8 +114,9 @@ sys.meta_path.insert(0, Hide())
 sys.path.insert(0, 'benchmarks')
 import throughput
 config = throughput.load_config(throughput.MODELS['ddpm_256'])
-from ddpm_jax import diffusion, nets, sampling
+from ddpm_jax import diffusion, nets, processes, train_step
 from ddpm_jax.nets import precision
+from ddpm_jax.samplers import ancestral, ddim
 from ddpm_jax.train_state import create_train_state, make_optimizer
 print(config.data.image_size, type(nets.get_model(config)).__name__)
 """

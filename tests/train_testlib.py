@@ -5,8 +5,7 @@ import ml_collections
 import numpy as np
 
 from configs import default
-from ddpm_jax import data, diffusion, nets, parallel, train_state, train_step
-from ddpm_jax.train_state import make_optimizer
+from ddpm_jax import data, train_state, train_step
 
 
 def two_patterns() -> data.ImageDataset:
@@ -18,14 +17,11 @@ def two_patterns() -> data.ImageDataset:
 
 
 def training_setup(config: ml_collections.ConfigDict):
-  """(mesh, model, schedule, initial state, jitted train step) of `config`, as train.py builds them."""
-  mesh = parallel.make_mesh()
-  model = nets.get_model(config)
-  schedule = diffusion.schedule_from_config(config.diffusion)
-  tx = make_optimizer(config.optim)
+  """(mesh, model, process, initial state, jitted train step) of `config`, as train.py builds them."""
+  mesh, model, process, tx = train_state.components(config)
   state = train_state.initial_state(model, config, tx, mesh)
-  step = jax.jit(train_step.make_train_step(model, schedule, tx, config, train_state.root_keys(config)['train']))
-  return mesh, model, schedule, state, step
+  step = jax.jit(train_step.make_train_step(model, process, tx, config, train_state.root_keys(config)['train']))
+  return mesh, model, process, state, step
 
 
 def tiny_config():
