@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from ddpm_jax import data, diffusion, nets, parallel, train_step
+from ddpm_jax import data, nets, parallel, processes, train_step
 from ddpm_jax.train_state import create_train_state, make_optimizer
 
 
@@ -81,12 +81,12 @@ def train_tiny(config, steps: int):
   dataset = two_pattern_dataset(config.data.image_size, config.data.num_channels)
   mesh = parallel.make_mesh()
   model = nets.get_model(config)
-  schedule = diffusion.schedule_from_config(config.diffusion)
+  process = processes.from_config(config.diffusion)
   tx = make_optimizer(config.optim)
   variables = fast_init(model, config)
   assert set(variables) == {'params'}  # Group norm only: no 'batch_stats' collection.
   state = jax.device_put(create_train_state(variables, tx), parallel.replicated(mesh))
-  step = fast_jit(train_step.make_train_step(model, schedule, tx, config, jax.random.PRNGKey(0)))
+  step = fast_jit(train_step.make_train_step(model, process, tx, config, jax.random.PRNGKey(0)))
   losses = []
   for i in range(steps):
     batch = data.get_batch(dataset, config.training.batch_size, i, 0).images

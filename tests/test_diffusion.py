@@ -569,12 +569,12 @@ def test_guidance_combines_conditional_and_null_outputs():
 
 
 def test_guidance_scale_zero_is_plain_conditional_sampling(schedule):
-  from ddpm_jax import sampling
+  from ddpm_jax.samplers import ddim  # pylint: disable=import-outside-toplevel
   x_T = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 2, 1))
   labels = jnp.array([0, 1, 2])
   model = lambda x, t, y: _toy_conditional(x, t, y)[..., :1] * 0.01
-  plain = sampling.ddim_sample(schedule, lambda x, t: model(x, t, labels), x_T, jax.random.PRNGKey(2), 10)[0]
+  plain = ddim.ddim_sample(schedule, lambda x, t: model(x, t, labels), x_T, jax.random.PRNGKey(2), 10)[0]
   for w in (0.0, jnp.float32(0.0)):  # The shortcut, and the traced combination with w = 0.
-    guided = sampling.ddim_sample(schedule, diffusion.guided_model_fn(model, labels, 3, w), x_T,
+    guided = ddim.ddim_sample(schedule, diffusion.guided_model_fn(model, labels, 3, w), x_T,
                                   jax.random.PRNGKey(2), 10)[0]
     np.testing.assert_array_equal(guided, plain)
