@@ -69,39 +69,34 @@ def _ours(process: EDM, sigmas: np.ndarray, x: np.ndarray, second_order: bool, *
   return np.asarray(out)
 
 
-@pytest.mark.parametrize('num_steps', [5, 12])
-def test_euler_equals_diffusers_edm_euler_scheduler(num_steps):
-  process = EDM()
-  scheduler = schedulers.EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0)
+def _diffusers_edm_run(scheduler, num_steps: int, x: np.ndarray):
+  """(the Karras grid, x, the sample) of a diffusers EDM scheduler run with the stand-in network; its
+  sigmas are checked to be ours."""
   scheduler.set_timesteps(num_steps)
   sigmas = edm_lib.karras_sigmas(num_steps, 0.002, 80.0, 7.0)
   np.testing.assert_allclose(scheduler.sigmas.numpy(), sigmas, rtol=1e-6)
-  x = torch.from_numpy(_start())
-  sample = x.clone()
+  sample = torch.from_numpy(x)
   for t in scheduler.timesteps:
     output = _network(scheduler.scale_model_input(sample, t), t)
     sample = scheduler.step(output, t, sample).prev_sample
-  np.testing.assert_allclose(_ours(process, sigmas, x.numpy(), second_order=False), sample.numpy(),
-                             rtol=2e-5, atol=2e-5)
+  return sigmas, x, sample.numpy()
+
+
+@pytest.mark.parametrize('num_steps', [5, 12])
+def test_euler_equals_diffusers_edm_euler_scheduler(num_steps):
+  scheduler = schedulers.EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0)
+  sigmas, x, sample = _diffusers_edm_run(scheduler, num_steps, _start())
+  np.testing.assert_allclose(_ours(EDM(), sigmas, x, second_order=False), sample, rtol=2e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize('num_steps', [6, 18])
 def test_dpm_solver_on_the_karras_grid_equals_diffusers_edm_dpm_solver(num_steps):
-  process = EDM()
   scheduler = schedulers.EDMDPMSolverMultistepScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0)
-  scheduler.set_timesteps(num_steps)
-  sigmas = edm_lib.karras_sigmas(num_steps, 0.002, 80.0, 7.0)
-  np.testing.assert_allclose(scheduler.sigmas.numpy(), sigmas, rtol=1e-6)
-  x = torch.from_numpy(_start(1))
-  sample = x.clone()
-  for t in scheduler.timesteps:
-    output = _network(scheduler.scale_model_input(sample, t), t)
-    sample = scheduler.step(output, t, sample).prev_sample
+  sigmas, x, sample = _diffusers_edm_run(scheduler, num_steps, _start(1))
   grid = levels_lib.checked(levels_lib.NoiseLevels(np.ones_like(sigmas), sigmas, sigmas))
-  eps_fn = process.eps_fn(_network)
-  ours, nfe = dpm_solver_pp_2m(grid, eps_fn, jnp.asarray(x.numpy()))
+  ours, nfe = dpm_solver_pp_2m(grid, EDM().eps_fn(_network), jnp.asarray(x))
   assert nfe == num_steps
-  np.testing.assert_allclose(np.asarray(ours), sample.numpy(), rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(ours), sample, rtol=2e-5, atol=2e-5)
 
 
 def _eps_model(x_in, sigma):
