@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ddpm_jax import atomic_io, checkpoints, configuration, data, denoiser, diffusion, parallel, processes, samplers, viz, layout
+from ddpm_jax import atomic_io, checkpoints, configuration, data, denoiser, diffusion, parallel, samplers, viz, layout
 from ddpm_jax.processes import Process
 from ddpm_jax import progress as progress_lib  # make_sampler's argument `progress` is a flag.
 from ddpm_jax.train_state import components, root_keys
@@ -43,9 +43,8 @@ def bound_model(model, params, batch_stats, config: ml_collections.ConfigDict, p
   return denoiser.Model(process, output_fn, d.model_mean_type, d.model_var_type, d.clip_denoised)
 
 
-def sampler_steps(config: ml_collections.ConfigDict, process: Process | None = None) -> int:
+def sampler_steps(config: ml_collections.ConfigDict, process: Process) -> int:
   """Reverse steps of config.sampling's sampler (adaptive ones: their bound)."""
-  process = processes.from_config(config.diffusion) if process is None else process
   return samplers.sampler_class(config.sampling.sampler).steps(config, process)
 
 

@@ -177,8 +177,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
 
   e = config.eval
   # The variational bound exists for a discrete chain only; continuous processes have the ODE's.
-  process = processes.from_config(config.diffusion)
-  bound_examples = e.bpd_num_examples if process.schedule is not None else 0
+  chain = processes.process_class(config.diffusion.process).discrete_chain
+  bound_examples = e.bpd_num_examples if chain else 0
   if not bound_examples and not e.ode_bpd_num_examples and not e.num_samples:
     raise MetricsError('config.eval.bpd_num_examples (process ddpm), ode_bpd_num_examples and num_samples are '
                        'all 0: nothing to evaluate. Set one of them above 0 (bits/dim on that many examples, '

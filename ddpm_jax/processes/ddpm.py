@@ -156,9 +156,6 @@ class DDPM(VPSDE):
   def network_time(self, t):
     return jnp.asarray(t, jnp.float32)
 
-  def weight_cdf_inverse(self, v):  # Not used: the chain trains at integer t.
-    raise NotImplementedError
-
   # Training: the chain's.
 
   def uses_loss_history(self, config: ml_collections.ConfigDict) -> bool:

@@ -39,7 +39,8 @@ class Sampler:
   @classmethod
   def steps(cls, config: ml_collections.ConfigDict, process: Process) -> int:
     """Reverse steps it takes (a bound when adaptive)."""
-    return config[cls.steps_field.split('.')[0]][cls.steps_field.split('.')[1]]
+    section, field = cls.steps_field.split('.')
+    return config[section][field]
 
   @classmethod
   def with_steps(cls, config: ml_collections.ConfigDict, steps: int | None) -> ml_collections.ConfigDict:
