@@ -182,19 +182,21 @@ def get_config() -> ml_collections.ConfigDict:
   # sampler but ancestral and ddim runs on all five: a ddpm network is the score model of the VP SDE
   # whose marginals match its schedule.
   diffusion.process = 'ddpm'
-  # vpsde, subvpsde: beta(t) = beta_min + t (beta_max - beta_min) (score_sde: 0.1, 20).
-  # Range: (0, inf), at most beta_max; changed only with process vpsde or subvpsde.
+  # vpsde, subvpsde: beta(t) = beta_min + t (beta_max - beta_min) (score_sde: 0.1, 20). The signal's
+  # variance at t = 1, exp(-(beta_min + beta_max) / 2), must be a normal float32 number.
+  # Range: (0, 87.33], at most beta_max; changed only with process vpsde or subvpsde.
   diffusion.beta_min = 0.1
-  # Range: (0, inf), at least beta_min; changed only with process vpsde or subvpsde.
+  # Range: [beta_min, 174.67 - beta_min]; changed only with process vpsde or subvpsde.
   diffusion.beta_max = 20.0
   # vesde: sigma(t) = sigma_min (sigma_max / sigma_min)^t, in the units of images in [-1, 1]; edm: the
-  # span of its sampling (EDM: 0.002, 80).
-  # Range: (0, inf), below sigma_max; changed only with process vesde or edm.
+  # span of its sampling (EDM: 0.002, 80). sigma_min^2 must be a normal float32 number, and sigma_max^2
+  # (vesde: the SDE's g(1)^2 = sigma_max^2 2 log(sigma_max / sigma_min)) a finite one.
+  # Range: [1.085e-19, sigma_max); changed only with process vesde or edm.
   diffusion.sigma_min = 0.01
   # score_sde's technique 1 takes sigma_max from the data: the largest distance between two training
   # images (processes.vesde.sigma_max_from_data): CIFAR-10 about 100 here (score_sde's 50 on images in [0, 1]),
   # the offline digits 32.
-  # Range: (0, inf), above sigma_min; changed only with process vesde or edm.
+  # Range: (sigma_min, 1.844e19] (vesde: lower, 1.908e18 with sigma_min 0.01); changed only with process vesde or edm.
   diffusion.sigma_max = 50.0
   # edm (Karras et al. 2022): the data's std, which sets the preconditioning c_skip, c_out, c_in.
   # Range: (0, inf); changed only with process edm.
@@ -207,7 +209,8 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.p_std = 1.2
   # Continuous processes: steps of the discretised SDE (predictor-corrector sampling, the network's
   # time scale of VP and sub-VP).
-  # Range: [2, inf) integer; changed only with a continuous process.
+  # Range: [2, inf) integer (sampler pc counts its steps and network calls in int32: at most
+  # 2147483647 network calls per image); changed only with a continuous process.
   diffusion.num_scales = 1000
   # Continuous processes: the smallest training time (score_sde: 1e-5).
   # Range: (0, 1); changed only with a continuous process.
@@ -388,18 +391,20 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.corrector = 'langevin'
   # Range: (0, inf); changed only with sampler=pc.
   sampling.snr = 0.16
-  # Range: [1, inf) integer; changed only with sampler=pc.
+  # Range: [1, inf) integer (with the steps, at most 2147483647 network calls per image); changed only
+  # with sampler=pc.
   sampling.n_steps_each = 1
   # pc, ode: end with one noise-free denoising step at the last time.
   sampling.denoise = True
   # ode: diffrax solver dopri5 | tsit5, with a PID step-size controller of these tolerances, and at
-  # most ode_max_steps steps (each 6 network calls).
+  # most ode_max_steps steps (each 6 network calls): a solve that needs more (sampling, a training
+  # preview, the ODE bits/dim) ends the run with an error naming ode_max_steps.
   sampling.ode_solver = 'dopri5'
   # Range: (0, inf); changed only with sampler=ode (or eval.ode_bpd_num_examples > 0).
   sampling.ode_rtol = 1e-5
   # Range: (0, inf); changed only with sampler=ode (or eval.ode_bpd_num_examples > 0).
   sampling.ode_atol = 1e-5
-  # Range: [1, inf) integer; changed only with sampler=ode.
+  # Range: [1, inf) integer; changed only with sampler=ode (or eval.ode_bpd_num_examples > 0).
   sampling.ode_max_steps = 4096
   # DDIM: number of steps, 1 to diffusion.num_timesteps.
   # Range: [1, diffusion.num_timesteps] integer; changed only with sampler=ddim.
@@ -492,7 +497,8 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.kid_reference_size = 10000
   # Range: [1, inf) integer.
   evaluation.is_splits = 10
-  # The offline classifier: its cache, and its training steps (0 = the preset for the image shape).
+  # The offline classifier: its cache (a folder per dataset and settings), and its training steps (0 = the
+  # preset for the image shape).
   evaluation.classifier_dir = '~/.cache/ddpm-jax/classifiers'
   # Range: [0, inf) integer.
   evaluation.classifier_steps = 0

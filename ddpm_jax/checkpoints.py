@@ -27,7 +27,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from ddpm_jax.errors import CheckpointError, TrainingDiverged, WorkdirError, is_disk_full, is_io_error, one_line
-from ddpm_jax.train_state import TrainState, abstract_state
+from ddpm_jax import configuration, layout
+from ddpm_jax.train_state import TrainState, abstract_state, components
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_PREFIX = 'corrupt-'  # Unreadable step dirs set aside: checkpoints/corrupt-<step>-<time>.
@@ -181,9 +182,11 @@ def finished_steps(directory: str) -> list[int]:
                 if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
-def check_fits(directory: str, abstract: Any) -> None:
+def check_fits(directory: str, abstract: Any, config: Optional[ml_collections.ConfigDict] = None) -> None:
   """Raises CheckpointError when the newest checkpoint in `directory` with readable metadata holds
-  other arrays than `abstract` (a different network), naming the first differences."""
+  other arrays than `abstract`, naming the first differences and their cause: with `config`, the
+  settings that differ from the run's config.json and change the train state (an optimiser's or
+  timestep sampler's state); else, or when none does, a different network."""
   for step in reversed(finished_steps(directory)):
     saved = saved_shapes(os.path.join(directory, str(step)))
     if saved:
@@ -193,10 +196,48 @@ def check_fits(directory: str, abstract: Any) -> None:
   wanted = array_shapes(abstract)
   differences = [f'{k}: {saved.get(k, "missing")} in the checkpoint, {wanted.get(k, "absent")} in the model'
                  for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-  if differences:
+  if not differences:
+    return
+  path = os.path.join(directory, str(step))
+  changed = state_setting_changes(config, os.path.dirname(directory), wanted) if config is not None else []
+  if changed:
     raise CheckpointError(
-        f'The checkpoint {os.path.join(directory, str(step))} does not fit the new model ({len(differences)} '
-        f'arrays differ: {"; ".join(differences[:3])}). Use a new --workdir for this model.')
+        f'The checkpoints in {directory} are intact, but this command changes the training state they hold: '
+        f'{"; ".join(f"config.{k}={v!r}, the run was made with {s!r}" for k, s, v in changed)} '
+        f'({len(differences)} arrays differ, e.g. {differences[0]}). Use the run\'s value '
+        f'({" ".join(f"--config.{k}={s}" for k, s, _ in changed)}), or a new --workdir to start a run with '
+        f'the new one.')
+  raise CheckpointError(
+      f'The checkpoint {path} does not fit the new model ({len(differences)} '
+      f'arrays differ: {"; ".join(differences[:3])}). Use a new --workdir for this model.')
+
+
+def state_setting_changes(config: ml_collections.ConfigDict, workdir: str,
+                          wanted: dict[str, tuple]) -> list[tuple[str, Any, Any]]:
+  """(field, the run's value, this config's value) of each setting outside the model and diffusion
+  that differs from workdir/config.json and changes the train state's arrays (`wanted`, those of
+  `config`): each is tried at the run's value, alone."""
+  path = os.path.join(workdir, layout.CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  saved = configuration.flatten_dict(configuration.read_config_file(path))
+  current = configuration.flatten_dict(configuration.config_to_dict(config))
+  defining = set(configuration.flatten_dict(configuration.model_defining(configuration.config_to_dict(config))))
+  found = []
+  for field in sorted(k for k in current if k in saved and saved[k] != current[k] and k not in defining):
+    trial = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy.
+    section, name = field.rsplit('.', 1)
+    holder = trial
+    for part in section.split('.'):
+      holder = holder[part]
+    try:
+      holder[name] = tuple(saved[field]) if isinstance(holder[name], tuple) else saved[field]
+      mesh, model, _, tx = components(trial)
+      if array_shapes(abstract_state(model, trial, tx, mesh)) != wanted:
+        found.append((field, saved[field], current[field]))
+    except Exception:  # pylint: disable=broad-except  # A value this version cannot build: not the cause.
+      continue
+  return found
 
 
 class CheckpointWriter:
@@ -314,13 +355,10 @@ def stop_signals() -> Iterator[StopSignals]:
       signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str, model, tx, mesh: Mesh,
-                   check_fits_first: bool = False) -> tuple[TrainState, int]:
-  """(state, step) of the workdir's newest readable checkpoint; WorkdirError when there is none.
-
-  Unreadable newer checkpoints are logged and left where they are. check_fits_first: first raise
-  CheckpointError when the checkpoints hold other arrays than this model's.
-  """
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, model, tx, mesh: Mesh) -> tuple[TrainState, int]:
+  """(state, step) of the workdir's newest readable checkpoint; WorkdirError when there is none,
+  CheckpointError (check_fits) when the checkpoints hold other arrays than this config's state.
+  Unreadable newer checkpoints are logged and left where they are."""
   directory = os.path.join(workdir, CHECKPOINT_DIR)
   existing = os.path.abspath(workdir)
   while not os.path.exists(existing):  # The workdir, or the part of its path that exists.
@@ -333,7 +371,6 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, model, tx, m
     raise WorkdirError(
         f'No checkpoint in {directory}: train first with --mode=train and the same --workdir.')
   abstract = abstract_state(model, config, tx, mesh)
-  if check_fits_first:
-    check_fits(directory, abstract)
+  check_fits(directory, abstract, config)
   state, step, _ = restore_newest(manager, abstract)
   return state, step

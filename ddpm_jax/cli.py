@@ -12,6 +12,7 @@ and eval batch written so far.
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -56,6 +57,23 @@ def load_error(error: Exception) -> str:
   return message[message.find('[Errno'):] if '[Errno' in message else f'{type(error).__name__}: {message}'
 
 
+# config_flags' errors when get_config() returned no ConfigDict: its lock() or an override's field is missing.
+RETURNED_NO_CONFIG_DICT = re.compile(r"'(\w+)' object has no attribute 'lock'|Attribute <class '(\w+)'>\.")
+
+
+def returned_type(error: Exception) -> str:
+  """The type get_config() returned, when `error` says it was no ConfigDict ('' otherwise)."""
+  found = RETURNED_NO_CONFIG_DICT.search(str(error))
+  name = found and (found.group(1) or found.group(2))
+  return {'NoneType': 'None'}.get(name, name) if name else ''
+
+
+def not_a_config_dict(returned: str) -> str:
+  """Why a config file whose get_config() returned `returned` (a type name) cannot be used, and the fix."""
+  return (f'its get_config() returned {returned}; it must return an ml_collections.ConfigDict (e.g. '
+          f'`config = default.get_config()`, change fields, `return config`, as configs/quickstart.py does).')
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses argv into FLAGS (app.run's flags_parser); a bad flag, override or config file exits
   with one line `error: ...` instead of a usage text or a traceback."""
@@ -63,8 +81,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = FLAGS(argv)
   except flags.Error as e:
+    if _config_arg(argv) and 'Flag --config must have a value other than None' in str(e):
+      sys.exit(f'{cannot_load}: {not_a_config_dict("None")}')  # config_flags: get_config() returned None.
     sys.exit(f'error: {one_line(e)}')
   except (AttributeError, KeyError) as e:  # Mostly an override of a field the config does not have.
+    if returned_type(e):
+      sys.exit(f'{cannot_load}: {not_a_config_dict(returned_type(e))}')
     message = unknown_field_message(argv, str(e).strip('"\''))
     sys.exit(f'error: {message}' if message else f'{cannot_load}: {load_error(e)}')
   except Exception as e:  # pylint: disable=broad-except  # The config file is user code.
@@ -74,8 +96,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
       config.lock()  # A file that failed to load (config_flags defers its error): any use raises it.
     except Exception as e:  # pylint: disable=broad-except
-      sys.exit(f'{cannot_load}: {load_error(e)}')
-    sys.exit(f'{cannot_load}: its get_config() returned {type(config).__name__}, not a ConfigDict.')
+      sys.exit(f'{cannot_load}: {not_a_config_dict(returned_type(e)) if returned_type(e) else load_error(e)}')
+    sys.exit(f'{cannot_load}: {not_a_config_dict(type(config).__name__)}')
   if len(rest) > 1:
     sys.exit(f'error: unexpected arguments {" ".join(rest[1:])!r}; flags take the form --name=value.')
   if 'workdir' in FLAGS and FLAGS.workdir is not None and not FLAGS.workdir.strip():
@@ -189,17 +211,25 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str, force_w
       from ddpm_jax import train  # pylint: disable=g-import-not-at-top
       train.train_and_evaluate(config, workdir, force_workdir_config=force_workdir_config)
   except (UserError, FloatingPointError) as e:  # Config, workdir, data, checkpoint; a diverged run names its step.
-    sys.exit(f'error: {one_line(e)}')
+    sys.exit(last_line(f'error: {one_line(e)}'))
   except OSError as e:  # The file system's, wherever it arose: the path and the fix, never a traceback.
-    sys.exit(f'error: {os_error_line(e, workdir)}')
+    sys.exit(last_line(f'error: {os_error_line(e, workdir)}'))
   except Preempted as e:
-    print(f'stopped: {e}', file=sys.stderr)
+    print(last_line(f'stopped: {e}'), file=sys.stderr)
     sys.exit(128 + e.signum)
   except (KeyboardInterrupt, Terminated) as e:  # Outside the training loop (setup, sampling, eval).
     signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-    print(f'stopped: {signum.name}; the checkpoints written so far are complete and kept.', file=sys.stderr)
+    print(last_line(f'stopped: {signum.name}; the checkpoints written so far are complete and kept.'), file=sys.stderr)
     sys.exit(128 + signum)
   except Exception as e:  # pylint: disable=broad-except  # Only a full disk in another library's words.
     if not is_disk_full(e):
       raise  # A bug: seen whole.
-    sys.exit(f'error: {os_error_line(disk_full_error(workdir), workdir)}')
+    sys.exit(last_line(f'error: {os_error_line(disk_full_error(workdir), workdir)}'))
+
+
+def last_line(line: str) -> str:
+  """`line`, to be the last one on stderr: every log message after it is dropped (orbax warns from
+  its objects' finalizers at exit, say, which would bury the line that says what happened)."""
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  py_logging.disable(py_logging.CRITICAL)
+  return line

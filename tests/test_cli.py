@@ -87,3 +87,40 @@ def test_a_bug_stays_a_whole_traceback(tmp_path, monkeypatch):
   monkeypatch.setattr(generate, 'sample', bug)
   with pytest.raises(KeyError, match='a bug'):
     cli.run('sample', tiny_config(), str(tmp_path))
+
+
+def test_nothing_is_logged_after_the_error_line(tmp_path, capsys):
+  """orbax warns from its objects' finalizers at exit: after cli's last line, no log line shows."""
+  import logging  # pylint: disable=g-import-not-at-top
+  line = error_line('sample', str(tmp_path / 'none'), capsys)
+  assert 'No checkpoint' in line
+  logging.getLogger('orbax.checkpoint').warning('a finalizer speaking after the error line')
+  assert 'a finalizer speaking' not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# config.model.remat: documented, read by every network, accepted on the command line.
+
+def test_every_network_accepts_a_remat_override(monkeypatch):
+  from ddpm_jax import nets  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(cli, 'overridden_model_fields', lambda: ['remat'])
+  for name in nets.MODELS:
+    config = tiny_config()
+    config.model.name = name
+    cli.check_model_overrides(config)  # Raises ConfigError for a field the network does not read.
+
+
+def test_main_py_trains_and_samples_with_remat(tmp_path, capsys):
+  """--config.model.remat=True through main.py's own command line: trains, then samples."""
+  import cli_testlib  # pylint: disable=g-import-not-at-top
+  import test_bad_inputs  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / 'data')
+  test_bad_inputs.write_idx(data_dir, *test_bad_inputs.two_patterns())
+  flags = [*test_bad_inputs.tiny(data_dir), f'--workdir={tmp_path / "run"}', '--config.model.remat=True',
+           '--config.training.num_train_steps=2']
+  status, stderr = cli_testlib.run_main(['main.py', *flags], capsys)
+  assert status == 0 and 'error:' not in stderr, stderr[-2000:]
+  assert os.path.isdir(tmp_path / 'run' / 'checkpoints' / '2')
+  status, stderr = cli_testlib.run_main(['main.py', *flags, '--mode=sample'], capsys)
+  assert status == 0, stderr[-2000:]
+  assert any(n.startswith('samples_') for n in os.listdir(tmp_path / 'run' / 'samples'))

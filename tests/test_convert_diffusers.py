@@ -198,6 +198,9 @@ def test_command_writes_a_workdir_that_sampling_loads(tmp_path, capsys):
   model_dir.mkdir()
   (model_dir / 'config.json').write_text(json.dumps(TINY_DIFFUSERS_CONFIG))
   safetensors_numpy.save_file(state_dict, str(model_dir / 'diffusion_pytorch_model.safetensors'))
+  # What a conversion killed mid-save left: orbax's unfinished folder, no checkpoint. The same command again works.
+  partial = os.path.join(workdir, 'checkpoints', '800000.orbax-checkpoint-tmp')
+  os.makedirs(os.path.join(partial, 'default'))
   code, stdout, stderr = run_converter(capsys, f'--model_dir={model_dir}', f'--workdir={workdir}')
   assert code == 0, stderr[-4000:]
   assert 'as step 800000' in stdout and f'{os.path.join("configs", "cifar10_ddpm.py")} --workdir=' in stdout

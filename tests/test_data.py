@@ -343,7 +343,7 @@ def test_mixed_sizes_are_an_error_naming_the_file_or_are_resized(tmp_path):
   middle = np.zeros((4, 8, 3), np.uint8)
   middle[:, 2:6] = 90
   wide = save(tmp_path / 'train/a/wide.png', Image.fromarray(middle))
-  with pytest.raises(errors.DataError, match='8x4 .* expects 4x4.*resize_images=True') as error:
+  with pytest.raises(errors.DataError, match='8x4 .* not --config.data.image_size=4.*resize_images=True') as error:
     data.load_dataset(folder_config(tmp_path), 'train')
   assert wide in str(error.value)
   resized = data.load_dataset(folder_config(tmp_path, resize_images=True), 'train').images

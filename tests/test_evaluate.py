@@ -11,6 +11,7 @@ import pytest
 import jax
 
 from ddpm_jax import generate, parallel, processes, samplers, train
+from ddpm_jax.errors import ConfigError
 from ddpm_jax.evaluation import evaluate, likelihood
 from ddpm_jax.tools import events
 from train_testlib import tiny_level_config, training_setup
@@ -178,6 +179,17 @@ def test_evaluating_a_continuous_process_skips_the_bound_and_sweeps_samplers(tmp
   assert [row['nfe'] for row in results['sampler_sweep']] == [2.0, 3.0] and results['nfe'] == 3.0
   with open(os.path.join(workdir, 'eval', 'nfe.md')) as f:
     assert '| euler:2 | 2 |' in f.read()
+  # A sweep entry whose ODE solve stops at its step bound: one error naming it, after the metrics
+  # computed before it (the FID samples are on disk already) are written.
+  config.eval.sampler_sweep = ('ode:2',)
+  path = os.path.join(workdir, 'eval', 'metrics.json')
+  with pytest.raises(ConfigError, match=rf'^The probability-flow ODE sampler took more than config\.sampling\.'
+                                        rf'ode_max_steps=2 steps .* The metrics computed before it are written to {path}\.$'):
+    evaluate.evaluate(config, workdir)
+  with open(path) as f:
+    written = json.load(f)
+  assert 'sampler_sweep' not in written
+  assert {k: written[k] for k in ('ode_bpd', 'fid_classifier')} == {k: results[k] for k in ('ode_bpd', 'fid_classifier')}
 
 
 def test_non_finite_metrics_are_written_as_null_and_named(caplog):

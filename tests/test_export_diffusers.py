@@ -163,6 +163,11 @@ def test_the_official_networks_export():
     ({'diffusion.model_mean_type': 'xprev'}, 'model_mean_type=xprev cannot be exported'),
     ({'model.time_embed_dim': 16}, 'no diffusers UNet2DModel form: .*time_embed_dim is 16'),
     ({'model.num_heads': 2, 'model.attn_resolutions': (32, 16)}, r'heads of sizes \[4, 8\]'),
+    # Processes no diffusers pipeline samples as trained (every one but the discrete chain).
+    ({'diffusion.process': 'vesde', 'sampling.sampler': 'euler', 'diffusion.num_timesteps': 1000},
+     'process=vesde cannot be exported to diffusers: .*ScoreSdeVePipeline.* feeds the UNet sigma'),
+    ({'diffusion.process': 'edm', 'sampling.sampler': 'edm_heun', 'diffusion.num_timesteps': 1000},
+     'process=edm cannot be exported to diffusers'),
 ])
 def test_networks_diffusers_cannot_express_are_refused_naming_why(overrides, message):
   config = tiny_config(**overrides)
@@ -207,9 +212,13 @@ def test_the_command_refuses_in_one_line_and_overwrites_when_asked(exported, tmp
     assert stderr.startswith(message) and stderr.count('\n') == 1, stderr
     assert not out.exists()
 
-  out.mkdir()
-  (out / 'notes.txt').write_text('an earlier export')
+  # An earlier export (other weights) with a file of the user's beside it: the export's files are
+  # replaced, the user's file stays, no temporary is left beside the folder.
+  ed.write_pipeline(str(out), ed.pipeline_files(cd.diffusers_config(tiny_config()), cd.to_state_dict(
+      random_params(tiny_config(), 9), 2), ed.scheduler_config(tiny_config())))
+  (out / 'notes.txt').write_text('my notes')
   code, stdout, stderr = run_export(capsys, f'--workdir={workdir}', f'--out={out}', '--overwrite')
   assert code == 0, stderr[-4000:]
   assert f'Wrote the EMA network of step {STEP}' in stdout and 'DDPMPipeline.from_pretrained' in stdout
   assert_trees_equal(cd.convert(*cd.load_model_dir(str(out)), tiny_config()), ema)
+  assert (out / 'notes.txt').read_text() == 'my notes' and sorted(os.listdir(tmp_path)) == ['out', 'simple']

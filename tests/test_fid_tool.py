@@ -291,3 +291,22 @@ def test_references_name_a_folder_only_where_the_dataset_has_no_default_one():
   assert fid.parse_reference('idx:/data/x:test', config) == fid.ReferenceSpec('idx', '/data/x', 'test')
   with pytest.raises(errors.DataError, match='give idx:PATH:train'):
     fid.parse_reference('idx:train', config)
+
+
+def test_statistics_are_a_covariance_within_rounding(tmp_path):
+  """Statistics of fewer images than dimensions, stored in float32 (a singular sigma, eigenvalues
+  a rounding error below 0) are read; a sigma off by more than rounding is not a covariance."""
+  x = np.random.default_rng(0).standard_normal((10, 64)).astype(np.float32)
+  sigma = np.cov(x, rowvar=False).astype(np.float32)
+  np.savez(tmp_path / 'few.npz', mu=x.mean(axis=0), sigma=sigma, num_images=10)
+  mu, read, count = fid.read_statistics(str(tmp_path / 'few.npz'))
+  assert count == 10 and np.linalg.eigvalsh(read).min() < 0  # Rounding below 0, accepted.
+  np.testing.assert_array_equal(read, sigma)
+  largest = float(np.linalg.eigvalsh(sigma.astype(np.float64)).max())
+  shifted = sigma - 1e-3 * largest * np.eye(64, dtype=np.float32)
+  tilted = sigma.copy()
+  tilted[0, 1] += 1e-3 * np.abs(sigma).max()
+  for name, bad, message in (('shifted', shifted, 'negative eigenvalue'), ('tilted', tilted, 'not symmetric')):
+    np.savez(tmp_path / f'{name}.npz', mu=mu, sigma=bad)
+    with pytest.raises(errors.DataError, match=message):
+      fid.read_statistics(str(tmp_path / f'{name}.npz'))

@@ -265,6 +265,21 @@ def test_unguided_a_conditional_network_is_called_once_and_guidance_changes_the_
   assert not np.allclose(outputs[0.0], outputs[2.0])
 
 
+def test_an_ode_solve_beyond_its_step_bound_ends_in_one_error_naming_the_knob():
+  """The ODE sampler's solve that stops at config.sampling.ode_max_steps raises on the host, naming the
+  knob, the steps and the fix; guided too (its negated network calls, doubled, stay negative)."""
+  run = compiled('vesde', 'ode', conditional=True, guidance_scale=2.0)
+  config = sampler_config('vesde', 'ode', conditional=True)
+  config.sampling.ode_max_steps = 2
+  sample_fn = generate.make_sampler(TinyEps(config.model.num_classes), run.process, config, guidance_scale=2.0)
+  with pytest.raises(ConfigError, match=r'^The probability-flow ODE sampler took more than config\.sampling\.'
+                                        r'ode_max_steps=2 steps \(each 6 network calls\) and stopped short of its end: '
+                                        r'raise config\.sampling\.ode_max_steps above 2, or loosen'):
+    sample_fn(run.params, {}, X_T, key(2), LABELS)
+  _, _, nfe = run.sample_fn(run.params, {}, X_T, key(2), LABELS)  # The default bound: the solve ends.
+  assert int(nfe) > 2 * (2 + 6 * 2)
+
+
 def _zero_network_gain(process, t) -> np.ndarray:
   """g(t) with eps = g(t) x / alpha(t) for the network that outputs 0 (its parameters all 0): 0 where
   eps is the output itself, (1 - c_skip) alpha / sigma for EDM's preconditioned denoiser."""

@@ -289,3 +289,21 @@ def test_max_steps_error_and_bad_names():
     ode.ode_likelihood(process, score_fn, x, jax.random.PRNGKey(0), hutchinson='Rademacher')
   with pytest.raises(ValueError, match=r'^max_steps=0 must be at least 1\.$'):
     ode.ode_encode(process, score_fn, x, max_steps=0)
+
+
+@pytest.mark.parametrize('solve', ['sample', 'likelihood'])
+def test_under_jit_a_solve_out_of_max_steps_returns_its_network_calls_negated(solve):
+  """Inside jit a solve cannot raise: one that stops at max_steps returns -nfe (every call it made,
+  the denoising step's too), one that reaches its end +nfe; its callers raise on the host."""
+  process = VPSDE()
+  x = jnp.full((2,) + SHAPE, 0.3)
+  counter = Counter()
+  score_fn = counter.wrap(gaussian_score(process))
+  run = {'sample': lambda steps: ode.ode_sample(process, score_fn, x, max_steps=steps)[1],
+         'likelihood': lambda steps: ode.ode_likelihood(process, score_fn, x, jax.random.PRNGKey(1),
+                                                        max_steps=steps)[2]}[solve]
+  stopped = int(jax.jit(lambda: run(3))())
+  assert stopped < 0 and -stopped == counter.calls == 1 + 3 * ode.EVALS_PER_STEP + (solve == 'sample')
+  counter.calls = 0
+  finished = int(jax.jit(lambda: run(4096))())
+  assert finished == counter.calls > -stopped

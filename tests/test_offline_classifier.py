@@ -1,5 +1,6 @@
 """The offline feature classifier: training, determinism, features, the cache, splits and class accuracy."""
 
+import dataclasses
 import json
 import os
 
@@ -126,12 +127,20 @@ def test_class_accuracy_table_agrees_with_predictions(trained):
   np.testing.assert_array_equal(table.counts, [10, 10, 10])
 
 
+def cache_folder(root, train, settings=TINY):
+  """The cache folder of the shapes classifier trained on `train` with `settings`."""
+  expected = offline_classifier._expected_info('shapes', train, NUM_CLASSES, settings)  # pylint: disable=protected-access
+  return offline_classifier.cache_directory(str(root), expected)
+
+
 def test_cache_trains_once_then_loads(tmp_path, monkeypatch):
   train, test = offline_classifier.holdout_split(shapes_dataset(60, seed=0), 0.25, seed=0)
   params, info = offline_classifier.get_or_train_classifier(str(tmp_path), 'shapes', train, test, NUM_CLASSES, TINY)
   assert not info['loaded_from_cache']
-  assert sorted(os.listdir(tmp_path / 'shapes')) == ['classifier.msgpack', 'info.json']
-  saved = json.loads((tmp_path / 'shapes' / 'info.json').read_text())
+  folder = cache_folder(tmp_path, train)
+  assert os.listdir(tmp_path) == [os.path.basename(folder)] and os.path.basename(folder).startswith('shapes-')
+  assert sorted(os.listdir(folder)) == ['classifier.msgpack', 'info.json']
+  saved = json.loads(open(os.path.join(folder, 'info.json')).read())
   assert saved['settings'] == TINY.to_dict() and saved['image_shape'] == [28, 28, 1]
   assert saved['num_classes'] == NUM_CLASSES and saved['num_test'] == 15 and saved['feature_dim'] == 16
   assert 0 <= saved['test_accuracy'] <= 1
@@ -153,14 +162,27 @@ def cached(tmp_path):
   return tmp_path, train, test
 
 
-def test_cache_for_other_settings_or_data_is_an_error(cached):
+@pytest.mark.parametrize('field, value', [('steps', 3), ('seed', 1), ('widths', (8, 8)), ('random_flip', True)])
+def test_each_setting_keys_a_cache_of_its_own(cached, field, value):
+  """A classifier of other settings (e.g. config.eval.classifier_steps) is trained and cached beside the
+  first one, which stays as it was, and each is found again by its settings."""
   tmp_path, train, test = cached
-  info_path = str(tmp_path / 'shapes' / 'info.json')
-  other = offline_classifier.ClassifierSettings(**{**TINY.to_dict(), 'steps': 3, 'widths': TINY.widths})
-  with pytest.raises(errors.ClassifierCacheError, match=r'(?s)info\.json.*steps.*Delete'):
-    offline_classifier.get_or_train_classifier(str(tmp_path), 'shapes', train, test, NUM_CLASSES, other)
+  first = cache_folder(tmp_path, train)
+  before = {name: open(os.path.join(first, name), 'rb').read() for name in os.listdir(first)}
+  other = dataclasses.replace(TINY, **{field: value})
+  _, info = offline_classifier.get_or_train_classifier(str(tmp_path), 'shapes', train, test, NUM_CLASSES, other)
+  assert not info['loaded_from_cache'] and info['settings'][field] == (list(value) if field == 'widths' else value)
+  assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(first), os.path.basename(cache_folder(tmp_path, train, other))])
+  assert {name: open(os.path.join(first, name), 'rb').read() for name in os.listdir(first)} == before
+  _, again = offline_classifier.get_or_train_classifier(str(tmp_path), 'shapes', train, test, NUM_CLASSES, TINY)
+  assert again['loaded_from_cache'] and again['settings'] == TINY.to_dict()
+
+
+def test_cache_for_other_data_is_an_error(cached):
+  tmp_path, train, test = cached
+  info_path = os.path.join(cache_folder(tmp_path, train), 'info.json')
   other_train = data.ImageDataset(train.images[1:], train.labels[1:])
-  with pytest.raises(errors.ClassifierCacheError, match='train_fingerprint') as e:
+  with pytest.raises(errors.ClassifierCacheError, match=r'(?s)train_fingerprint.*Delete') as e:
     offline_classifier.get_or_train_classifier(str(tmp_path), 'shapes', other_train, test, NUM_CLASSES, TINY)
   assert info_path in str(e.value)
   assert os.path.exists(info_path)  # Never deleted automatically.
@@ -169,7 +191,8 @@ def test_cache_for_other_settings_or_data_is_an_error(cached):
 @pytest.mark.parametrize('damage', ['params', 'info', 'missing_info'])
 def test_corrupt_cache_is_a_clear_error(cached, damage):
   tmp_path, train, test = cached
-  params_path, info_path = tmp_path / 'shapes' / 'classifier.msgpack', tmp_path / 'shapes' / 'info.json'
+  folder = cache_folder(tmp_path, train)
+  params_path, info_path = tmp_path / folder / 'classifier.msgpack', tmp_path / folder / 'info.json'
   if damage == 'params':
     params_path.write_bytes(b'not msgpack')
     culprit = params_path

@@ -538,3 +538,63 @@ def test_importance_sampling_equals_likelihood_weighting_in_expectation(name):
       importance_std = values.std()
     elif name != 've':
       assert importance_std < 0.5 * values.std()  # The point of importance sampling.
+
+
+# ---------------------------------------------------------------------------
+# The float32 limits of the processes' knobs (issue 28): each range a check states against the
+# float32 arithmetic of the process itself, just inside and just outside it.
+
+def _stated_range(process: str, sampler: str, field: str, value: float, tied: tuple[str, ...] = ()) -> tuple[float, float]:
+  """The (low, high) range the config check states for config.diffusion.<field>=value, which it refuses;
+  the stated end itself passes. The `tied` fields take the same values."""
+  import re  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import configuration  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.diffusion.process, config.sampling.sampler = process, sampler
+  for name in (field, *tied):
+    config.diffusion[name] = value
+  with pytest.raises(ConfigError) as refused:
+    configuration.validate_config(config)
+  stated = re.match(rf'config\.diffusion\.{field}={re.escape(repr(value))} is out of range: it must be in '
+                    rf'[\[(](\S+), (\S+)[\])] for process {process}', str(refused.value))
+  assert stated, refused.value
+  low, high = float(stated[1]), float(stated[2])
+  for name in (field, *tied):
+    config.diffusion[name] = high if value > high else low
+  configuration.validate_config(config)
+  return low, high
+
+
+def _f32(value) -> float:
+  return float(jnp.asarray(value, jnp.float32))
+
+
+@pytest.mark.parametrize('process', ['vpsde', 'subvpsde'])
+def test_vp_beta_max_ends_where_the_signal_variance_leaves_the_normal_float32_numbers(process):
+  tiny = np.finfo(np.float32).tiny
+  low, high = _stated_range(process, 'euler', 'beta_max', 3e3)
+  assert low == 0.1
+  signal_variance = lambda beta_max: _f32(VPSDE(0.1, beta_max).marginal(jnp.float32(1.0))[0] ** 2)
+  assert signal_variance(high) >= tiny > signal_variance(1.01 * high)
+  _, high_min = _stated_range(process, 'euler', 'beta_min', 95.0, tied=('beta_max',))  # Above half the sum.
+  assert _f32(VPSDE(high_min, high_min).marginal(jnp.float32(1.0))[0] ** 2) >= tiny
+
+
+@pytest.mark.parametrize('process,sde', [('vesde', VESDE), ('edm', EDM)])
+def test_sigma_range_ends_where_the_process_variances_leave_float32(process, sde):
+  """sigma_min: sigma^2 at t_min a normal float32 number; sigma_max: sigma^2 and the SDE's g^2 at t_max
+  finite (VE's g^2 = sigma^2 2 log(sigma_max / sigma_min) is the larger)."""
+  tiny = np.finfo(np.float32).tiny
+  sampler = 'edm_heun' if process == 'edm' else 'euler'
+  low, _ = _stated_range(process, sampler, 'sigma_min', 3e-21)
+  variance_at_t_min = lambda sigma_min: _f32(sde(sigma_min, 50.0).marginal(jnp.float32(sde(sigma_min, 50.0).t_min))[1] ** 2)
+  assert variance_at_t_min(low) >= tiny > variance_at_t_min(low / 1.01)
+  _, high = _stated_range(process, sampler, 'sigma_max', 7e22)
+
+  def largest_variance(sigma_max):
+    p = sde(0.01, sigma_max)
+    t = jnp.full((1,), p.t_max, jnp.float32)
+    return max(_f32(p.marginal(t)[1][0] ** 2), _f32(p.sde(jnp.zeros((1, 1)), t)[1][0] ** 2))
+
+  assert math.isfinite(largest_variance(high)) and not math.isfinite(largest_variance(1.01 * high))

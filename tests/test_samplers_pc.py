@@ -184,6 +184,40 @@ def test_refuses_unsupported_combinations():
   assert [name for name, make in SDES.items() if make().has_ancestral_step()] == ['vp', 've', 'cosine']
 
 
+@pytest.mark.parametrize('process,predictor,corrector,n_steps_each,num_classes,calls_per_step', [
+    (VPSDE, 'reverse_diffusion', 'langevin', 1, 0, 2),
+    (VESDE, 'reverse_diffusion', 'none', 1, 0, 1),
+    (DDPM, 'ancestral', 'annealed_langevin', 3, 10, 8),  # Guided: twice the calls (4 per step).
+])
+def test_the_steps_fit_the_int32_counts_of_the_loop_and_of_its_network_calls(process, predictor, corrector,
+                                                                              n_steps_each, num_classes, calls_per_step):
+  """Predictor-corrector's steps (num_scales, the chain's num_timesteps) are refused exactly where the
+  network calls per image it reports leave int32, which jax refuses to hold (OverflowError)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  s = config.sampling
+  s.predictor, s.corrector, s.n_steps_each = predictor, corrector, n_steps_each
+  config.model.num_classes = num_classes
+  section, field = process.pc_steps_field.split('.')
+  most = pc_sampling.INT32_MAX // calls_per_step
+  config[section][field] = most
+  pc_sampling.PredictorCorrector.check(config, process)
+  calls = pc_sampling.function_evaluations(predictor, corrector, n_steps_each, most) * (2 if num_classes else 1)
+  assert calls == most * calls_per_step and int(jnp.asarray(calls, jnp.int32)) == calls
+  with pytest.raises(OverflowError):
+    jnp.asarray(calls + calls_per_step, jnp.int32)
+  config[section][field] = most + 1
+  with pytest.raises(ConfigError, match=rf'^config\.{section}\.{field}={most + 1} is out of range: it must be in '
+                                        rf'\[2, {most}\] for the pc sampler: .* in int32, at most 2147483647; lower it\.$'):
+    pc_sampling.PredictorCorrector.check(config, process)
+  if corrector != 'none':  # Iterations so many that even the fewest steps, 2, would overflow.
+    config[section][field] = 100
+    s.n_steps_each = pc_sampling.INT32_MAX
+    with pytest.raises(ConfigError, match=r'^config\.sampling\.n_steps_each=2147483647 is out of range: it must be in \[1, '):
+      pc_sampling.PredictorCorrector.check(config, process)
+
+
 # ---------------------------------------------------------------------------
 # Parity with diffusers' ScoreSdeVeScheduler (PyTorch).
 

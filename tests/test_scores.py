@@ -103,6 +103,10 @@ def test_fid_refuses_mismatched_or_non_finite_statistics():
     ev.frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(3))
   with pytest.raises(ValueError, match='NaN'):
     ev.frechet_distance(np.full(2, np.nan), np.eye(2), np.zeros(2), np.eye(2))
+  with pytest.raises(ValueError, match='second: sigma has the negative eigenvalue -1'):
+    ev.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), -np.eye(2))  # Gave a number before: 6.
+  with pytest.raises(ValueError, match='first: sigma is not symmetric'):
+    ev.frechet_distance(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), np.eye(2))
 
 
 # ---------------------------------------------------------------------------

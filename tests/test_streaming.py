@@ -1,12 +1,18 @@
 """The streaming pipeline: the same batches as the memory pipeline (from any step, with worker
-processes, per host), prepared array_record folders read back exactly, bad inputs as one-line
-errors, and host memory bounded below the dataset's size."""
+processes, per host), prepared array_record folders read back exactly, bad inputs and damaged
+records as one-line errors, worker processes that end with the process that started them and
+leak nothing, and host memory bounded below the dataset's size."""
 
 import json
+import multiprocessing
 import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 from PIL import Image
@@ -203,6 +209,125 @@ def test_bad_inputs_are_one_line_user_errors(prepared, tmp_path):
     data.read_manifest(str(tmp_path / 'damaged'), 'train')
 
 
+# Record sets damaged as issue 28 §2 lists, for the table of bad inputs and faults (test_bad_inputs.py)
+# and the tests below: each ends as one `error:` line naming the file, what is wrong and the fix.
+RECORD_DAMAGE = ('cut_short', 'corrupted', 'more_in_manifest', 'manifest_shape')
+RECORD_FILE = data.record_file_name(0, 1)
+
+
+def write_record_sets(root: str, images: np.ndarray, labels: np.ndarray) -> None:
+  """root/records: (N, H, W) uint8 images prepared as one array_record file, and beside it
+  root/records_<damage> for each RECORD_DAMAGE:
+  - cut_short: the record file less its last 3,000 bytes (an interrupted copy);
+  - corrupted: 24 bytes of a record in the file's middle zeroed, found only when that record is read;
+  - more_in_manifest: the manifest (and labels.npy) counting 5 records more than the file holds;
+  - manifest_shape: the manifest saying the images are 12x12 (height x width)."""
+  for damage in ('',) + RECORD_DAMAGE:
+    out = os.path.join(root, 'records' + (damage and '_' + damage))
+    manifest = prepare_data.write_split(out, 'train', iter(images[..., None]), labels,
+                                        [str(c) for c in range(int(labels.max()) + 1)], images.shape[1:] + (1,))
+    split = os.path.join(out, 'train')
+    path = os.path.join(split, RECORD_FILE)
+    if damage == 'cut_short':
+      os.truncate(path, os.path.getsize(path) - 3_000)
+    elif damage == 'corrupted':
+      with open(path, 'r+b') as f:
+        f.seek(1_500)  # Records start at byte 64, one chunk of about 100 bytes each.
+        f.write(bytes(24))
+    elif damage in ('more_in_manifest', 'manifest_shape'):
+      if damage == 'more_in_manifest':
+        manifest['count'] += 5
+        manifest['files'][0]['count'] += 5
+        np.save(os.path.join(split, data.LABELS_FILE), np.concatenate([labels, labels[:5]]).astype(np.int32))
+      else:
+        manifest['shape'] = [12, 12, 1]
+      with open(os.path.join(split, data.MANIFEST_FILE), 'w') as f:
+        json.dump(manifest, f)
+
+
+def kill_a_worker(monkeypatch) -> None:
+  """At the run's first train step, one of the streaming pipeline's worker processes is killed
+  (SIGKILL, as the out-of-memory killer would), in this process's run (cli_testlib.run_main)."""
+  from ddpm_jax import parallel  # pylint: disable=g-import-not-at-top
+  real, calls = parallel.shard_batches, []
+
+  def shard_batches(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 1:
+      worker = next(p for p in multiprocessing.active_children() if p.name.startswith('grain'))
+      os.kill(worker.pid, signal.SIGKILL)
+      worker.join(30)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(parallel, 'shard_batches', shard_batches)
+
+
+@pytest.fixture(scope='module')
+def record_sets(tmp_path_factory):
+  tmp = str(tmp_path_factory.mktemp('record_sets'))
+  rng = np.random.default_rng(0)
+  write_record_sets(tmp, rng.integers(0, 256, (24, 8, 8), dtype=np.uint8), np.arange(24) % 3)
+  return tmp
+
+
+@pytest.mark.parametrize('damage, message', [
+    ('cut_short', f'{RECORD_FILE} is cut short: '),
+    ('more_in_manifest', f'manifest.json says {RECORD_FILE} holds 29 records, but the file holds 24: the manifest and '
+                         'the records come from different preparations'),
+    ('manifest_shape', 'manifest.json says its images are 12x12x1 (height x width x channels), but the first '
+                       'record of '),
+])
+@pytest.mark.parametrize('pipeline', streaming.PIPELINES)
+def test_damaged_records_are_found_when_opened(record_sets, damage, message, pipeline):
+  """Both pipelines check every record file's index and first record against the manifest before
+  training starts: one line naming the file, what is wrong and the command that rewrites the split."""
+  root = os.path.join(record_sets, f'records_{damage}')
+  size = 12 if damage == 'manifest_shape' else 8
+  config = data_config(root, num_channels=1, image_size=size, pipeline=pipeline)
+  with pytest.raises(errors.DataError) as info:
+    streaming.open_batches(config, 'train', 4, seed=0)
+  text = str(info.value)
+  assert message in text and '\n' not in text, text
+  assert (f'rerun `python -m ddpm_jax.tools.prepare_data --image_folder=IMAGES --out={root} --split=train '
+          f'--image_size={size} --num_channels=1 --encoding=png --overwrite`') in text
+
+
+def test_the_command_in_the_error_rewrites_the_damaged_split(prepared, tmp_path, capsys):
+  """The fix a damaged split's error names, run as given, makes the split read as before."""
+  folder, records = prepared
+  damaged = str(tmp_path / 'records')
+  shutil.copytree(records, damaged)
+  os.truncate(os.path.join(damaged, 'train', data.record_file_name(1, 3)), 70_000)
+  config = data_config(damaged, pipeline='streaming')
+  with pytest.raises(errors.DataError, match=f'{data.record_file_name(1, 3)} is cut short: 70,000 bytes') as info:
+    streaming.open_source(config, 'train')
+  command = shlex.split(str(info.value).split('`')[1])
+  assert command[:3] == ['python', '-m', 'ddpm_jax.tools.prepare_data'] and f'--image_folder={folder}' in command
+  assert prepare_data.main(['prepare_data', *command[3:]]) == 0, capsys.readouterr().err
+  assert_same(streaming.open_source(config, 'train').read(np.arange(26)),
+              streaming.open_source(data_config(records, pipeline='streaming'), 'train').read(np.arange(26)))
+
+
+def test_a_corrupted_record_is_found_when_read(record_sets):
+  """A record damaged inside the file passes the checks made on opening (its index, the first
+  record); reading it, either pipeline names the file and the record: the memory pipeline as it
+  loads the split, the streaming one at the batch that holds the record."""
+  root = os.path.join(record_sets, 'records_corrupted')
+  config = data_config(root, num_channels=1, pipeline='streaming', num_workers=0)
+  message = f'{RECORD_FILE} is corrupted at its record '
+  with pytest.raises(errors.DataError, match=message):
+    streaming.open_batches(data_config(root, num_channels=1), 'train', 4, seed=0)
+  stream = streaming.open_batches(config, 'train', 4, seed=0)
+  with pytest.raises(errors.DataError, match=message) as info, stream:
+    for _ in stream.batches(0, 6):  # An epoch: every record.
+      pass
+  bad = int(str(info.value).split(message)[1].split()[0])
+  assert 0 < bad < 24
+  with pytest.raises(errors.DataError, match=f'at its record {bad} '):
+    stream.source.read(np.array([bad]))
+  stream.source.read(np.array([i for i in range(24) if i != bad]))  # Every other record reads.
+
+
 def test_the_command_prints_one_line_errors_and_a_summary(prepared, tmp_path, capsys):
   folder, _ = prepared
   command = ['prepare_data', f'--image_folder={folder}', '--image_size=8']
@@ -267,6 +392,100 @@ def test_tfds_data_source(tmp_path):
   assert stream.num_examples == 12 and batch.images.shape == (4, 32, 32, 3)
   np.testing.assert_array_equal(batch.images, np.stack([expected[int(i)]['image'] for i in indices]))
   np.testing.assert_array_equal(batch.labels, [expected[int(i)]['label'] for i in indices])
+
+
+SHUT_DOWN = textwrap.dedent('''
+    import sys
+    from configs import default
+    from ddpm_jax import streaming
+
+    def main(records):
+      config = default.get_config().data
+      config.update(dict(dataset='array_record', data_dir=records, image_size=8, num_channels=3,
+                         pipeline='streaming', num_workers=2, worker_threads=1, prefetch_batches=2))
+      with streaming.open_batches(config, 'train', 4, 0) as pipeline:
+        held = list(pipeline.batches(0, 9))  # Every batch still referenced as the process ends.
+        next(pipeline.batches(3, 20))  # One left with batches in flight.
+      print(len(held))
+
+    if __name__ == '__main__':
+      main(sys.argv[1])
+    ''')
+
+
+def test_worker_processes_shut_down_without_leaking_shared_memory(prepared, tmp_path):
+  """A process that read batches with workers (iterators read to the end and left early) exits
+  with nothing from multiprocessing's resource tracker: no leaked shared memory reported after
+  the process's own last line."""
+  _, records = prepared
+  script = tmp_path / 'shut_down.py'
+  script.write_text(SHUT_DOWN)
+  done = subprocess.run([sys.executable, str(script), records], cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT},
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and done.stdout.split() == ['9'], done.stderr[-3000:]
+  assert 'leaked' not in done.stderr and 'resource_tracker' not in done.stderr, done.stderr[-3000:]
+
+
+def child_processes(pid: int) -> dict[int, str]:
+  """{pid: command line} of the live (not zombie) processes whose parent is `pid`."""
+  children = {}
+  for entry in os.listdir('/proc'):
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        state, parent = f.read().rsplit(')', 1)[1].split()[:2]
+      with open(f'/proc/{entry}/cmdline', 'rb') as f:
+        command = f.read().replace(b'\0', b' ').decode(errors='replace')
+    except (OSError, ValueError):  # Not a process, or it ended meanwhile.
+      continue
+    if int(parent) == pid and state != 'Z':
+      children[int(entry)] = command
+  return children
+
+
+def alive(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
+
+
+@pytest.mark.slow
+def test_a_killed_trainer_leaves_no_process_behind(prepared, tmp_path):
+  """kill -9 of `python main.py` training on the streaming pipeline: its grain workers and the
+  resource tracker they share end within 5 s (the workers watch their parent; the tracker ends
+  with the last process that holds its pipe)."""
+  _, records = prepared
+  log = tmp_path / 'stderr.txt'
+  command = [sys.executable, 'main.py', f'--config={ROOT}/configs/quickstart.py', '--config.data.dataset=array_record',
+             f'--config.data.data_dir={records}', '--config.data.image_size=8', '--config.data.num_channels=3',
+             '--config.data.pipeline=streaming', '--config.data.num_workers=2', '--config.model.widths=(8,8,8,8,8)',
+             '--config.model.time_embed_dim=16', '--config.diffusion.num_timesteps=10',
+             '--config.training.batch_size=8', '--config.training.num_train_steps=1000000',
+             '--config.training.checkpoint_every_steps=1000000', '--config.training.sample_every_steps=0',
+             f'--workdir={tmp_path / "run"}']
+  with open(log, 'w') as stderr:
+    trainer = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+  try:
+    deadline = time.monotonic() + 300
+    children = {}
+    while time.monotonic() < deadline and trainer.poll() is None:
+      children = child_processes(trainer.pid)
+      if sum('spawn_main' in c for c in children.values()) == 2 and 'step ' in log.read_text():
+        break
+      time.sleep(0.5)
+    assert trainer.poll() is None and len(children) == 3, (children, log.read_text()[-3000:])
+    assert any('resource_tracker' in c for c in children.values()), children
+  finally:
+    trainer.kill()
+    trainer.wait()
+  killed = time.monotonic()
+  while any(alive(pid) for pid in children) and time.monotonic() < killed + 5:
+    time.sleep(0.1)
+  left = {pid: command for pid, command in children.items() if alive(pid)}
+  for pid in left:  # Not to leave them to the next test.
+    os.kill(pid, signal.SIGKILL)
+  assert not left, f'alive 5 s after kill -9 of the trainer: {left}'
 
 
 BOUNDED_MEMORY = textwrap.dedent('''

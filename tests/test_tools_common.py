@@ -7,8 +7,10 @@ import errno
 import importlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 
 from absl import flags
@@ -58,20 +60,36 @@ def test_a_bad_command_line_is_one_error_line_and_the_command_never_runs(capsys,
 
 
 def test_expected_failures_are_one_line_and_bugs_are_raised_whole(capsys):
+  full = 'No space left on device'
   cases = [(errors.DataError('Bad data.\n  Fix it.'), {}, 'error: Bad data. Fix it.'),
            (errors.ConversionError('Not our network.'), {'errors': (errors.ConversionError,)},
             'error: Not our network.'),
-           (OSError(errno.ENOSPC, 'No space left on device', '/w/x'), {},
-            'error: Could not write /w/x: No space left on device. Free space on that disk and rerun the same '
-            'command.'),
-           (OSError(errno.ENOSPC, 'No space left on device', '/w/x'), {'workdir_flag': 'out'},
-            'error: Could not write /w/x: No space left on device. Free space on that disk (or give a --workdir on '
-            'another disk) and rerun the same command.')]
+           (OSError(errno.ENOSPC, full, '/w/x'), {},
+            f'error: Could not write /w/x: {full}. Free space on that disk and rerun the same command.'),
+           # In the folder the tool writes: the fix names the tool's flag, and the file meant, not its temporary.
+           (OSError(errno.ENOSPC, full, '/w.tmp-77/x.npz.tmp-78'), {'output_flag': 'out'},
+            f'error: Could not write /w/x.npz: {full}. Free space on that disk (or give a --out on another disk) and '
+            'rerun the same command.'),
+           (OSError(errno.EROFS, 'Read-only file system', '/w/x'), {'output_flag': 'out'},
+            'error: Could not write /w/x: Read-only file system. Give a --out on a writable disk.'),
+           (OSError(errno.ENOTDIR, 'Not a directory', '/w/x'), {'output_flag': 'out'},
+            'error: Could not use /w/x: Not a directory. Give a --out that is a folder (or a new path), not a file.'),
+           (OSError(errno.EISDIR, 'Is a directory', '/w'), {'output_flag': 'out'},
+            'error: Could not write /w: Is a directory. Give a --out that is a file, not a folder.'),
+           (OSError(errno.EROFS, 'Read-only file system', '/cache/s.npz'), {'output_flag': 'out'},
+            'error: Could not write /cache/s.npz: Read-only file system. Give a path on a writable disk.'),
+           # A full disk in another library's words (array_record's writer): the folder the tool writes.
+           (RuntimeError(f'write() failed: {full}; writing /w/r.array_record'), {'output_flag': 'out'},
+            f'error: Could not write /w: {full}. Free space on that disk (or give a --out on another disk) and '
+            'rerun the same command.')]
   for raised, kwargs, message in cases:
     code, out, err, ran = run_toy(capsys, ['--out=/w'], raised, **kwargs)
     assert (code, out, err) == (1, '', message + '\n') and ran[0]['out'] == '/w'
-  code, _, err, _ = run_toy(capsys, ['--out=a'], KeyboardInterrupt())
-  assert (code, err) == (130, 'stopped: SIGINT\n')
+    assert '--workdir' not in err and 'config' not in err  # main.py's flags, never the tool's.
+  for raised, status, name in ((KeyboardInterrupt(), 130, 'SIGINT'), (errors.Terminated(), 143, 'SIGTERM')):
+    code, _, err, _ = run_toy(capsys, ['--out=a'], raised)
+    assert (code, err) == (status, f'stopped: {name}; nothing half-written was kept: rerun the same command to '
+                                    'start again.\n')
   for bug in (RuntimeError('a bug'), errors.ConversionError('not expected by this tool')):
     with pytest.raises(type(bug)):
       run_toy(capsys, ['--out=a'], bug)
@@ -79,6 +97,21 @@ def test_expected_failures_are_one_line_and_bugs_are_raised_whole(capsys):
     with common.exit_on_error():
       raise errors.WorkdirError('Taken.')
   assert stopped.value.code == 1 and capsys.readouterr().err == 'error: Taken.\n'
+
+
+def test_sigterm_raises_terminated_while_the_command_runs_only(capsys):
+  """A real SIGTERM in the command: `stopped:`, status 143, and the handler before it back afterwards."""
+  before = signal.getsignal(signal.SIGTERM)
+  reached = []
+
+  def command(fv):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # The handler raises here.
+    reached.append(fv.out)
+
+  code = common.main(['toy', '--out=a'], define_toy, command)
+  assert (code, reached) == (143, []) and capsys.readouterr().err.startswith('stopped: SIGTERM; ')
+  assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_deprecated_spelling_works_after_one_warning_line(capsys):

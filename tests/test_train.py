@@ -235,18 +235,25 @@ def test_importance_sampled_training_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_a_resumed_run_shows_tensorboard_one_point_per_step(tmp_path):
-  """Killed after logging step 4 but before its checkpoint: the rerun logs step 4 again, and
-  TensorBoard (its own loader, which purges on restarts) shows it once."""
+  """Killed after logging steps 2 and 4 but before either checkpoint (a full disk, say): the rerun
+  from step 0 logs them again. Then killed after logging step 4 but before its checkpoint: the rerun
+  from step 2 logs step 4 again. TensorBoard (its own loader, which purges on restarts) shows each
+  step once, and the hyperparameters once."""
   from tensorboard.backend.event_processing import plugin_event_accumulator  # pylint: disable=g-import-not-at-top
   config = train_testlib.tiny_level_config()  # Logs and checkpoints at steps 2 and 4.
   workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints'))
   train.train_and_evaluate(config, workdir)
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
   train.train_and_evaluate(config, workdir)
   accumulator = plugin_event_accumulator.EventAccumulator(workdir, tensor_size_guidance={'scalars': 0})
   accumulator.Reload()  # As TensorBoard's server loads a run.
+  for tag in accumulator.Tags()['tensors']:
+    steps = [e.step for e in accumulator.Tensors(tag)]
+    assert len(steps) == len(set(steps)), (tag, steps)
   assert [e.step for e in accumulator.Tensors('loss')] == [2, 4]
-  assert len(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))) == 3  # Two runs and the marker between.
+  assert len(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))) == 5  # Three runs and a marker before each rerun.
 
 
 # ---------------------------------------------------------------------------

@@ -203,6 +203,49 @@ def test_a_workdir_that_cannot_be_made_is_one_error(tmp_path):
       pass
 
 
+@pytest.mark.parametrize('existing', [False, True])
+def test_a_full_disk_leaves_no_lock_file_and_no_new_workdir(tmp_path, monkeypatch, existing):
+  """The lock file is made, but its holder's info cannot be written: neither stays, nor a workdir made for it."""
+  workdir = tmp_path / 'run'
+  if existing:
+    workdir.mkdir()
+    (workdir / 'config.json').write_text('{}')
+  watched = str(workdir) if existing else str(tmp_path)  # Making and removing a folder changes its parent's mtime.
+  before = files_testlib.snapshot(watched)
+
+  def full(fd, content, offset):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, 'pwrite', full)
+  with pytest.raises(errors.WorkdirError, match=f'Could not write {workdir}: No space left on device. Free space'):
+    with workdir_lock.exclusive(str(workdir)):
+      raise AssertionError('locked on a full disk')
+  after = files_testlib.snapshot(watched)
+  assert after == before if existing else sorted(after) == ['.']
+
+
+def test_a_lock_file_naming_a_dead_process_is_not_named_as_the_holder(tmp_path):
+  """A lock still held after its writer ended (by processes it forked, which inherit the locked file)
+  names no dead pid as the one writing the workdir."""
+  workdir = str(tmp_path / 'run')
+  ended = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True, check=True)
+  dead = int(ended.stdout)
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, '.lock'), 'w') as f:
+    json.dump({'pid': dead, 'host': workdir_lock.socket.gethostname(), 'started': 'then'}, f)
+  inherited = os.open(os.path.join(workdir, '.lock'), os.O_RDWR)  # The lock a forked worker would hold on.
+  try:
+    fcntl.flock(inherited, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(errors.WorkdirError) as refused:
+      with workdir_lock.exclusive(workdir):
+        raise AssertionError('the lock was taken twice')
+  finally:
+    os.close(inherited)
+  message = str(refused.value)
+  assert f'by process {dead} ' not in message
+  assert f'still names process {dead}, which has ended' in message and 'fuser -v' in message
+
+
 def test_a_file_system_without_locks_trains_on_with_a_warning(tmp_path, monkeypatch, caplog):
   def unsupported(fd, operation):
     raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))

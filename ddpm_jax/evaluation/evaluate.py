@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import atomic_io, checkpoints, configuration, generate, layout, processes, samplers, streaming, viz
-from ddpm_jax.errors import MetricsError
+from ddpm_jax.errors import ConfigError, MetricsError
 from ddpm_jax.evaluation import features, likelihood, offline_classifier
 from ddpm_jax.train_state import components, root_keys
 
@@ -171,10 +171,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
   """Every configured metric of the latest checkpoint; writes eval/metrics.json and TensorBoard scalars.
 
   force_workdir_config: evaluate with a model or diffusion config other than the workdir's when
-  its checkpoints fit.
+  its checkpoints fit. A metric that fails as configured (ConfigError: an ODE solve beyond
+  config.sampling.ode_max_steps) ends the evaluation with its error after the metrics computed
+  before it are written.
   """
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-
   e = config.eval
   # The variational bound exists for a discrete chain only; continuous processes have the ODE's.
   chain = processes.process_class(config.diffusion.process).discrete_chain
@@ -184,11 +184,27 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
                        'all 0: nothing to evaluate. Set one of them above 0 (bits/dim on that many examples, '
                        'FID on that many samples).')
   mesh, model, process, tx = components(config)
-  changes = configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
-  state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh, check_fits_first=bool(changes))
+  configuration.check_workdir_config(config, workdir, allow_model_change=force_workdir_config)
+  state, step = checkpoints.restore_latest(config, workdir, model, tx, mesh)
   if e.num_samples:
     features.check_feature_nets(config)  # Missing Inception weights: before any long work.
   results = {'step': step}
+  try:
+    compute_metrics(config, workdir, state, step, model, process, mesh, bound_examples, results)
+  except ConfigError as error:
+    if len(results) == 1:
+      raise
+    write_metrics(workdir, step, results)  # Keep what was computed before the failing metric.
+    raise type(error)(f'{error} The metrics computed before it are written to '
+                      f'{os.path.join(workdir, layout.EVAL_DIR, METRICS_FILE)}.') from None
+  return write_metrics(workdir, step, results)
+
+
+def compute_metrics(config: ml_collections.ConfigDict, workdir: str, state, step: int, model, process, mesh,
+                    bound_examples: int, results: dict) -> None:
+  """Adds each configured metric to `results` as it is computed: the ODE bits/dim, the bound's
+  (bound_examples of them), sample quality and the sampler sweep."""
+  e = config.eval
   if e.ode_bpd_num_examples:
     images = streaming.first_images(config.data, e.split, e.ode_bpd_num_examples)
     logging.info('Bits/dim of %d %s examples through the probability-flow ODE (%s, %s trace estimator).',
@@ -230,6 +246,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, force_workdir_conf
     if e.sampler_sweep:
       results['sampler_sweep'] = sampler_sweep(config, workdir, state, step, model, process, mesh, nets,
                                                references)
+
+
+def write_metrics(workdir: str, step: int, results: dict) -> dict:
+  """Writes results as eval/metrics.json (non-finite numbers as null) and their numbers as TensorBoard
+  scalars at `step`; returns what was written."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(workdir, layout.EVAL_DIR, METRICS_FILE)
   results = finite_metrics(results)
   atomic_io.write_json(path, results)

@@ -10,7 +10,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import data, denoiser, diffusion, generate, ode, parallel, processes, progress
+from ddpm_jax import data, denoiser, diffusion, generate, ode, parallel, processes, progress, samplers
+from ddpm_jax.errors import MetricsError
 
 
 def make_bound_fn(model, schedule: diffusion.Schedule, config: ml_collections.ConfigDict) -> Callable:
@@ -63,7 +64,8 @@ def make_ode_bpd_fn(model, config: ml_collections.ConfigDict) -> Callable:
   """ode_bpd(params, batch_stats, uint8 images, key) -> (bits/dim per image, NFE), compiled: uniform
   dequantisation, then the probability-flow ODE of config.diffusion's process (one marginal for the
   score and the drift, a ddpm chain's too) from the data to the prior with config.eval.hutchinson's
-  trace estimator and config.sampling's ode_* solver and tolerances."""
+  trace estimator and config.sampling's ode_* solver and tolerances. A batch whose solve stops at
+  config.sampling.ode_max_steps raises MetricsError naming it."""
   d, s, e = config.diffusion, config.sampling, config.eval
   process = processes.from_config(d)
 
@@ -76,7 +78,15 @@ def make_ode_bpd_fn(model, config: ml_collections.ConfigDict) -> Callable:
                                      max_steps=s.ode_max_steps)
     return bpd, nfe
 
-  return jax.jit(ode_bpd)
+  compiled = jax.jit(ode_bpd)
+
+  def ode_bpd_to_the_end(params, batch_stats, images, key):
+    bpd, nfe = compiled(params, batch_stats, images, key)
+    if int(nfe) < 0:  # The solve stopped at its step bound (ode.py returns its calls negated).
+      raise samplers.ode.steps_exhausted(config, 'The probability-flow ODE of the ODE bits/dim', MetricsError)
+    return bpd, nfe
+
+  return ode_bpd_to_the_end
 
 
 def ode_bits_per_dim(ode_bpd_fn: Callable, params, batch_stats, images: np.ndarray, batch_size: int,

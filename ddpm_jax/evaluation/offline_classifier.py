@@ -4,7 +4,8 @@ Inception-v3 weights cannot be downloaded without internet, so the project also 
 classifier (nets/classifier.py) on the dataset's own train split and measures FID in the space
 of its pooled features. Such FIDs are comparable only with each other (same dataset, same cached
 classifier), never with published Inception FIDs. The classifier is trained once per dataset and
-kept under `cache_dir/<dataset_name>/` with an `info.json` that records its settings, the data
+settings and kept under `cache_dir/<dataset_name>-<digest of its settings>/` (cache_directory) with
+an `info.json` that records its settings, the data
 it was trained on and its test accuracy, so users can judge the features.
 The same classifier answers "does a 7 look like a 7" for class-conditional samples.
 """
@@ -32,6 +33,7 @@ from ddpm_jax.nets.classifier import NORM_GROUPS, Classifier, classifier_from_pa
 FORMAT_VERSION = 1
 PARAMS_FILE = 'classifier.msgpack'
 INFO_FILE = 'info.json'
+CACHE_DIGEST_CHARS = 12  # Hex digits of the settings' sha256 in a cache folder's name.
 NOT_COMPARABLE_NOTE = ('FID in the features of this project-trained classifier is comparable only with '
                        'other FIDs measured with the same cached classifier, never with published '
                        '(Inception-v3) FIDs.')
@@ -331,6 +333,16 @@ def _expected_info(dataset_name: str, train_set: data.ImageDataset, num_classes:
           'settings': settings.to_dict(), 'train_fingerprint': data_fingerprint(train_set)}
 
 
+def cache_directory(cache_dir: str, expected: dict[str, Any]) -> str:
+  """cache_dir/<dataset>-<digest>: the digest covers every field of `expected` that decides the
+  classifier (format, dataset, image shape, classes, settings), so other settings (more steps, say)
+  train and keep a classifier of their own. The train data's fingerprint is checked, not keyed:
+  other data under the same dataset name is an error, not a silent second cache."""
+  keyed = {k: v for k, v in expected.items() if k != 'train_fingerprint'}
+  digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:CACHE_DIGEST_CHARS]
+  return os.path.join(os.path.expanduser(cache_dir), f'{expected["dataset"]}-{digest}')
+
+
 def _load_cached(params_path: str, info_path: str, expected: dict[str, Any]) -> tuple[dict, dict]:
   """Params and info from the cache files; ClassifierCacheError naming the file when unusable."""
   try:
@@ -365,16 +377,16 @@ def get_or_train_classifier(cache_dir: str, dataset_name: str, train_set: data.I
                             on_progress: Optional[ProgressFn] = None) -> tuple[dict, dict[str, Any]]:
   """(params, info) of the classifier cached for this dataset, trained and saved first if absent.
 
-  The cache is `cache_dir/<dataset_name>/{classifier.msgpack, info.json}`; info records the settings,
-  the image shape, the classes, a fingerprint of the train data and the test accuracy. A cache made
-  for other settings or data, or a corrupt one, raises ClassifierCacheError (never silently
+  The cache is `cache_directory(...)/{classifier.msgpack, info.json}`, one per dataset and settings;
+  info records the settings, the image shape, the classes, a fingerprint of the train data and the
+  test accuracy. A cache made from other data, or a corrupt one, raises ClassifierCacheError (never silently
   replaced: FIDs measured with it would stop being comparable). The returned info has
   'loaded_from_cache' set to whether it came from disk.
   """
   check_settings(settings)
-  directory = os.path.join(os.path.expanduser(cache_dir), dataset_name)
-  params_path, info_path = os.path.join(directory, PARAMS_FILE), os.path.join(directory, INFO_FILE)
   expected = _expected_info(dataset_name, train_set, num_classes, settings)
+  directory = cache_directory(cache_dir, expected)
+  params_path, info_path = os.path.join(directory, PARAMS_FILE), os.path.join(directory, INFO_FILE)
   have_params, have_info = os.path.exists(params_path), os.path.exists(info_path)
   if have_params or have_info:
     if not (have_params and have_info):

@@ -83,16 +83,35 @@ def mean_and_cov(stats: FeatureStats) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------
 # Frechet distance.
 
+# A covariance read from a file may carry rounding (float32 storage): asymmetry up to this fraction of
+# its largest entry, and negative eigenvalues up to this fraction of its largest eigenvalue's size.
+SYMMETRY_TOLERANCE = 1e-5
+PSD_TOLERANCE = 1e-4
+
+
 def _symmetric(matrix: np.ndarray) -> np.ndarray:
   return (matrix + matrix.T) / 2
 
 
 def _check_gaussian(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) in float64; ValueError naming `name` unless they are a mean (d,) and a covariance
+  (d, d): finite, symmetric and positive semi-definite within rounding (float32 storage). Another
+  matrix still gives a Frechet distance, a meaningless one."""
   mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
   if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
     raise ValueError(f'{name}: mu must be (d,) and sigma (d, d); got {mu.shape} and {sigma.shape}.')
   if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
     raise ValueError(f'{name}: mu or sigma holds NaN or infinite values.')
+  scale = float(np.abs(sigma).max(initial=0))
+  asymmetry = float(np.abs(sigma - sigma.T).max(initial=0))
+  if asymmetry > SYMMETRY_TOLERANCE * scale:
+    raise ValueError(f'{name}: sigma is not symmetric (sigma - sigma^T reaches {asymmetry:.3g}, sigma {scale:.3g}), '
+                     f'so it is no covariance matrix.')
+  eigenvalues = np.linalg.eigvalsh(_symmetric(sigma))
+  lowest, largest = float(eigenvalues.min(initial=0)), float(np.abs(eigenvalues).max(initial=0))
+  if lowest < -PSD_TOLERANCE * largest:
+    raise ValueError(f'{name}: sigma has the negative eigenvalue {lowest:.3g} (the largest in size: {largest:.3g}), '
+                     f'so it is no covariance matrix (those are positive semi-definite).')
   return mu, sigma
 
 
@@ -156,18 +175,21 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     return {key: data[key] for key in data.files}
 
 
-def read_stats(path: str) -> tuple[np.ndarray, np.ndarray, Optional[int]]:
-  """(mu, sigma, num_images or None) from a stats file; raises StatsFileError naming what is wrong."""
+def read_stats(path: str, fix: str = '') -> tuple[np.ndarray, np.ndarray, Optional[int]]:
+  """(mu, sigma, num_images or None) from a stats file; raises StatsFileError naming what is wrong,
+  and `fix` (default: delete a cache of ours to compute it again)."""
   path = os.path.expanduser(path)
-  fix = f'Delete {path} to compute the statistics again, or point to a pytorch-fid .npz with mu and sigma.'
+  fix = fix or f'Delete {path} to compute the statistics again, or point to a pytorch-fid .npz with mu and sigma.'
   if not os.path.isfile(path):
     raise StatsFileError(f'No stats file at {path}.')
   try:
     arrays = _read_npz(path)
   except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
     raise StatsFileError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); it may be truncated. {fix}') from e
-  if 'mu' not in arrays or 'sigma' not in arrays:
-    raise StatsFileError(f'{path} holds {sorted(arrays)}, not FID statistics (mu and sigma). {fix}')
+  missing = [k for k in ('mu', 'sigma') if k not in arrays]
+  if missing:
+    raise StatsFileError(f'{path} holds {sorted(arrays)}, not FID statistics: they need both mu and sigma '
+                         f'(pytorch-fid\'s layout), and {missing[0]} is missing. {fix}')
   mu, sigma = arrays['mu'], arrays['sigma']
   num_images = int(arrays['num_images']) if 'num_images' in arrays else None
   try:

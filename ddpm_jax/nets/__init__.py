@@ -22,7 +22,7 @@ def _unet_simple(config) -> nn.Module:
       out_channels=output_channels(config),
       batch_norm_momentum=config.model.batch_norm_momentum,
       num_classes=config.model.num_classes,
-      remat=config.model.get('remat', False))
+      remat=config.model.remat)
 
 
 def _check_time_embed_dim(config) -> None:
@@ -55,7 +55,7 @@ def _level_unet_fields(config, attention: bool) -> dict:
   fields = dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks, dropout=m.dropout,
                 norm_groups=m.norm_groups, norm_eps=m.norm_eps, time_embed_dim=m.time_embed_dim,
                 time_mlp_dim=m.time_mlp_dim, out_channels=output_channels(config),
-                num_classes=m.num_classes, remat=m.get('remat', False))
+                num_classes=m.num_classes, remat=m.remat)
   if attention:
     fields.update(attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads)
   return fields
@@ -154,7 +154,7 @@ def _score_unet_fields(config) -> dict:
               attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads, dropout=m.dropout,
               norm_groups=m.norm_groups, norm_eps=m.norm_eps, time_embed_dim=m.time_embed_dim,
               time_mlp_dim=m.time_mlp_dim, out_channels=output_channels(config), num_classes=m.num_classes,
-              skip_rescale=m.skip_rescale, remat=m.get('remat', False))
+              skip_rescale=m.skip_rescale, remat=m.remat)
 
 
 def _ncsnpp(config) -> nn.Module:
@@ -215,7 +215,8 @@ _LEVEL_UNET_FIELDS = ('ch', 'ch_mult', 'num_res_blocks', 'dropout', 'norm_groups
                       'time_mlp_dim', 'num_classes', 'upsample')
 _SCORE_UNET_FIELDS = ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'num_heads', 'dropout', 'norm_groups',
                       'norm_eps', 'time_embed_dim', 'time_mlp_dim', 'num_classes', 'skip_rescale')
-MODEL_FIELDS: dict[str, tuple[str, ...]] = {
+_EVERY_NETWORK_FIELDS = ('remat',)  # Read by every network (layers.rematerialised).
+MODEL_FIELDS: dict[str, tuple[str, ...]] = {name: fields + _EVERY_NETWORK_FIELDS for name, fields in {
     'unet_simple': ('widths', 'time_embed_dim', 'batch_norm_momentum', 'num_classes'),
     'unet_conv': _LEVEL_UNET_FIELDS,
     'unet_resnet': _LEVEL_UNET_FIELDS + ('attn_resolutions', 'num_heads'),
@@ -223,7 +224,7 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     'ncsnpp': _SCORE_UNET_FIELDS + ('embedding_type', 'fourier_scale', 'fir', 'fir_kernel', 'progressive',
                                     'progressive_input'),
     'ddpmpp': _SCORE_UNET_FIELDS,
-}
+}.items()}
 
 # name -> (builder(config) -> module, check(config) raising ValueError on impossible settings).
 # The first is listed first in error messages.

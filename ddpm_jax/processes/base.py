@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax.diffusion import LossTerms, expand, mean_flat
-from ddpm_jax.errors import require
+from ddpm_jax.errors import in_range, require
 
 # score_fn(x, t) -> score of the marginal p_t at x; eps_fn(x, t) -> predicted noise at process time t.
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -35,6 +35,37 @@ NetworkFn = Callable[[jax.Array, jax.Array], jax.Array]
 # Relative float32 error allowed in a time when it is floored to a discrete step: t = i / (n - 1)
 # rounded to float32 and multiplied back may land a few ulps below i, which must still be step i.
 _STEP_ROUNDING = 2.0 ** -21
+# Every process computes in float32: a variance it forms (alpha^2, sigma^2, the SDE's g^2) must be a
+# normal, finite float32 number, or it rounds to 0 or inf in the loss, the samplers' grids and the
+# likelihood. The config checks derive the ranges of the processes' knobs from these two.
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def rounded_inward(bound: float, up: bool, digits: int = 4) -> float:
+  """A positive `bound` to `digits` significant digits, rounded up (a lower bound) or down (an upper
+  bound): a range shown with it holds only values that pass the check against it."""
+  scale = 10.0 ** (math.floor(math.log10(bound)) - digits + 1)
+  return float(f'{(math.ceil if up else math.floor)(bound / scale) * scale:.{digits}g}')
+
+
+def check_float32_sigmas(config: ml_collections.ConfigDict, g2_factor: Callable[[float, float], float]) -> None:
+  """config.diffusion.sigma_min and sigma_max of a process with alpha = 1 whose variances are sigma^2 and
+  g^2 = sigma^2 g2_factor(sigma, sigma_min) (both increasing in sigma): sigma_min^2 a normal float32
+  number, and sigma_max^2 and g(t_max)^2 finite ones (sigma_min < sigma_max is checked before)."""
+  d = config.diffusion
+  low = rounded_inward(math.sqrt(FLOAT32_TINY), up=True)
+  in_range(d.sigma_min, 'diffusion.sigma_min', low, d.sigma_max, high_open=True,
+           note=f' for process {d.process}: sigma_min^2, the variance of x_t near t = 0, must be a normal float32 '
+           f'number (at least {FLOAT32_TINY:.4g}); raise sigma_min')
+  log_variance = lambda sigma: 2.0 * math.log(sigma) + math.log(max(1.0, g2_factor(sigma, d.sigma_min)))
+  low_log, high_log = math.log(d.sigma_min), 0.5 * math.log(FLOAT32_MAX)
+  for _ in range(100):  # Bisection in log sigma for the largest sigma_max whose variances stay finite.
+    mid = 0.5 * (low_log + high_log)
+    low_log, high_log = (mid, high_log) if log_variance(math.exp(mid)) <= math.log(FLOAT32_MAX) else (low_log, mid)
+  in_range(d.sigma_max, 'diffusion.sigma_max', d.sigma_min, rounded_inward(math.exp(low_log), up=False),
+           low_open=True, note=f' for process {d.process} with sigma_min={d.sigma_min}: sigma_max^2 and the SDE\'s '
+           f'g(t)^2 at t = t_max must be finite float32 numbers (at most {FLOAT32_MAX:.4g}); lower sigma_max')
 
 
 class Process:
@@ -224,10 +255,14 @@ class Process:
 
   # -- predictor-corrector sampling ----------------------------------------------------------------
 
+  # The config field (section.field) that sets the steps of predictor-corrector sampling.
+  pc_steps_field: ClassVar[str] = 'diffusion.num_scales'
+
   @classmethod
   def pc_steps(cls, config: ml_collections.ConfigDict) -> int:
-    """Discrete steps of predictor-corrector sampling (config.diffusion.num_scales)."""
-    return config.diffusion.num_scales
+    """Discrete steps of predictor-corrector sampling (config.<pc_steps_field>)."""
+    section, field = cls.pc_steps_field.split('.')
+    return config[section][field]
 
   def pc_times(self, num_steps: int) -> jax.Array:
     """The n times of predictor-corrector sampling, t_max down to t_min."""

@@ -104,6 +104,7 @@ class DDPM(VPSDE):
                            'config.training.timestep_sampler=importance')
          for k in ('importance_history', 'importance_uniform_prob')}}
   spacings = ('auto', 'linspace', 'leading', 'trailing')  # diffusers' timestep spacings.
+  pc_steps_field = 'diffusion.num_timesteps'  # Predictor-corrector walks the chain's own steps.
   discrete_chain = True
 
   def __init__(self, schedule: diffusion.Schedule, spec: diffusion.LossSpec = diffusion.LossSpec()):
@@ -191,10 +192,6 @@ class DDPM(VPSDE):
 
   @classmethod
   def max_solver_steps(cls, config):
-    return config.diffusion.num_timesteps
-
-  @classmethod
-  def pc_steps(cls, config: ml_collections.ConfigDict) -> int:
     return config.diffusion.num_timesteps
 
   def discrete_betas(self, i: jax.Array, num_steps: int) -> jax.Array:

@@ -17,7 +17,7 @@ import ml_collections
 
 from ddpm_jax.diffusion import expand, mean_flat
 from ddpm_jax.errors import in_range, require
-from ddpm_jax.processes.base import LossTerms, NetworkFn, Process
+from ddpm_jax.processes.base import LossTerms, NetworkFn, Process, check_float32_sigmas
 from ddpm_jax.processes.registry import register
 
 
@@ -49,6 +49,7 @@ class EDM(Process):
     in_range(d.p_std, 'diffusion.p_std', 0, low_open=True)
     require(d.sigma_min < d.sigma_max, f'config.diffusion.sigma_min={d.sigma_min} must be below '
             f'sigma_max={d.sigma_max}.')
+    check_float32_sigmas(config, lambda sigma_max, sigma_min: 2.0 / sigma_max)  # g^2 = 2 sigma.
     what = 'config.diffusion.process=edm trains a preconditioned denoiser with its own loss weighting'
     require(d.loss == 'simple', f'{what}: set config.diffusion.loss=simple, or process=ddpm.')
     require(d.model_mean_type == 'eps', f'{what}: leave config.diffusion.model_mean_type=eps (the network\'s '

@@ -13,7 +13,7 @@ import numpy as np
 
 from ddpm_jax.diffusion import expand
 from ddpm_jax.errors import require
-from ddpm_jax.processes.base import ScoreFn, ScoreSDE
+from ddpm_jax.processes.base import ScoreFn, ScoreSDE, check_float32_sigmas
 from ddpm_jax.processes.registry import register
 
 
@@ -42,6 +42,7 @@ class VESDE(ScoreSDE):
     d = config.diffusion
     require(d.sigma_min < d.sigma_max, f'config.diffusion.sigma_min={d.sigma_min} must be below '
             f'sigma_max={d.sigma_max}.')
+    check_float32_sigmas(config, lambda sigma_max, sigma_min: 2.0 * math.log(sigma_max / sigma_min))
     super().check(config)
 
   def sigma(self, t):

@@ -5,13 +5,15 @@ limit). The network sees (num_scales - 1) t, the discrete step of the chain. Its
 (predictor-corrector's reverse diffusion and ancestral steps) has betas beta(t_i) / n.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from ddpm_jax.diffusion import expand
-from ddpm_jax.errors import require
-from ddpm_jax.processes.base import ScoreFn, ScoreSDE
+from ddpm_jax.errors import in_range, require
+from ddpm_jax.processes.base import FLOAT32_TINY, ScoreFn, ScoreSDE, rounded_inward
 from ddpm_jax.processes.registry import register
 
 
@@ -39,6 +41,14 @@ class VPSDE(ScoreSDE):
     d = config.diffusion
     require(d.beta_min <= d.beta_max, f'config.diffusion.beta_min={d.beta_min} exceeds beta_max={d.beta_max}: '
             f'beta(t) rises from beta_min to beta_max, so set beta_min <= beta_max.')
+    # The signal's variance at t = 1, alpha(1)^2 = exp(-(beta_min + beta_max) / 2), is a normal float32 number.
+    total = -2.0 * math.log(FLOAT32_TINY)
+    why = (f' for process {d.process}: the signal\'s variance at t = 1, alpha(1)^2 = exp(-(beta_min + beta_max) / 2), '
+           f'must be a normal float32 number (at least {FLOAT32_TINY:.4g})')
+    in_range(d.beta_min, 'diffusion.beta_min', 0, rounded_inward(total / 2, up=False), low_open=True,
+             note=f'{why}; lower beta_min (score_sde: 0.1)')
+    in_range(d.beta_max, 'diffusion.beta_max', d.beta_min, rounded_inward(total - d.beta_min, up=False),
+             note=f'{why}; lower beta_max (score_sde: 20)')
     super().check(config)
 
   def log_alpha_bar(self, t: jax.Array) -> jax.Array:

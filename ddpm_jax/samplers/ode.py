@@ -1,10 +1,12 @@
 """The probability-flow ODE sampler: an adaptive diffrax solve (ddpm_jax/ode.py) from t_max to t_min
-on any process, then Tweedie's denoising step; its steps are a bound (config.sampling.ode_max_steps)."""
+on any process, then Tweedie's denoising step; its steps are a bound (config.sampling.ode_max_steps),
+and a solve that needs more ends in one error naming it."""
 
 import jax.numpy as jnp
+import ml_collections
 
 from ddpm_jax import ode
-from ddpm_jax.errors import require
+from ddpm_jax.errors import ConfigError, require
 from ddpm_jax.samplers.registry import Sampler, register
 
 # The ODE knobs: the sampler's, and the ODE likelihood's (config.eval.ode_bpd_num_examples).
@@ -33,6 +35,20 @@ class ProbabilityFlowODE(Sampler):
       return (jnp.clip(x_0, -1.0, 1.0) if clip else x_0), None, nfe
 
     return run
+
+  @classmethod
+  def unfinished(cls, config):
+    return steps_exhausted(config, 'The probability-flow ODE sampler')
+
+
+def steps_exhausted(config: ml_collections.ConfigDict, what: str, error: type = ConfigError) -> ConfigError:
+  """The error of a solve with the ODE knobs (the sampler's, the ODE bits/dim's) that stopped at its
+  step bound, config.sampling.ode_max_steps, short of its end."""
+  s = config.sampling
+  return error(f'{what} took more than config.sampling.ode_max_steps={s.ode_max_steps} steps (each '
+               f'{ode.EVALS_PER_STEP} network calls) and stopped short of its end: raise '
+               f'config.sampling.ode_max_steps above {s.ode_max_steps}, or loosen config.sampling.ode_rtol={s.ode_rtol:g} '
+               f'and ode_atol={s.ode_atol:g} (a network whose score is NaN or Inf stops it too).')
 
 
 def check_solver(config) -> None:

@@ -15,14 +15,18 @@ from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 from ddpm_jax.diffusion import expand
-from ddpm_jax.errors import ConfigError
+from ddpm_jax.errors import ConfigError, in_range
 from ddpm_jax.processes.base import Process, ScoreFn
 from ddpm_jax.samplers.registry import Sampler, register
 
 PREDICTORS = ('euler_maruyama', 'reverse_diffusion', 'ancestral', 'none')
 CORRECTORS = ('none', 'langevin', 'annealed_langevin')
+# The loop counts its steps, and the network calls per image it reports, in int32.
+INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def check_names(process: Process, predictor: str, corrector: str, probability_flow: bool = False) -> None:
@@ -150,6 +154,23 @@ def pc_sample(process: Process, score_fn: ScoreFn, x_T: Union[jax.Array, Sequenc
   return (x_mean if denoise else x), function_evaluations(predictor, corrector, n_steps_each, num_steps)
 
 
+def check_counts(config: ml_collections.ConfigDict, process: type[Process]) -> None:
+  """The steps (process.pc_steps_field) and corrector iterations fit the loop's int32 counters: the steps
+  themselves and the network calls per image, doubled for a guided class-conditional network."""
+  s = config.sampling
+  guided = config.model.num_classes and any(w != 0 for w in (s.guidance_scale, *s.eval_guidance_scales))
+  factor = 2 if guided else 1
+  why = (f' for the pc sampler: it counts its steps and the network calls per image ({factor} per predictor '
+         f'step and corrector iteration) in int32, at most {INT32_MAX}')
+  if s.corrector != 'none':  # At least 2 steps, each with the predictor's call and n_steps_each iterations.
+    predictor_calls = 0 if s.predictor == 'none' else 1
+    in_range(s.n_steps_each, 'sampling.n_steps_each', 1, INT32_MAX // (2 * factor) - predictor_calls, integer=True,
+             note=f'{why}; lower it')
+  per_step = function_evaluations(s.predictor, s.corrector, s.n_steps_each, 1) * factor
+  in_range(process.pc_steps(config), process.pc_steps_field, 2, INT32_MAX // per_step, integer=True,
+           note=f'{why}; lower it')
+
+
 @register
 class PredictorCorrector(Sampler):
   name = 'pc'
@@ -168,6 +189,7 @@ class PredictorCorrector(Sampler):
       check_names(process, s.predictor, s.corrector)
     except ValueError as e:
       raise ConfigError(f'config.sampling.predictor / corrector: {e}') from None
+    check_counts(config, process)
 
   @classmethod
   def build(cls, config, process):

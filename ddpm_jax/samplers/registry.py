@@ -14,7 +14,8 @@ from ddpm_jax.errors import require
 from ddpm_jax.registry import Registry
 from ddpm_jax.processes.base import Process
 
-# run(model (denoiser.Model), x_T, key, frame_steps, progress_fn, progress_every) -> (x_0, frames or None, network calls per image).
+# run(model (denoiser.Model), x_T, key, frame_steps, progress_fn, progress_every) -> (x_0, frames or None, network
+# calls per image); an adaptive sampler whose solve stopped at its step bound returns those calls negated.
 SampleFn = Callable[..., tuple[jax.Array, Optional[jax.Array], jax.Array]]
 SAMPLERS = Registry('sampler')
 register = SAMPLERS.register
@@ -31,7 +32,7 @@ class Sampler:
   steps_field: ClassVar[Optional[str]] = None
   # Frames of the reverse process for --mode=figures, and progress reports from inside the loop.
   keeps_frames: ClassVar[bool] = False
-  # Its steps are a bound, not a count (adaptive solvers).
+  # Its steps are a bound, not a count (adaptive solvers): a run that reaches it fails (`unfinished`).
   adaptive: ClassVar[bool] = False
   # Works from eps alone (any process); False for samplers of the discrete chain's raw output.
   needs_eps: ClassVar[bool] = True
@@ -65,6 +66,12 @@ class Sampler:
   def build(cls, config: ml_collections.ConfigDict, process: Process) -> SampleFn:
     """run(model: Model, x_T standard normal, key, frame_steps=(), progress_fn=None, progress_every=0)."""
     raise NotImplementedError
+
+  @classmethod
+  def unfinished(cls, config: ml_collections.ConfigDict) -> Exception:
+    """An adaptive sampler's error for a run that stopped at its step bound (its network calls came back
+    negated): names the knob of the bound and the fix."""
+    raise NotImplementedError(f'The {cls.name} sampler has no step bound.')
 
   @classmethod
   def frames(cls, config: ml_collections.ConfigDict, num_frames: int) -> tuple[list[int], list[int]]:

@@ -1,25 +1,35 @@
 """The command line of every tool (`python -m ddpm_jax.tools.NAME`, or its `ddpm-jax-NAME` script):
 absl flags in a FlagValues of the tool's own (so a tool runs more than once in a process), --help,
-a --config file with --config.X.Y=value overrides, deprecated flag spellings, the exit status.
+a --config file with --config.X.Y=value overrides, deprecated flag spellings, signals, the exit status.
 
 Exit status 0; 1 after one line `error: ...` on stderr, before the tool writes anything, for a bad
 command line (an unknown flag, a bad value, a missing required flag, an extra argument, a config
 file that does not load, an override of a field the config lacks) or an expected failure of the
-tool (errors.UserError, the tool's own error types, an OSError: errors.os_error_line names the path
-and the fix); 130 after one line `stopped: SIGINT` on Ctrl-C. Anything else is a bug, shown whole.
+tool (errors.UserError, the tool's own error types, an OSError or a full disk in another library's
+words: os_error_line names the path and the fix in the tool's flags); 128 + the signal number
+(SIGINT 130, SIGTERM 143) after one line `stopped: ...`. Anything else is a bug, shown whole.
+
+The guarantees of main.py: a tool writes its output whole (ddpm_jax/atomic_io.py: a temporary
+beside it, renamed into place when complete) and removes its temporaries on an error or a signal;
+what a killed run (kill -9) left is removed by the next run of the same command.
 """
 
 import contextlib
+import errno
 import importlib.util
 import os
+import re
+import signal
 import sys
+import threading
 from typing import Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from absl import flags, logging
 import ml_collections
 
 from ddpm_jax import cli
-from ddpm_jax.errors import UserError, one_line, os_error_line
+from ddpm_jax import errors as errors_lib
+from ddpm_jax.errors import Terminated, UserError, disk_full_error, is_disk_full, one_line
 
 HELP_FLAGS = ('-h', '--help', '-help', '--helpfull', '-helpfull')
 # configs/ beside the ddpm_jax package: the repository's in a checkout, and in an install too, where
@@ -154,33 +164,88 @@ def parse(argv: Sequence[str], define: Define, *, doc: str = '', config: Optiona
   return fv
 
 
-def error_message(error: BaseException, errors: Sequence[type] = (), workdir: str = '') -> Optional[str]:
+# A file or folder being written (atomic_io's PATH.tmp-PID) anywhere in a path: the path meant is without it.
+_TEMPORARY = re.compile(r'\.tmp-\d+(?:\.old)?(?=/|$)')
+_NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST)
+
+
+def _within(path: str, folder: str) -> bool:
+  path, folder = os.path.abspath(path), os.path.abspath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def os_error_line(error: OSError, flag: str = '', folder: str = '') -> str:
+  """errors.os_error_line in a tool's words: the path as meant (without the suffix of a temporary), and
+  a fix that names the tool's `flag` (--out) for a path in the folder it writes (`folder`), never
+  main.py's --workdir or config."""
+  path = _TEMPORARY.sub('', str(error.filename)) if error.filename else folder
+  error = OSError(error.errno, error.strerror or one_line(error), path) if error.errno else error
+  inside = bool(flag and folder) and _within(path, folder)
+  reason, where = error.strerror, f' {path}' if path else ''
+  if error.errno in errors_lib.DISK_FULL_ERRNOS:
+    other = f' (or give a --{flag} on another disk)' if inside else ''
+    return f'Could not write{where}: {reason}. Free space on that disk{other} and rerun the same command.'
+  if error.errno == errno.EROFS:
+    return f'Could not write{where}: {reason}. Give {f"a --{flag}" if inside else "a path"} on a writable disk.'
+  if error.errno == errno.EISDIR:
+    return f'Could not write{where}: {reason}. Give {f"a --{flag}" if inside else "a path"} that is a file, not a folder.'
+  if error.errno in _NOT_A_FOLDER:
+    return (f'Could not use{where}: {reason}. Give {f"a --{flag}" if inside else "a path"} that is a folder (or a '
+            f'new path), not a file.')
+  return errors_lib.os_error_line(error)  # The other fixes name no flag.
+
+
+def error_message(error: BaseException, errors: Sequence[type] = (), flag: str = '', folder: str = '') -> Optional[str]:
   """The one line of an expected failure: the message of a UserError or of one of `errors`, an
-  OSError's path and fix (`workdir`: the folder the tool writes, named in the fix); None for a bug."""
+  OSError's or a full disk's path and fix (os_error_line: `flag` is the tool's flag of the folder it
+  writes, `folder` its value); None for a bug."""
   if isinstance(error, (UserError, *errors)):
     return one_line(error)
   if isinstance(error, OSError):
-    return os_error_line(error, workdir)
+    return os_error_line(error, flag, folder)
+  if is_disk_full(error):  # Another library's words (array_record's writer).
+    return os_error_line(disk_full_error(folder), flag, folder)
   return None
 
 
 def fail(message: str) -> int:
-  """Prints `error: message` on stderr; returns the exit status 1."""
-  print(f'error: {message}', file=sys.stderr)
+  """Prints `error: message` on stderr, as its last line (cli.last_line); returns the exit status 1."""
+  print(cli.last_line(f'error: {message}'), file=sys.stderr)
   return 1
 
 
 @contextlib.contextmanager
-def exit_on_error(errors: Sequence[type] = (), workdir: str = '') -> Iterator[None]:
+def exit_on_error(errors: Sequence[type] = (), flag: str = '', folder: str = '') -> Iterator[None]:
   """For a tool's function that library code calls: an expected failure inside (error_message) ends
   the process with status 1 after its one line on stderr."""
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except  # A bug is raised again, whole.
-    message = error_message(e, errors, workdir)
+    message = error_message(e, errors, flag, folder)
     if message is None:
       raise
     raise SystemExit(fail(message)) from None
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+  """SIGTERM raises errors.Terminated inside the block (as main.py's cli.run), so the writes under way
+  remove their temporaries; main thread only (elsewhere signals cannot be handled)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGTERM, cli.raise_terminated)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def stopped(signum: int) -> int:
+  """Prints the `stopped:` line of a signal; returns the exit status 128 + signum."""
+  print(cli.last_line(f'stopped: {signal.Signals(signum).name}; nothing half-written was kept: rerun the same '
+                      f'command to start again.'), file=sys.stderr)
+  return 128 + signum
 
 
 def _log_as_app_run() -> None:
@@ -193,11 +258,11 @@ def _log_as_app_run() -> None:
 
 def main(argv: Optional[Sequence[str]], define: Define, command: Callable[[flags.FlagValues], None], *,
          doc: str = '', config: Optional[ConfigFlag] = None, required: Sequence[str] = (),
-         deprecated: Optional[Mapping[str, str]] = None, errors: Sequence[type] = (), workdir_flag: str = '') -> int:
-  """Runs a tool: parse's flags, then `command` on them. argv[0] is the program; None reads sys.argv
-  (the tool's script and `python -m`, with absl's INFO logging). Returns the exit status (see the
-  module docstring); `errors` are the tool's own expected error types, `workdir_flag` the flag of the
-  folder it writes (named in the fix of an OSError)."""
+         deprecated: Optional[Mapping[str, str]] = None, errors: Sequence[type] = (), output_flag: str = '') -> int:
+  """Runs a tool: parse's flags, then `command` on them, with SIGTERM raising Terminated. argv[0] is
+  the program; None reads sys.argv (the tool's script and `python -m`, with absl's INFO logging).
+  Returns the exit status (see the module docstring); `errors` are the tool's own expected error
+  types, `output_flag` the flag of the folder or file it writes (named in the fix of an OSError)."""
   if argv is None:
     argv = sys.argv
     _log_as_app_run()
@@ -208,12 +273,15 @@ def main(argv: Optional[Sequence[str]], define: Define, command: Callable[[flags
   except SystemExit as e:  # --help.
     return e.code
   try:
-    command(fv)
+    with sigterm_raises():
+      command(fv)
   except KeyboardInterrupt:
-    print('stopped: SIGINT', file=sys.stderr)
-    return 130
+    return stopped(signal.SIGINT)
+  except Terminated:
+    return stopped(signal.SIGTERM)
   except Exception as e:  # pylint: disable=broad-except  # A bug is raised again, whole.
-    message = error_message(e, errors, (fv[workdir_flag].value or '') if workdir_flag else '')
+    folder = os.path.expanduser(fv[output_flag].value or '') if output_flag else ''
+    message = error_message(e, errors, output_flag, folder)
     if message is None:
       raise
     return fail(message)

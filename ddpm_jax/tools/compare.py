@@ -206,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command (the ddpm-jax-compare script) on argv (argv[0] the program; None: sys.argv); the exit status.
   compare's ValueErrors (errors.RunError included) are one line."""
   return common.main(argv, define_flags, write_comparison, doc=__doc__, required=('workdirs', 'out'),
-                     errors=(ValueError,))
+                     errors=(ValueError,), output_flag='out')
 
 
 if __name__ == '__main__':

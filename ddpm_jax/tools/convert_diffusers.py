@@ -18,7 +18,8 @@ Skip/AttnSkip blocks), which fill our `ncsnpp` network. This module
 
 --config defaults to the package's configs/cifar10_ddpm.py (google/ddpm-cifar10-32); --config.X.Y=...
 overrides. The workdir is written only after every check passed: exit status 1 with one line
-`error: ...` otherwise (ddpm_jax/tools/common.py).
+`error: ...` otherwise (ddpm_jax/tools/common.py). After a kill, the same command again replaces
+the unfinished save (orbax writes <step>.orbax-checkpoint-tmp and renames it when complete).
 
 Reading .safetensors needs the `safetensors` package (numpy only); a .bin file needs torch.
 """
@@ -436,7 +437,8 @@ def write_workdir(params: dict, config, workdir: str, step: int) -> str:
   """Saves params as both params and EMA params of a TrainState at `step`, as train.py would.
 
   Returns the checkpoint directory. Refuses a workdir that already holds checkpoints, or that
-  another process writes (its lock, ddpm_jax/workdir_lock.py).
+  another process writes (its lock, ddpm_jax/workdir_lock.py); a killed conversion's unfinished save
+  (orbax's <step>.orbax-checkpoint-tmp) is no checkpoint: the same command again replaces it.
   """
   if step <= 0:
     raise ValueError(f'The checkpoint step must be positive, got {step}.')
@@ -444,7 +446,7 @@ def write_workdir(params: dict, config, workdir: str, step: int) -> str:
   with workdir_lock.exclusive(workdir):  # The one writer, as training: a second one is refused.
     configuration.check_workdir_config(config, workdir)
     checkpoint_dir = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
-    if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
+    if checkpoints.finished_steps(checkpoint_dir):  # A killed conversion's unfinished save is orbax's to replace.
       raise WorkdirError(
           f'{checkpoint_dir} already holds checkpoints; convert into a new --workdir.')
     mesh = parallel.make_mesh()
@@ -471,7 +473,7 @@ def convert_into(config, model_dir: str, workdir: str, step: int = 0) -> tuple[i
 def run(config, model_dir: str, workdir: str, step: int = 0) -> tuple[int, int, str]:
   """convert_into, where every expected failure exits with one line `error: ...` (status 1), the
   workdir untouched."""
-  with common.exit_on_error(ERRORS, workdir):
+  with common.exit_on_error(ERRORS, 'workdir', workdir):
     return convert_into(config, model_dir, workdir, step)
 
 
@@ -504,7 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command (the ddpm-jax-convert-diffusers script) on argv (argv[0] the program; None: sys.argv);
   the exit status."""
   return common.main(argv, define_flags, write_converted, doc=__doc__, config=CONFIG,
-                     required=('model_dir', 'workdir'), errors=ERRORS, workdir_flag='workdir')
+                     required=('model_dir', 'workdir'), errors=ERRORS, output_flag='workdir')
 
 
 if __name__ == '__main__':

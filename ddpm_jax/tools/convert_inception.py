@@ -25,7 +25,7 @@ from absl import flags
 import numpy as np
 from flax import traverse_util
 
-from ddpm_jax.errors import ConversionError, InceptionWeightsError
+from ddpm_jax.errors import ConversionError, InceptionWeightsError, WorkdirError
 from ddpm_jax.nets import inception
 from ddpm_jax.tools import common
 from ddpm_jax.tools.convert_diffusers import torch_to_flax
@@ -111,6 +111,9 @@ def convert_file(torch_weights: str, output: str = inception.DEFAULT_WEIGHTS_PAT
 
   sha256_prefix=None skips the check of the download.
   """
+  if os.path.isdir(os.path.expanduser(output)):
+    raise WorkdirError(f'--out={output} is a folder: give the path of the .npz file to write (e.g. '
+                       f'{os.path.join(output, os.path.basename(inception.DEFAULT_WEIGHTS_PATH))}).')
   if sha256_prefix is not None and os.path.isfile(torch_weights):
     check_sha256_prefix(torch_weights, sha256_prefix)
   variables = convert_state_dict(read_torch_state_dict(torch_weights))
@@ -140,7 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """The command (the ddpm-jax-convert-inception script) on argv (argv[0] the program; None: sys.argv);
   the exit status."""
   return common.main(argv, define_flags, write_converted, doc=__doc__, required=('torch_weights',),
-                     deprecated={'output': 'out'}, errors=(ConversionError, InceptionWeightsError))
+                     deprecated={'output': 'out'}, errors=(ConversionError, InceptionWeightsError),
+                     output_flag='out')
 
 
 if __name__ == '__main__':

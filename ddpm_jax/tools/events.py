@@ -10,8 +10,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 from ddpm_jax.errors import RunError
-
-EVENT_FILE_MARKER = 'tfevents'  # TensorBoard event files: events.out.tfevents.<time>.<host>...
+from ddpm_jax.layout import has_event_files
 SKIPPED_DIRS = ('checkpoints',)  # Never holds events; can be large.
 
 
@@ -24,9 +23,9 @@ class Series(NamedTuple):
 def event_dirs(workdir: str) -> list[str]:
   """The directories under workdir (itself included) that hold TensorBoard event files."""
   found = []
-  for root, dirs, files in os.walk(workdir):
+  for root, dirs, _ in os.walk(workdir):
     dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
-    if any(EVENT_FILE_MARKER in f for f in files):
+    if has_event_files(root):
       found.append(root)
   return found
 

