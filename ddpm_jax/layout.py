@@ -1,12 +1,15 @@
 """A workdir's layout (the names of its files and folders) and its records read back: the
-config a run was made with and its run info.
+config a run was made with and its run info; its TensorBoard event files.
 
 Checkpoint folders are named in ddpm_jax/checkpoints.py, which owns them.
 """
 
 import json
 import os
+import socket
+import time
 
+from ddpm_jax import atomic_io
 from ddpm_jax.errors import RunError, WorkdirFileError, one_line
 
 CONFIG_FILE = 'config.json'  # The resolved config of the run (configuration.save_config).
@@ -71,3 +74,26 @@ def config_value(config: dict, dotted: str, default=None):
       return default
     value = value[part]
   return value
+
+
+def discard_later_tensorboard_points(folder: str, first_step: int) -> None:
+  """Makes TensorBoard drop every point logged in `folder` at first_step or later before now, so a
+  rerun shows one point per step (a resumed run: not the killed run's points beside its own; an
+  eval run again: not the earlier eval's).
+
+  TensorBoard reads a folder's event files in name order (events.out.tfevents.<time>...) and purges
+  on a restart: a SessionLog START event after the first one it has read. The marker file holds
+  two, which purge whether or not earlier event files hold a START; it is named a second before
+  now, so it sorts after every earlier run's files and before any this run writes.
+  """
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+  now = time.time()
+  name = f'events.out.tfevents.{int(now) - 1:010d}.{socket.gethostname()}.resume-{first_step}'
+  start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+  events = [event_pb2.Event(wall_time=now, file_version='brain.Event:2')]
+  events += [event_pb2.Event(wall_time=now, step=first_step, session_log=start)] * 2
+  with atomic_io.replacing(os.path.join(folder, name), 'wb') as f:
+    writer = record_writer.RecordWriter(f)
+    for event in events:
+      writer.write(event.SerializeToString())

@@ -7,7 +7,6 @@ background. A resumed run therefore repeats the uninterrupted one exactly.
 """
 
 import os
-import socket
 import time
 
 from absl import logging
@@ -78,28 +77,6 @@ def summarize(interval: list[dict]) -> dict:
   """Each metric's mean over the finite steps of a logging interval ({} when none is finite)."""
   finite = [m for m in interval if is_finite_step(m)]
   return {k: float(np.mean([m[k] for m in finite])) for k in finite[0]} if finite else {}
-
-
-def discard_later_tensorboard_points(workdir: str, first_step: int) -> None:
-  """Makes TensorBoard drop every point logged at first_step or later before now, so a resumed run
-  shows one point per step, not the killed run's points beside its own.
-
-  TensorBoard reads a folder's event files in name order (events.out.tfevents.<time>...) and purges
-  on a restart: a SessionLog START event after the first one it has read. The marker file holds
-  two, which purge whether or not earlier event files hold a START; it is named a second before
-  now, so it sorts after every earlier run's files and before any this run writes.
-  """
-  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
-  now = time.time()
-  name = f'events.out.tfevents.{int(now) - 1:010d}.{socket.gethostname()}.resume-{first_step}'
-  start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-  events = [event_pb2.Event(wall_time=now, file_version='brain.Event:2')]
-  events += [event_pb2.Event(wall_time=now, step=first_step, session_log=start)] * 2
-  with atomic_io.replacing(os.path.join(workdir, name), 'wb') as f:
-    writer = record_writer.RecordWriter(f)
-    for event in events:
-      writer.write(event.SerializeToString())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -178,7 +155,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str,
   # Points a killed run logged after its last checkpoint; from step 0 (with its hparams) when it died
   # before its first checkpoint.
   if jax.process_index() == 0 and layout.has_event_files(workdir):
-    discard_later_tensorboard_points(workdir, start_step + 1 if start_step else 0)
+    layout.discard_later_tensorboard_points(workdir, start_step + 1 if start_step else 0)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({'num_params': num_params, 'num_devices': mesh.size,

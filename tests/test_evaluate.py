@@ -202,3 +202,21 @@ def test_non_finite_metrics_are_written_as_null_and_named(caplog):
   json.dumps(cleaned, allow_nan=False)  # Standard JSON.
   assert ['metrics.ode_bpd is inf', 'metrics.sampler_sweep[0].fid_classifier is nan'] == [
       r.getMessage().split(' (')[0] for r in caplog.records]
+
+
+def test_an_eval_of_the_same_step_again_shows_one_point_per_tag_in_tensorboard(tmp_path):
+  """Eval's scalars are a TensorBoard run of their own in eval/: an eval of step 4 again (after one
+  interrupted, or to add metrics) replaces the earlier points, and training's points stay."""
+  import time  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import plugin_event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  os.makedirs(tmp_path / 'eval')
+  evaluate.write_metrics(str(tmp_path), 4, {'bpd': 3.5, 'fid': 9.0})
+  time.sleep(2.1)  # Event files are named by the second: a later one sorts after.
+  evaluate.write_metrics(str(tmp_path), 4, {'bpd': 3.25})
+  accumulator = plugin_event_accumulator.EventAccumulator(str(tmp_path / 'eval'), tensor_size_guidance={'scalars': 0})
+  accumulator.Reload()  # As TensorBoard's server loads a run.
+  assert [e.step for e in accumulator.Tensors('eval/fid')] == []  # The earlier eval's points went.
+  bpd = accumulator.Tensors('eval/bpd')
+  assert [e.step for e in bpd] == [4] and float(tensor_util.make_ndarray(bpd[0].tensor_proto)) == 3.25
+  assert events.read_scalars(str(tmp_path), ['eval/bpd'])['eval/bpd'].values.tolist() == [3.25]

@@ -250,13 +250,17 @@ def compute_metrics(config: ml_collections.ConfigDict, workdir: str, state, step
 
 def write_metrics(workdir: str, step: int, results: dict) -> dict:
   """Writes results as eval/metrics.json (non-finite numbers as null) and their numbers as TensorBoard
-  scalars at `step`; returns what was written."""
+  scalars at `step` in eval/ (its own TensorBoard run, where an eval of the same step again replaces
+  the earlier points); returns what was written."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(workdir, layout.EVAL_DIR, METRICS_FILE)
   results = finite_metrics(results)
   atomic_io.write_json(path, results)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  events_dir = os.path.join(workdir, layout.EVAL_DIR)  # A TensorBoard run of its own, beside training's.
+  if jax.process_index() == 0 and layout.has_event_files(events_dir):  # An earlier eval's points at this step.
+    layout.discard_later_tensorboard_points(events_dir, step)
+  writer = metric_writers.create_default_writer(events_dir, just_logging=jax.process_index() > 0)
   scalars = {f'eval/{k}': v for k, v in results.items() if isinstance(v, float)}
   for w, row in results.get('guidance', {}).items():
     scalars.update({f'eval/w{w}/{k}': v for k, v in row.items() if isinstance(v, float)})
