@@ -16,13 +16,12 @@ path, which biases the fill towards the unconditional law. RePaint's resampling 
 a noisier level and down again) reduces that bias.
 """
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax.errors import ConfigError, require
+from ddpm_jax.samplers.registry import Constraint
 
 # Masks by name: the part of the image that is missing (filled by the sampler).
 NAMED_MASKS = ('left_half', 'right_half', 'centre_box', 'random_pixels', 'every_other_row')
@@ -123,19 +122,33 @@ def noised(y: jax.Array, alpha: jax.Array, sigma: jax.Array, noise: jax.Array) -
   return alpha * y + sigma * noise
 
 
-Constraint = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+def level_noise(key: jax.Array, level, like: jax.Array) -> jax.Array:
+  """The standard normal draw of the observed image's noise at a sampler's level: one per level, so
+  every constraint of that level sees the same y_t (samplers/registry.Constraint)."""
+  return jax.random.normal(jax.random.fold_in(key, level), like.shape, like.dtype)
 
 
-def replacement_constraint(y: jax.Array, mask: jax.Array, to_basis=None, from_basis=None) -> Constraint:
-  """constrain(x, alpha, sigma, key): x with the masked (kept) part replaced by y's draw at the level
-  (alpha, sigma). With a basis (colorization), the replacement happens in it."""
+def replacement_constraint(y: jax.Array, mask: jax.Array, key: jax.Array, to_basis=None,
+                           from_basis=None) -> Constraint:
+  """constrain(x, alpha, sigma, level): x with the kept part (mask 1) replaced by y's draw at the level
+  (alpha, sigma). With a basis (colorization: to_colour_basis, from_colour_basis), in that basis."""
   to_basis = to_basis or (lambda v: v)
   from_basis = from_basis or (lambda v: v)
   y_basis = to_basis(y)
 
-  def constrain(x, alpha, sigma, key):
-    y_level = noised(y_basis, alpha, sigma, jax.random.normal(key, y.shape, y.dtype))
+  def constrain(x, alpha, sigma, level):
+    y_level = noised(y_basis, alpha, sigma, level_noise(key, level, y_basis))
     return from_basis(replace(to_basis(x), y_level, mask))
+
+  return constrain
+
+
+def projection_constraint(y: jax.Array, factor: int, key: jax.Array) -> Constraint:
+  """constrain(x, alpha, sigma, level): x's low frequencies replaced by those of y's draw at the
+  level (ILVR super-resolution by `factor`: y holds the low-resolution image, repeated to full size)."""
+
+  def constrain(x, alpha, sigma, level):
+    return project_low_pass(x, noised(y, alpha, sigma, level_noise(key, level, y)), factor)
 
   return constrain
 

@@ -66,12 +66,12 @@ def test_replacement_keeps_the_observed_draw_exactly_and_the_rest_of_x():
   x, y = jax.random.normal(jax.random.key(2), (2, 3, 8, 8, 3))
   mask = jnp.asarray(editing.named_mask('left_half', SHAPE))
   key = jax.random.key(5)
-  out = editing.replacement_constraint(y, mask)(x, 0.6, 0.8, key)
-  y_level = 0.6 * y + 0.8 * jax.random.normal(key, y.shape)
+  out = editing.replacement_constraint(y, mask, key)(x, 0.6, 0.8, 3)
+  y_level = 0.6 * y + 0.8 * jax.random.normal(jax.random.fold_in(key, 3), y.shape)
   np.testing.assert_allclose(np.where(mask > 0, out, 0), np.where(mask > 0, y_level, 0), atol=1e-6)
   np.testing.assert_array_equal(np.where(mask > 0, 0, out), np.where(mask > 0, 0, x))
-  grey = editing.replacement_constraint(y, jnp.asarray(editing.grey_mask(SHAPE)), editing.to_colour_basis,
-                                        editing.from_colour_basis)(x, 1.0, 0.0, key)
+  grey = editing.replacement_constraint(y, jnp.asarray(editing.grey_mask(SHAPE)), key, editing.to_colour_basis,
+                                        editing.from_colour_basis)(x, 1.0, 0.0, 7)
   np.testing.assert_allclose(grey.mean(-1), y.mean(-1), atol=1e-5)  # At sigma 0: y's grey value exactly.
 
 
@@ -87,3 +87,96 @@ def test_the_gaussian_conditional_is_the_regression_of_the_free_coordinates_on_t
   full = mean.copy()
   full[observed], full[~observed] = values, m  # The conditional mean maximises the joint density.
   np.testing.assert_allclose((precision @ (full - mean))[~observed], 0, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# The constraint through the samplers that take one, with the exact model of Gaussian data.
+
+class ExactGaussian:
+  """eps of data x0 ~ N(mean, cov) over the flattened pixels of each image, at process time t (the
+  chain's samplers read the same eps as the network's raw output at timestep t)."""
+
+  def __init__(self, process, mean: np.ndarray, cov: np.ndarray):
+    self.process, self.mean, self.cov = process, jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32)
+
+  def eps(self, x, t):
+    alpha, sigma = self.process.marginal(jnp.asarray(t, jnp.float32)[0])
+    flat = x.reshape(x.shape[0], -1)
+    marginal_cov = alpha ** 2 * self.cov + sigma ** 2 * jnp.eye(flat.shape[1])
+    x0 = self.mean + (flat - alpha * self.mean) @ jnp.linalg.solve(marginal_cov, alpha * self.cov)
+    return ((flat - alpha * x0) / sigma).reshape(x.shape)
+
+  output_fn = eps
+
+
+def sampler_run(name: str, process_name: str):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import processes, samplers  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.diffusion.process = process_name
+  config.diffusion.clip_denoised = False
+  # Steps where the sampler's own discretisation error is below the Monte-Carlo error (first-order Euler: more).
+  config.sampling.sampler, config.sampling.num_steps, config.sampling.ddim_steps = name, 200 if name == 'euler' else 25, 200
+  process = processes.from_config(config.diffusion)
+  return process, samplers.sampler_class(name).build(config, process)
+
+
+CONSTRAINABLE = [('ancestral', 'ddpm'), ('ddim', 'ddpm'), ('dpm_solver_pp_2m', 'ddpm'), ('sde_dpm_solver_pp_2m', 'ddpm'),
+                 ('unipc', 'ddpm'), ('euler', 'vpsde'), ('heun', 'vesde'), ('dpm_solver_pp_2m', 'vesde'),
+                 ('sde_dpm_solver_pp_2m', 'vpsde')]
+
+
+def test_exactly_the_level_walking_samplers_take_a_constraint():
+  from ddpm_jax import samplers  # pylint: disable=g-import-not-at-top
+  assert sorted(n for n, cls in samplers.SAMPLERS.items() if cls.constrainable) == sorted({n for n, _ in CONSTRAINABLE})
+
+
+@pytest.mark.parametrize('name, process_name', CONSTRAINABLE)
+def test_inpainting_independent_gaussian_pixels_keeps_the_observed_and_samples_the_rest(name, process_name):
+  """Pixels of N(0.3, 0.5^2) each, the left half missing: the kept half ends as the constraint's draw
+  of y at the last level (y itself where that level is the data), and the filled half has the data's
+  mean and variance (its conditional law, the pixels being independent), within Monte-Carlo error."""
+  process, run = sampler_run(name, process_name)
+  shape, mu, s = (2048, 2, 2, 1), 0.3, 0.5
+  model = ExactGaussian(process, np.full(4, mu), s ** 2 * np.eye(4))
+  mask = jnp.asarray(editing.named_mask('left_half', shape[1:]))
+  y = jnp.broadcast_to(jnp.asarray([[[0.9], [-0.4]], [[-0.7], [0.2]]], jnp.float32), shape)
+  key = jax.random.key(11)
+  x_T = jax.random.normal(jax.random.key(12), shape)
+  seen = []
+
+  def constrain(x, alpha, sigma, level):
+    seen.append(level)
+    return editing.replacement_constraint(y, mask, key)(x, alpha, sigma, level)
+
+  x0, _, _ = run(model, x_T, jax.random.key(13), constrain=constrain)
+  x0 = np.asarray(x0)
+  assert seen  # Called (traced) by the sampler's loop.
+  kept, free = x0[:, :, 1:], x0[:, :, :1]
+  if name in ('ancestral', 'ddim'):  # Their last step reaches the data: y exactly.
+    np.testing.assert_allclose(kept, np.asarray(y)[:, :, 1:], atol=1e-6)
+  else:
+    np.testing.assert_allclose(kept.std(axis=0), 0, atol=0.02)  # y plus the last level's small noise.
+    np.testing.assert_allclose(kept.mean(axis=0), np.asarray(y)[0, :, 1:], atol=0.02)
+  n = free.size
+  assert abs(free.mean() - mu) < 4 * s / np.sqrt(n), free.mean()
+  assert abs(free.var() - s ** 2) < 6 * s ** 2 * np.sqrt(2 / n), free.var()
+
+
+def test_inpainting_correlated_pixels_moves_the_fill_towards_the_conditional_law():
+  """Two pixels correlated 0.9, the second kept: replacement's fill moves from the unconditional mean
+  most of the way to the conditional one (not all of it: editing.py's docstring), and keeps
+  less than the unconditional variance."""
+  process, run = sampler_run('ancestral', 'ddpm')
+  mean, cov = np.array([0.2, -0.1]), 0.25 * np.array([[1.0, 0.9], [0.9, 1.0]])
+  shape = (4096, 1, 2, 1)
+  y = jnp.broadcast_to(jnp.asarray([[[0.0], [0.4]]], jnp.float32), shape)
+  mask = jnp.asarray(editing.named_mask('left_half', shape[1:]))
+  constrain = editing.replacement_constraint(y, mask, jax.random.key(1))
+  x0, _, _ = run(ExactGaussian(process, mean, cov), jax.random.normal(jax.random.key(2), shape), jax.random.key(3),
+                 constrain=constrain)
+  fill = np.asarray(x0)[:, 0, 0, 0]
+  conditional_mean, conditional_cov = editing.gaussian_conditional(mean, cov, np.array([False, True]), [0.4])
+  assert conditional_mean[0] == pytest.approx(0.65)
+  assert mean[0] + 0.6 * (conditional_mean[0] - mean[0]) < fill.mean() < conditional_mean[0], fill.mean()
+  assert conditional_cov[0, 0] < fill.var() < cov[0, 0], fill.var()

@@ -14,7 +14,7 @@ from ddpm_jax import diffusion, viz
 from ddpm_jax.errors import ConfigError
 from ddpm_jax.processes.base import Process
 from ddpm_jax.samplers import frames as frames_lib
-from ddpm_jax.samplers.registry import SAMPLERS, Sampler, register
+from ddpm_jax.samplers.registry import SAMPLERS, Constraint, Sampler, register
 
 
 def check_chain(name: str, config: ml_collections.ConfigDict, process: Process) -> None:
@@ -36,13 +36,16 @@ def ancestral_sample(
     progress_fn: Optional[Callable[[int], None]] = None,
     progress_every: int = 0,
     model_mean_type: str = 'eps',
+    constrain: Optional[Constraint] = None,
 ):
   """Runs the DDPM reverse process from x_T down to x_0 in a single `fori_loop`.
 
   The noise of reverse step t is `normal(fold_in(key, t))`, so a sample depends
   only on (x_T, key). Returns (x_0, frames): frames has one image batch per entry
   of frame_steps (x_k for each k there), or is None when none were asked for.
-  progress_fn(steps_done) is called from the loop every progress_every steps.
+  progress_fn(steps_done) is called from the loop every progress_every steps. With `constrain` (an
+  edit), the x that step t reaches (timestep t - 1's marginal; the data at t = 0) is constrain(x,
+  sqrt(alphas_cumprod_prev[t]), sqrt(1 - alphas_cumprod_prev[t]), t).
   """
   num_timesteps = schedule.num_timesteps
   keep_frame = frames_lib.frame_keeper(frame_steps, num_timesteps)
@@ -55,6 +58,9 @@ def ancestral_sample(
     t_batch = jnp.full((x.shape[0],), t, dtype=jnp.int32)
     x, _ = diffusion.p_sample(schedule, model_fn, x, t_batch, noise, model_var_type, clip_denoised,
                               model_mean_type)
+    if constrain is not None:
+      reached = schedule.alphas_cumprod_prev[t].astype(x.dtype)
+      x = constrain(x, jnp.sqrt(reached), jnp.sqrt(1.0 - reached), t)
     frames_lib.report(progress_fn, progress_every, i + 1)
     return x, keep_frame(frames, x, t)
 
@@ -68,6 +74,7 @@ class Ancestral(Sampler):
   name = 'ancestral'
   keeps_frames = True
   needs_eps = False
+  constrainable = True
 
   @classmethod
   def steps(cls, config, process):
@@ -81,10 +88,10 @@ class Ancestral(Sampler):
   def build(cls, config, process):
     d = config.diffusion
 
-    def run(model, x_T, key, frame_steps=(), progress_fn=None, progress_every=0):
+    def run(model, x_T, key, frame_steps=(), progress_fn=None, progress_every=0, constrain=None):
       x_0, frames = ancestral_sample(process.schedule, model.output_fn, x_T, key, d.model_var_type, d.clip_denoised,
                                      frame_steps, progress_fn=progress_fn, progress_every=progress_every,
-                                     model_mean_type=d.model_mean_type)
+                                     model_mean_type=d.model_mean_type, constrain=constrain)
       return x_0, frames, process.schedule.num_timesteps
 
     return run

@@ -13,7 +13,7 @@ from ddpm_jax import diffusion, viz
 from ddpm_jax.errors import require
 from ddpm_jax.samplers import frames as frames_lib
 from ddpm_jax.samplers.ancestral import check_chain
-from ddpm_jax.samplers.registry import Sampler, register
+from ddpm_jax.samplers.registry import Constraint, Sampler, register
 
 DDIM_SPACINGS = ('uniform', 'quad')
 
@@ -57,6 +57,7 @@ def ddim_sample(
     model_mean_type: str = 'eps',
     model_var_type: str = 'fixedlarge',
     clipped_eps: bool = True,
+    constrain: Optional[Constraint] = None,
 ):
   """Runs DDIM from x_T down to x_0 over ddim_timesteps(T, num_steps, spacing) in one `fori_loop`.
 
@@ -66,7 +67,8 @@ def ddim_sample(
   k = 0: the sample), for each k in frame_steps; frames is None when none were asked for.
   progress_fn(steps_done) is called from the loop every progress_every steps. Any model
   parameterization works; a learned variance is ignored (DDIM sets its own). clipped_eps: see
-  diffusion.ddim_step.
+  diffusion.ddim_step. With `constrain` (an edit), the x a step reaches (timestep t_prev's marginal; the
+  data after the last step) is constrain(x, alpha, sigma, i + 1) of that level, i the step.
   """
   steps = ddim_timesteps(schedule.num_timesteps, num_steps, spacing)
   t_seq = jnp.asarray(steps)
@@ -81,6 +83,9 @@ def ddim_sample(
     batch = lambda v: jnp.full((x.shape[0],), v, dtype=jnp.int32)
     x, _ = diffusion.ddim_step(schedule, model_fn, x, batch(t), batch(t_prev), noise, eta,
                                clip_denoised, model_mean_type, model_var_type, clipped_eps)
+    if constrain is not None:
+      reached = jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0).astype(x.dtype)
+      x = constrain(x, jnp.sqrt(reached), jnp.sqrt(1.0 - reached), i + 1)
     frames_lib.report(progress_fn, progress_every, i + 1)
     return x, keep_frame(frames, x, num_steps - 1 - i)
 
@@ -114,6 +119,7 @@ class DDIM(Sampler):
   steps_field = 'sampling.ddim_steps'
   keeps_frames = True
   needs_eps = False
+  constrainable = True
 
   @classmethod
   def check(cls, config, process, steps=None):
@@ -130,11 +136,11 @@ class DDIM(Sampler):
   def build(cls, config, process):
     s, d = config.sampling, config.diffusion
 
-    def run(model, x_T, key, frame_steps=(), progress_fn=None, progress_every=0):
+    def run(model, x_T, key, frame_steps=(), progress_fn=None, progress_every=0, constrain=None):
       x_0, frames = ddim_sample(process.schedule, model.output_fn, x_T, key, s.ddim_steps, s.ddim_eta, s.ddim_spacing,
                                 d.clip_denoised, frame_steps, progress_fn=progress_fn, progress_every=progress_every,
                                 model_mean_type=d.model_mean_type, model_var_type=d.model_var_type,
-                                clipped_eps=s.ddim_clipped_eps)
+                                clipped_eps=s.ddim_clipped_eps, constrain=constrain)
       return x_0, frames, s.ddim_steps
 
     return run

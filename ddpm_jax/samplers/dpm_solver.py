@@ -10,7 +10,7 @@ import numpy as np
 
 from ddpm_jax.processes.base import EpsFn
 from ddpm_jax.samplers import levels as levels_lib
-from ddpm_jax.samplers.registry import register
+from ddpm_jax.samplers.registry import Constraint, register
 
 
 def _dpm_solver_orders(levels: levels_lib.NoiseLevels, lower_order_final: bool) -> np.ndarray:
@@ -24,25 +24,26 @@ def _dpm_solver_orders(levels: levels_lib.NoiseLevels, lower_order_final: bool) 
 
 
 def dpm_solver_pp_2m(levels: levels_lib.NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, lower_order_final: bool = True,
-                     clip_denoised: bool = False) -> tuple[jax.Array, int]:
+                     clip_denoised: bool = False, constrain: Constraint | None = None) -> tuple[jax.Array, int]:
   """DPM-Solver++ 2M (multistep, second order, data prediction, midpoint): num_steps calls.
 
   As diffusers' DPMSolverMultistepScheduler(algorithm_type='dpmsolver++', solver_order=2): the
   first step is first order (no history yet), and so is the last one when lower_order_final and
   num_steps < levels_lib.LOWER_ORDER_FINAL_MAX_STEPS, or when it ends at sigma = 0. clip_denoised clips the
-  data prediction to [-1, 1] (diffusers' thresholding with sample_max_value 1, off by default).
-  Returns (x_0, nfe).
+  data prediction to [-1, 1] (diffusers' thresholding with sample_max_value 1, off by default);
+  constrain: an edit's (levels_lib.multistep_loop). Returns (x_0, nfe).
   """
   levels = levels_lib.checked(levels)
   n, lam = levels.num_steps, levels_lib.log_snr(levels)
   second = _dpm_solver_orders(levels, lower_order_final)
   zero = np.zeros(n)
   coefs = levels_lib.MultistepCoefs(np.ones(n), zero, zero, zero, zero, *levels_lib.predictor_coefs(levels, lam, second))
-  return levels_lib.multistep_loop(levels, coefs, eps_fn, x_T, clip_denoised), n
+  return levels_lib.multistep_loop(levels, coefs, eps_fn, x_T, clip_denoised, constrain=constrain), n
 
 
 def sde_dpm_solver_pp_2m(levels: levels_lib.NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, key: jax.Array,
-                         lower_order_final: bool = True, clip_denoised: bool = False) -> tuple[jax.Array, int]:
+                         lower_order_final: bool = True, clip_denoised: bool = False,
+                         constrain: Constraint | None = None) -> tuple[jax.Array, int]:
   """SDE-DPM-Solver++ 2M (Lu et al., 2022, section 5): the reverse SDE in num_steps calls.
 
   The exact solution of the reverse SDE's linear part over each step, with the data prediction
@@ -50,7 +51,7 @@ def sde_dpm_solver_pp_2m(levels: levels_lib.NoiseLevels, eps_fn: EpsFn, x_T: jax
   alpha_{i+1} (1 - e^{-2h}) (m_i + (m_i - m_{i-1}) / (2 r)) + sigma_{i+1} sqrt(1 - e^{-2h}) z_i,
   h = lambda_{i+1} - lambda_i, z_i = levels_lib.step_noise(key, i, x). Step orders as dpm_solver_pp_2m's. As
   diffusers' DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', solver_order=2) given
-  variance_noise z_i. Returns (x_0, nfe).
+  variance_noise z_i. constrain: an edit's (levels_lib.multistep_loop). Returns (x_0, nfe).
   """
   levels = levels_lib.checked(levels)
   n, lam = levels.num_steps, levels_lib.log_snr(levels)
@@ -64,7 +65,7 @@ def sde_dpm_solver_pp_2m(levels: levels_lib.NoiseLevels, eps_fn: EpsFn, x_T: jax
   zero = np.zeros(n)
   coefs = levels_lib.MultistepCoefs(np.ones(n), zero, zero, zero, zero, px, pm, pdm)
   noise_scale = s[1:] * np.sqrt(decay)
-  return levels_lib.multistep_loop(levels, coefs, eps_fn, x_T, clip_denoised, noise_scale, key), n
+  return levels_lib.multistep_loop(levels, coefs, eps_fn, x_T, clip_denoised, noise_scale, key, constrain), n
 
 
 @register

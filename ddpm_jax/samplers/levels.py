@@ -17,7 +17,7 @@ import numpy as np
 
 from ddpm_jax.errors import require
 from ddpm_jax.processes.base import EpsFn
-from ddpm_jax.samplers.registry import Sampler
+from ddpm_jax.samplers.registry import Constraint, Sampler
 
 # diffusers' DPMSolverMultistepScheduler takes its last step at first order (lower_order_final)
 # when it runs fewer steps than this.
@@ -101,10 +101,12 @@ def step_noise(key: jax.Array, step: int, like: jax.Array) -> jax.Array:
 
 def multistep_loop(levels: NoiseLevels, coefs: MultistepCoefs, eps_fn: EpsFn, x_T: jax.Array,
                     clip_denoised: bool, noise_scale: np.ndarray | None = None,
-                    key: jax.Array | None = None) -> jax.Array:
+                    key: jax.Array | None = None, constrain: Constraint | None = None) -> jax.Array:
   """One network call per level 0..N-1; the carry holds x_i, the corrected x_{i-1}, m_{i-1}, m_{i-2}.
 
-  With noise_scale (N,), step i adds noise_scale[i] * step_noise(key, i) to x_{i+1}.
+  With noise_scale (N,), step i adds noise_scale[i] * step_noise(key, i) to x_{i+1}. With `constrain`
+  (an edit: editing.py), x at level k is constrain(x, alpha_k, sigma_k, k) after each step reaches it,
+  and again after the corrector changes it.
   """
   dtype = x_T.dtype
   alpha, sigma = jnp.asarray(levels.alpha, dtype), jnp.asarray(levels.sigma, dtype)
@@ -117,9 +119,13 @@ def multistep_loop(levels: NoiseLevels, coefs: MultistepCoefs, eps_fn: EpsFn, x_
     eps = eps_fn(x, time_batch(model_time[i], x))
     m = data_prediction(x, eps, alpha[i], sigma[i], clip_denoised)
     x = c.keep[i] * x + c.x[i] * x_last + c.m1[i] * m1 + c.dm[i] * (m - m1) + c.dm2[i] * (m1 - m2)
+    if constrain is not None:  # The corrector (UniC) rebuilt x_i: constrained again, with the same draw.
+      x = constrain(x, alpha[i], sigma[i], i)
     x_next = c.px[i] * x + c.pm[i] * m + c.pdm[i] * (m - m1)
     if scale is not None:
       x_next = x_next + scale[i] * step_noise(key, i, x)
+    if constrain is not None:
+      x_next = constrain(x_next, alpha[i + 1], sigma[i + 1], i + 1)
     return x_next.astype(dtype), x, m, m1
 
   zeros = jnp.zeros_like(x_T)
@@ -179,19 +185,21 @@ class LevelSolver(Sampler):
       require(steps <= limit, f'{field}={steps} must be between 1 and config.diffusion.num_timesteps={limit}: '
               f'set the steps in that range.')
 
+  constrainable = True
+
   @classmethod
   def solve(cls, levels: NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, key: jax.Array,
-            clip_denoised: bool) -> tuple[jax.Array, int]:
+            clip_denoised: bool, constrain: Constraint | None = None) -> tuple[jax.Array, int]:
     keys = (key,) if cls.stochastic else ()
-    return cls.solver(levels, eps_fn, x_T, *keys, clip_denoised=clip_denoised)
+    return cls.solver(levels, eps_fn, x_T, *keys, clip_denoised=clip_denoised, constrain=constrain)
 
   @classmethod
   def build(cls, config, process):
     levels = checked(NoiseLevels(*process.solver_levels(config.sampling.num_steps, config.sampling.spacing, cls.grid)))
     clip = config.diffusion.clip_denoised
 
-    def run(model, x_T, key, frame_steps=(), progress_fn=None, progress_every=0):
-      x_0, nfe = cls.solve(levels, model.eps, x_T * process.prior_std, key, clip)
+    def run(model, x_T, key, frame_steps=(), progress_fn=None, progress_every=0, constrain=None):
+      x_0, nfe = cls.solve(levels, model.eps, x_T * process.prior_std, key, clip, constrain)
       return x_0, None, nfe
 
     return run

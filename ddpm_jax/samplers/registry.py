@@ -17,6 +17,10 @@ from ddpm_jax.processes.base import Process
 # run(model (denoiser.Model), x_T, key, frame_steps, progress_fn, progress_every) -> (x_0, frames or None, network
 # calls per image); an adaptive sampler whose solve stopped at its step bound returns those calls negated.
 SampleFn = Callable[..., tuple[jax.Array, Optional[jax.Array], jax.Array]]
+# constrain(x, alpha, sigma, level) -> x at the noise level (alpha, sigma) tied to an observed image: an
+# edit's replacement or projection (ddpm_jax/editing.py), passed to a constrainable sampler's run. `level`
+# indexes the sampler's levels, so a level's draw of the observed image is the same wherever it is used.
+Constraint = Callable[[jax.Array, jax.Array, jax.Array, int], jax.Array]
 SAMPLERS = Registry('sampler')
 register = SAMPLERS.register
 sampler_class = SAMPLERS.lookup
@@ -36,6 +40,8 @@ class Sampler:
   adaptive: ClassVar[bool] = False
   # Works from eps alone (any process); False for samplers of the discrete chain's raw output.
   needs_eps: ClassVar[bool] = True
+  # Its run takes `constrain` (a Constraint), applied at every level it steps to: edits need it.
+  constrainable: ClassVar[bool] = False
 
   @classmethod
   def steps(cls, config: ml_collections.ConfigDict, process: Process) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ddpm_jax.processes.base import EpsFn
 from ddpm_jax.samplers import levels as levels_lib
-from ddpm_jax.samplers.registry import register
+from ddpm_jax.samplers.registry import Constraint, register
 
 
 def _unic_coefs(levels: levels_lib.NoiseLevels, lam: np.ndarray, order: np.ndarray):
@@ -41,13 +41,13 @@ def _unic_coefs(levels: levels_lib.NoiseLevels, lam: np.ndarray, order: np.ndarr
 
 
 def unipc(levels: levels_lib.NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, lower_order_final: bool = True,
-          clip_denoised: bool = False) -> tuple[jax.Array, int]:
+          clip_denoised: bool = False, constrain: Constraint | None = None) -> tuple[jax.Array, int]:
   """UniPC (bh2, order 2, data prediction): num_steps calls, as diffusers' UniPCMultistepScheduler.
 
   Each step predicts with UniP (order 1 at the first step, and at the last one when
   lower_order_final or when it ends at sigma = 0), then, from the next network call's output,
   corrects that prediction with UniC of the same order before the next step: the corrector
-  costs no call. clip_denoised: see dpm_solver_pp_2m. Returns (x_0, nfe).
+  costs no call. clip_denoised, constrain: see dpm_solver_pp_2m. Returns (x_0, nfe).
   """
   levels = levels_lib.checked(levels)
   n, lam = levels.num_steps, levels_lib.log_snr(levels)
@@ -57,7 +57,7 @@ def unipc(levels: levels_lib.NoiseLevels, eps_fn: EpsFn, x_T: jax.Array, lower_o
   predictor_order = np.where(second, 2, 1)
   corrector_order = np.append(1, predictor_order[:-1])
   coefs = levels_lib.MultistepCoefs(*_unic_coefs(levels, lam, corrector_order), *levels_lib.predictor_coefs(levels, lam, second))
-  return levels_lib.multistep_loop(levels, coefs, eps_fn, x_T, clip_denoised), n
+  return levels_lib.multistep_loop(levels, coefs, eps_fn, x_T, clip_denoised, constrain=constrain), n
 
 
 @register
