@@ -180,3 +180,21 @@ def test_inpainting_correlated_pixels_moves_the_fill_towards_the_conditional_law
   assert conditional_mean[0] == pytest.approx(0.65)
   assert mean[0] + 0.6 * (conditional_mean[0] - mean[0]) < fill.mean() < conditional_mean[0], fill.mean()
   assert conditional_cov[0, 0] < fill.var() < cov[0, 0], fill.var()
+
+
+def test_colorization_and_super_resolution_end_on_the_observed_grey_and_low_frequencies():
+  """Through the ancestral sampler, whose last step reaches the data: colorization's samples have
+  exactly y's grey values, ILVR's (factor 2) exactly y's 2x2 block means; the rest varies by sample."""
+  process, run = sampler_run('ancestral', 'ddpm')
+  shape = (64, 4, 4, 3)
+  model = ExactGaussian(process, np.zeros(48), 0.25 * np.eye(48))
+  y = jnp.broadcast_to(jax.random.uniform(jax.random.key(4), shape[1:], minval=-1, maxval=1), shape)
+  x_T = jax.random.normal(jax.random.key(5), shape)
+  colour = editing.replacement_constraint(y, jnp.asarray(editing.grey_mask(shape[1:])), jax.random.key(6),
+                                          editing.to_colour_basis, editing.from_colour_basis)
+  coloured = np.asarray(run(model, x_T, jax.random.key(7), constrain=colour)[0])
+  np.testing.assert_allclose(coloured.mean(-1), np.asarray(y).mean(-1), atol=1e-5)
+  assert coloured.std(axis=0).mean() > 0.1  # The colours are free.
+  sharp = np.asarray(run(model, x_T, jax.random.key(7), constrain=editing.projection_constraint(y, 2, jax.random.key(8)))[0])
+  np.testing.assert_allclose(editing.low_pass(jnp.asarray(sharp), 2), editing.low_pass(y, 2), atol=1e-5)
+  assert sharp.std(axis=0).mean() > 0.1  # The details within each block are free.
