@@ -18,7 +18,8 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/
 flags.DEFINE_string('workdir', None, 'Directory holding the run: config, checkpoints, events, samples.')
 flags.DEFINE_enum('mode', 'train', cli.MODES,
                   'train: train (or resume); sample: write samples; eval: metrics of the latest checkpoint; '
-                  'figures: reverse- and forward-process pictures of the latest checkpoint.')
+                  'figures: reverse- and forward-process pictures of the latest checkpoint; edit: inpaint, colorize '
+                  'or super-resolve images with the latest checkpoint (config.edit).')
 flags.DEFINE_bool('force_workdir_config', False,
                   'Use a --workdir whose config.json defines a different model or diffusion: allowed when its '
                   'checkpoints fit the new model (same arrays and shapes); training then rewrites config.json.')

@@ -447,6 +447,29 @@ def get_config() -> ml_collections.ConfigDict:
   # Range: [2, inf) integer.
   figures.num_frames = 11
 
+  config.edit = edit = ml_collections.ConfigDict()
+  # --mode=edit (ddpm_jax/edit.py): the newest checkpoint fills in what an observed image leaves open,
+  # with config.sampling's sampler (one of those that take a constraint: ancestral, ddim and the level
+  # solvers). inpaint: the pixels edit.mask marks 0 (score_sde's replacement); colorize: the colours of
+  # a greyscale view (3 channels); super_resolution: the details of a view averaged over
+  # edit.scale_factor x edit.scale_factor blocks (ILVR).
+  edit.operation = 'inpaint'
+  # The images to edit: '' = the first edit.num_images of the config's dataset split edit.split; else
+  # an .npz (uint8 'images', NHWC) or a folder of image files.
+  edit.images = ''
+  edit.split = 'test'
+  # Range: [1, inf) integer.
+  edit.num_images = 16
+  # inpaint: a mask by name (left_half, right_half, centre_box, random_pixels, every_other_row: the
+  # part missing), or an .npz ('mask') or .png file of shape (H, W[, C]): 1 (white) kept, 0 filled.
+  edit.mask = 'left_half'
+  # random_pixels: the share of pixels kept.
+  # Range: (0, 1); changed only with mask=random_pixels.
+  edit.keep_fraction = 0.5
+  # super_resolution: the side of the averaged blocks, dividing the image side.
+  # Range: [2, 4] integer, 2 or 4; changed only with operation=super_resolution.
+  edit.scale_factor = 2
+
   config.eval = evaluation = ml_collections.ConfigDict()
   # --mode=eval: the data split the likelihood is measured on.
   evaluation.split = 'test'

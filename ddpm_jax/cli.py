@@ -24,7 +24,7 @@ from ddpm_jax.errors import (ConfigError, Preempted, Terminated, UserError, disk
                              one_line, os_error_line)
 
 FLAGS = flags.FLAGS
-MODES = ('train', 'sample', 'eval', 'figures')
+MODES = ('train', 'sample', 'eval', 'figures', 'edit')
 
 
 def _config_arg(argv: list[str]) -> str:
@@ -201,6 +201,9 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str, force_w
     if mode == 'figures':
       from ddpm_jax import figures  # pylint: disable=g-import-not-at-top
       figures.reverse_process(config, workdir)
+    elif mode == 'edit':
+      from ddpm_jax import edit  # pylint: disable=g-import-not-at-top
+      edit.edit(config, workdir, force_workdir_config=force_workdir_config)
     elif mode == 'eval':
       from ddpm_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
       evaluate.evaluate(config, workdir, force_workdir_config=force_workdir_config)

@@ -6,7 +6,7 @@ import os
 import ml_collections
 
 from configs import default as default_config  # The one statement of every default.
-from ddpm_jax import atomic_io, data, diffusion, nets, ode, processes, samplers, streaming, train_state
+from ddpm_jax import atomic_io, data, diffusion, editing, nets, ode, processes, samplers, streaming, train_state
 from ddpm_jax.errors import ConfigError, DataError, WorkdirError, in_range, require
 from ddpm_jax.nets import precision
 from ddpm_jax.layout import CONFIG_FILE, read_config_file
@@ -48,7 +48,8 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
                    'training.num_preview_samples', 'training.importance_history', 'training.n_jitted_steps',
                    'training.grad_accum_steps',
                    'training.stop_check_every_steps', 'sampling.ddim_steps', 'sampling.num_samples',
-                   'sampling.batch_size', 'figures.num_images', 'eval.bpd_batch_size', 'eval.sample_batch_size',
+                   'sampling.batch_size', 'figures.num_images', 'edit.num_images', 'eval.bpd_batch_size',
+                   'eval.sample_batch_size',
                    'eval.feature_batch_size', 'eval.kid_subsets', 'eval.is_splits')
   for field in positive_ints:
     in_range(_get(config, field), field, 1, integer=True)
@@ -165,6 +166,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _one_of(name, FEATURE_NETS, 'feature network in config.eval.feature_nets')
   _check_throughput(config)
   _check_conditioning(config)
+  _check_edit(config)
   _check_knobs_apply(config)
 
 
@@ -255,6 +257,9 @@ _CONDITIONAL = (lambda c: c.model.num_classes > 0,
 _STREAMING = (lambda c: c.data.pipeline == 'streaming', 'config.data.pipeline=streaming')
 _ODE_LIKELIHOOD = (lambda c: c.eval.ode_bpd_num_examples > 0, 'config.eval.ode_bpd_num_examples > 0')
 CROSS_CUTTING_KNOBS = {
+    'edit.keep_fraction': (lambda c: c.edit.operation == 'inpaint' and c.edit.mask == 'random_pixels',
+                           'config.edit.operation=inpaint with config.edit.mask=random_pixels'),
+    'edit.scale_factor': (lambda c: c.edit.operation == 'super_resolution', 'config.edit.operation=super_resolution'),
     'sampling.guidance_scale': _CONDITIONAL,
     'sampling.eval_guidance_scales': _CONDITIONAL,
     'training.cond_drop_prob': _CONDITIONAL,
@@ -267,6 +272,23 @@ CROSS_CUTTING_KNOBS = {
     'data.worker_threads': _STREAMING,
     'data.prefetch_batches': _STREAMING,
 }
+
+
+def _check_edit(config: ml_collections.ConfigDict) -> None:
+  """--mode=edit's settings (config.edit): the operation, its mask or block size, the images' channels."""
+  e = config.edit
+  _one_of(e.operation, editing.OPERATIONS, 'config.edit.operation')
+  in_range(e.keep_fraction, 'edit.keep_fraction', 0, 1, low_open=True, high_open=True)
+  in_range(e.scale_factor, 'edit.scale_factor', min(editing.SCALE_FACTORS), max(editing.SCALE_FACTORS), integer=True)
+  require(e.scale_factor in editing.SCALE_FACTORS and config.data.image_size % e.scale_factor == 0,
+          f'config.edit.scale_factor={e.scale_factor} must be 2 or 4 and divide config.data.image_size='
+          f'{config.data.image_size}: choose one that does.')
+  require(e.mask in editing.NAMED_MASKS or str(e.mask).lower().endswith(editing.MASK_FILE_TYPES),
+          f'Unknown config.edit.mask {e.mask!r}; valid: {", ".join(editing.NAMED_MASKS)}, or the path of an '
+          f'.npz or .png file.')
+  require(e.operation != 'colorize' or config.data.num_channels == 3,
+          f'config.edit.operation=colorize fills in colours, but config.data.num_channels='
+          f'{config.data.num_channels}: it needs RGB images (3 channels).')
 
 
 def _samplers_used(config) -> set[str]:

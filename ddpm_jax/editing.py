@@ -16,12 +16,21 @@ path, which biases the fill towards the unconditional law. RePaint's resampling 
 a noisier level and down again) reduces that bias.
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax.errors import ConfigError, require
 from ddpm_jax.samplers.registry import Constraint
+
+# What --mode=edit does (config.edit.operation).
+OPERATIONS = ('inpaint', 'colorize', 'super_resolution')
+SCALE_FACTORS = (2, 4)  # super_resolution's block sides (config.edit.scale_factor).
+MASK_FILE_TYPES = ('.npz', '.png')  # Masks given as files (config.edit.mask).
+# The level index of the data itself, after a sampler's last level (sigma 0: its draw is y exactly).
+DATA_LEVEL = 2 ** 31 - 1
 
 # Masks by name: the part of the image that is missing (filled by the sampler).
 NAMED_MASKS = ('left_half', 'right_half', 'centre_box', 'random_pixels', 'every_other_row')
@@ -65,10 +74,11 @@ def check_mask(mask: np.ndarray, image_shape: tuple[int, int, int], what: str) -
   """The mask as float32 (H, W, C): a (H, W) or (H, W, 1) one is spread over the channels. Raises
   ConfigError when it does not fit the images, is not 0/1, or leaves nothing to fill."""
   mask = np.asarray(mask)
+  given = mask.shape
   if mask.ndim == 2:
     mask = mask[:, :, None]
   if mask.ndim != 3 or mask.shape[:2] != tuple(image_shape[:2]) or mask.shape[2] not in (1, image_shape[2]):
-    raise ConfigError(f'The mask {what} has shape {mask.shape}; the images are {tuple(image_shape)}: give a mask '
+    raise ConfigError(f'The mask {what} has shape {given}; the images are {tuple(image_shape)}: give a mask '
                       f'of shape (H, W) or (H, W, C) with H, W = {image_shape[0]}, {image_shape[1]}.')
   values = np.unique(mask)
   if not np.all(np.isin(values, (0, 1))):
@@ -151,6 +161,29 @@ def projection_constraint(y: jax.Array, factor: int, key: jax.Array) -> Constrai
     return project_low_pass(x, noised(y, alpha, sigma, level_noise(key, level, y)), factor)
 
   return constrain
+
+
+def constraint_builder(operation: str, scale_factor: int) -> Callable[[jax.Array, jax.Array, jax.Array], Constraint]:
+  """build(observed, mask, key) -> the Constraint of an edit (config.edit.operation): inpaint replaces
+  the kept pixels, colorize the grey coordinate (mask: grey_mask), super_resolution projects the
+  scale_factor x scale_factor block means (mask unused)."""
+  if operation == 'inpaint':
+    return replacement_constraint
+  if operation == 'colorize':
+    return lambda observed, mask, key: replacement_constraint(observed, mask, key, to_colour_basis, from_colour_basis)
+  if operation == 'super_resolution':
+    return lambda observed, mask, key: projection_constraint(observed, scale_factor, key)
+  raise ConfigError(f'Unknown config.edit.operation {operation!r}; valid: {", ".join(OPERATIONS)}.')
+
+
+def observed_view(images: jax.Array, mask: jax.Array, operation: str, scale_factor: int) -> jax.Array:
+  """What an edit sees of images in [-1, 1]: the kept pixels (the rest grey, 0), the greyscale image,
+  or the block means."""
+  if operation == 'inpaint':
+    return images * mask
+  if operation == 'colorize':
+    return jnp.broadcast_to(images.mean(axis=-1, keepdims=True), images.shape)
+  return low_pass(images, scale_factor)
 
 
 def gaussian_conditional(mean: np.ndarray, cov: np.ndarray, observed: np.ndarray,

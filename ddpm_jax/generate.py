@@ -18,7 +18,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ddpm_jax import atomic_io, checkpoints, configuration, data, denoiser, diffusion, parallel, samplers, viz, layout
+from ddpm_jax import atomic_io, checkpoints, configuration, data, denoiser, diffusion, editing, parallel, samplers, viz, layout
+from ddpm_jax.errors import require
 from ddpm_jax.processes import Process
 from ddpm_jax import progress as progress_lib  # make_sampler's argument `progress` is a flag.
 from ddpm_jax.train_state import components, root_keys
@@ -48,8 +49,16 @@ def sampler_steps(config: ml_collections.ConfigDict, process: Process) -> int:
   return samplers.sampler_class(config.sampling.sampler).steps(config, process)
 
 
+def check_constrainable(config: ml_collections.ConfigDict) -> None:
+  """ConfigError unless config.sampling's sampler takes an edit's constraint (Sampler.constrainable)."""
+  able = [name for name, cls in samplers.SAMPLERS.items() if cls.constrainable]
+  require(samplers.sampler_class(config.sampling.sampler).constrainable,
+          f'config.sampling.sampler={config.sampling.sampler} does not take an edit\'s constraint (--mode=edit): use '
+          f'one that does: {", ".join(able)}.')
+
+
 def make_sampler(model, process: Process, config: ml_collections.ConfigDict, frame_steps=(), progress: bool = False,
-                 guidance_scale: float | None = None) -> Callable:
+                 guidance_scale: float | None = None, constraint: Callable | None = None) -> Callable:
   """sample(params, batch_stats, x_T, key, labels=None) -> (x_0, frames, nfe): the whole reverse
   process compiled, with the sampler named by config.sampling.sampler (samplers/); x_T is standard
   normal (the sampler scales it to the prior), nfe the network calls per image (an array: the ODE's
@@ -61,9 +70,15 @@ def make_sampler(model, process: Process, config: ml_collections.ConfigDict, fra
   generate() they move its bar on within the batch; elsewhere each report is a log line. Only
   samplers that keep frames return them (else None). An adaptive sampler's run that stopped at its step
   bound raises its error (Sampler.unfinished) here, on the host, when it returns.
+
+  constraint(observed, mask, key) -> a samplers.Constraint (an edit: editing.constraint_builder): then
+  sample(..., observed, mask) ties every level the sampler reaches to the observed images (a
+  constrainable sampler only), and the sample ends on them exactly where they are kept.
   """
   s = config.sampling
   sampler = samplers.sampler_class(s.sampler)
+  if constraint is not None:
+    check_constrainable(config)
   num_classes = config.model.num_classes
   guidance = s.guidance_scale if guidance_scale is None else guidance_scale
   every = s.progress_every if progress and sampler.keeps_frames else 0
@@ -76,9 +91,15 @@ def make_sampler(model, process: Process, config: ml_collections.ConfigDict, fra
     if not progress_lib.report_within(int(steps_done) / num_steps):
       logging.info('  reverse step %d/%d', int(steps_done), num_steps)
 
-  def sample(params, batch_stats, x_T, key, labels=None):
+  def sample(params, batch_stats, x_T, key, labels=None, observed=None, mask=None):
     bound = bound_model(model, params, batch_stats, config, process, labels, guidance)
-    x_0, frames, nfe = run(bound, x_T, key, frame_steps, report if every else None, every)
+    if constraint is None:
+      x_0, frames, nfe = run(bound, x_T, key, frame_steps, report if every else None, every)
+    else:
+      key, edit_key = jax.random.split(key)
+      constrain = constraint(observed, mask, edit_key)
+      x_0, frames, nfe = run(bound, x_T, key, frame_steps, report if every else None, every, constrain=constrain)
+      x_0 = constrain(x_0, 1.0, 0.0, editing.DATA_LEVEL)  # The data's level: the kept part exactly.
     return x_0, frames, jnp.asarray(nfe, jnp.int32) * calls_per_eval
 
   compiled = jax.jit(sample)
@@ -129,6 +150,12 @@ def generate(sample_fn: Callable, params, batch_stats, num_samples: int, batch_s
 def save_samples(images: np.ndarray, path_stem: str, num_columns: int = 0) -> None:
   """images as path_stem.npz (uint8 'images') and a PNG grid path_stem.png (num_columns 0: square);
   written by host 0 only."""
+  save_npz_and_png(path_stem, {'images': images}, viz.image_grid(images, num_columns))
+
+
+def save_npz_and_png(path_stem: str, arrays: dict[str, np.ndarray], picture: np.ndarray) -> None:
+  """arrays as path_stem.npz and picture as path_stem.png, both or neither (a full disk, a signal:
+  the folders as they were); written by host 0 only."""
   if jax.process_index() > 0:
     return
   directory = os.path.dirname(os.path.abspath(path_stem))
@@ -136,8 +163,8 @@ def save_samples(images: np.ndarray, path_stem: str, num_columns: int = 0) -> No
   touched = os.path.dirname(directory) if made else directory  # The folder whose entries change.
   times = os.stat(touched) if os.path.isdir(touched) else None
   try:
-    atomic_io.savez(path_stem + '.npz', images=images)
-    viz.save_png(viz.image_grid(images, num_columns), path_stem + '.png')
+    atomic_io.savez(path_stem + '.npz', **arrays)
+    viz.save_png(picture, path_stem + '.png')
   except BaseException:  # Both files or neither (a full disk, a signal): the folders as they were.
     with contextlib.suppress(OSError):
       if os.path.exists(path_stem + '.npz'):

@@ -459,6 +459,29 @@ CASES = [
     bad('converter', 'config.json of another network', 'new', [], 'config.json does not match the config', converter='other_net'),
     bad('converter', 'no weights', 'new', [], 'No weights in', converter='no_weights'),
     bad('converter', 'into a run of another model', 'run', [], 'different model', converter='good'),
+    # --mode=edit (issue 30): its settings, images and masks, refused before the checkpoint is read.
+    *[bad('edit', name, 'run', ['--mode=edit', *args], m) for name, args, m in [
+        ('unknown operation', ['--config.edit.operation=deblur'], "Unknown config.edit.operation 'deblur'; valid: inpaint"),
+        ('unknown mask', ['--config.edit.mask=top_half'], "Unknown config.edit.mask 'top_half'; valid: left_half"),
+        ('keep fraction 1', ['--config.edit.mask=random_pixels', '--config.edit.keep_fraction=1.0'],
+         'config.edit.keep_fraction=1.0 is out of range: it must be in (0, 1)'),
+        ('keep fraction without random pixels', ['--config.edit.keep_fraction=0.2'],
+         'config.edit.keep_fraction=0.2 has no effect here: it needs config.edit.operation=inpaint with config.edit.mask=random_pixels'),
+        ('scale factor 3', ['--config.edit.operation=super_resolution', '--config.edit.scale_factor=3'],
+         'config.edit.scale_factor=3 must be 2 or 4 and divide config.data.image_size=8'),
+        ('colours of grey images', ['--config.edit.operation=colorize'], 'it needs RGB images (3 channels)'),
+        ('a sampler without constraints', ['--config.sampling.sampler=pc'],
+         "config.sampling.sampler=pc does not take an edit's constraint (--mode=edit): use one that does: ancestral"),
+        ('mask of another shape', ['--config.edit.mask={root}/edit/mask_7x8.npz'], 'has shape (7, 8); the images are (8, 8, 1)'),
+        ('mask with nothing to fill', ['--config.edit.mask={root}/edit/mask_ones.npz'], 'keeps every pixel, so there is nothing to fill'),
+        ('mask of grey values', ['--config.edit.mask={root}/edit/mask_half.npz'], 'holds values other than 0 and 1'),
+        ('no such mask file', ['--config.edit.mask={root}/edit/none.png'], 'config.edit.mask={root}/edit/none.png does not exist'),
+        ('images of another size', ['--config.edit.images={root}/edit/images_12.npz'],
+         'holds uint8 images of shape (3, 12, 12, 1); the config\'s are uint8 (N, 8, 8, 1)'),
+        ('images in floats', ['--config.edit.images={root}/edit/images_float.npz'], 'holds float32 images of shape (3, 8, 8, 1)'),
+        ('no such images', ['--config.edit.images={root}/edit/none.npz'], 'config.edit.images={root}/edit/none.npz does not exist'),
+        ('a folder without images', ['--config.edit.images={root}/edit'], 'holds no image files'),
+    ]],
     # Settings that change the train state a run's checkpoints hold, on resume (issue 28 §4): the intact
     # checkpoints are named as such, with the setting, the run's value and the fix.
     *[bad('changed setting', name, 'run', args, m) for name, args, m in [
@@ -600,6 +623,11 @@ def env(tmp_path_factory):
   test_streaming.write_record_sets(root, images, labels)  # {root}/records and damaged copies (issue 28 §2).
   paths['kill_a_worker'] = test_streaming.kill_a_worker
   os.makedirs(paths['empty'])
+  os.makedirs(os.path.join(root, 'edit'))  # --mode=edit's inputs that cannot be used.
+  for name, array in (('mask_7x8', np.ones((7, 8))), ('mask_ones', np.ones((8, 8))), ('mask_half', np.full((8, 8), 0.5))):
+    np.savez(os.path.join(root, 'edit', f'{name}.npz'), mask=array)
+  np.savez(os.path.join(root, 'edit', 'images_12.npz'), images=np.zeros((3, 12, 12, 1), np.uint8))
+  np.savez(os.path.join(root, 'edit', 'images_float.npz'), images=np.zeros((3, 8, 8, 1), np.float32))
   for kind, value in (('None', 'None'), ('dict', "{'optim': {'lr': 1e-3}}"), ('str', "'quickstart'")):
     with open(os.path.join(root, f'config_{kind}.py'), 'w') as f:  # get_config() returns no ConfigDict.
       f.write(f'def get_config():\n  return {value}\n')

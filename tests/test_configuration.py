@@ -457,6 +457,7 @@ def test_the_default_config_reads_its_process_and_sampler_knobs_only():
 # table covers configuration.owned_knobs(): a new knob needs a row).
 CHANGED = {
     'data.num_workers': 3, 'data.prefetch_batches': 3, 'data.worker_threads': 3,
+    'edit.keep_fraction': 0.25, 'edit.scale_factor': 4,
     'diffusion.beta_end': 0.03, 'diffusion.beta_max': 15.0, 'diffusion.beta_min': 0.2, 'diffusion.beta_start': 2e-4,
     'diffusion.hybrid_lambda': 0.01, 'diffusion.likelihood_weighting': True, 'diffusion.mmd_bandwidths': (1.0,),
     'diffusion.mmd_simple_weight': 0.0, 'diffusion.mmd_weight': 2.0, 'diffusion.num_scales': 500,
@@ -484,6 +485,8 @@ ENABLED_BY = {
     'training.init_ema': {'training.init_from': '/runs/pretrained'},
     'training.fid_num_samples': {'training.fid_every_steps': 1000},
     'eval.hutchinson': {'eval.ode_bpd_num_examples': 8},
+    'edit.keep_fraction': {'edit.mask': 'random_pixels'},
+    'edit.scale_factor': {'edit.operation': 'super_resolution'},
     **{f'data.{k}': {'data.pipeline': 'streaming'} for k in ('num_workers', 'worker_threads', 'prefetch_batches')},
 }
 
