@@ -21,9 +21,20 @@ from typing import IO, Iterator
 import numpy as np
 
 
+# The suffix of a temporary (PATH.tmp-PID, and PATH.tmp-PID.old: an earlier folder renamed aside).
+TEMPORARY_SUFFIX = r'\.tmp-(\d+)(?:\.old)?'
+_TEMPORARY_IN_PATH = re.compile(TEMPORARY_SUFFIX + r'(?=/|$)')
+
+
 def temporary_path(path: str) -> str:
   """The name this process writes `path` under until it is complete."""
   return f'{path}.tmp-{os.getpid()}'
+
+
+def meant_path(path: str) -> str:
+  """`path` as the user knows it: without the suffix of a temporary anywhere in it (an error while
+  writing names the temporary file, or a file inside a temporary folder)."""
+  return _TEMPORARY_IN_PATH.sub('', path)
 
 
 def process_alive(pid: int) -> bool:
@@ -68,7 +79,7 @@ def remove_stale(path: str) -> list[str]:
   """Removes the temporaries of `path` (PATH.tmp-PID, files or folders, and PATH.tmp-PID.old) that killed writers left: of
   a process gone from this machine, unlocked. Returns what it removed. Never fails: what cannot be removed stays."""
   directory, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
-  pattern = re.compile(re.escape(name) + r'\.tmp-(\d+)(?:\.old)?')
+  pattern = re.compile(re.escape(name) + TEMPORARY_SUFFIX)
   try:
     entries = os.listdir(directory)
   except OSError:

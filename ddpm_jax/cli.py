@@ -52,7 +52,10 @@ def unknown_field_message(argv: list[str], missing: str) -> str:
 
 
 def load_error(error: Exception) -> str:
-  """Why a config file did not load, in one line: the OS error of a missing file, else the error."""
+  """Why a config file did not load, in one line: what its get_config() returned when that was no
+  ConfigDict, the OS error of a missing file, else the error."""
+  if returned_type(error):
+    return not_a_config_dict(returned_type(error))
   message = one_line(error)
   return message[message.find('[Errno'):] if '[Errno' in message else f'{type(error).__name__}: {message}'
 
@@ -85,9 +88,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       sys.exit(f'{cannot_load}: {not_a_config_dict("None")}')  # config_flags: get_config() returned None.
     sys.exit(f'error: {one_line(e)}')
   except (AttributeError, KeyError) as e:  # Mostly an override of a field the config does not have.
-    if returned_type(e):
-      sys.exit(f'{cannot_load}: {not_a_config_dict(returned_type(e))}')
-    message = unknown_field_message(argv, str(e).strip('"\''))
+    message = '' if returned_type(e) else unknown_field_message(argv, str(e).strip('"\''))
     sys.exit(f'error: {message}' if message else f'{cannot_load}: {load_error(e)}')
   except Exception as e:  # pylint: disable=broad-except  # The config file is user code.
     sys.exit(f'{cannot_load}: {load_error(e)}')
@@ -96,7 +97,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
       config.lock()  # A file that failed to load (config_flags defers its error): any use raises it.
     except Exception as e:  # pylint: disable=broad-except
-      sys.exit(f'{cannot_load}: {not_a_config_dict(returned_type(e)) if returned_type(e) else load_error(e)}')
+      sys.exit(f'{cannot_load}: {load_error(e)}')
     sys.exit(f'{cannot_load}: {not_a_config_dict(type(config).__name__)}')
   if len(rest) > 1:
     sys.exit(f'error: unexpected arguments {" ".join(rest[1:])!r}; flags take the form --name=value.')

@@ -9,10 +9,11 @@ import errno
 import math
 import numbers
 import os
-import re
 import signal
 
 import numpy as np
+
+from ddpm_jax.atomic_io import meant_path
 
 
 def one_line(text: object, limit: int = 0) -> str:
@@ -27,7 +28,6 @@ def one_line(text: object, limit: int = 0) -> str:
 
 
 # Temporary names of files written whole (ddpm_jax/atomic_io.py): the file meant is without the suffix.
-_TEMPORARY_SUFFIX = re.compile(r'\.tmp-\d+$')
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # A full disk in other libraries' words (TensorFlow's event writer, tensorstore).
 DISK_FULL_TEXTS = ('No space left on device', 'Disk quota exceeded', "os_error_code='28'")
@@ -39,7 +39,7 @@ def os_error_line(error: OSError, workdir: str = '') -> str:
   """An operating-system error of a run in one line: what failed, the path, the reason and the fix
   (which depends on the errno). `workdir` is named when the error carries no file name; the fixes
   speak of --workdir only for paths in it."""
-  path = _TEMPORARY_SUFFIX.sub('', str(error.filename)) if error.filename else workdir
+  path = meant_path(str(error.filename)) if error.filename else workdir
   reason = error.strerror or one_line(error)
   where = f' {path}' if path else ''
   in_workdir = bool(workdir) and (path == workdir or path.startswith(workdir.rstrip(os.sep) + os.sep))

@@ -18,7 +18,6 @@ import contextlib
 import errno
 import importlib.util
 import os
-import re
 import signal
 import sys
 import threading
@@ -27,7 +26,7 @@ from typing import Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 from absl import flags, logging
 import ml_collections
 
-from ddpm_jax import cli
+from ddpm_jax import atomic_io, cli
 from ddpm_jax import errors as errors_lib
 from ddpm_jax.errors import Terminated, UserError, disk_full_error, is_disk_full, one_line
 
@@ -164,8 +163,6 @@ def parse(argv: Sequence[str], define: Define, *, doc: str = '', config: Optiona
   return fv
 
 
-# A file or folder being written (atomic_io's PATH.tmp-PID) anywhere in a path: the path meant is without it.
-_TEMPORARY = re.compile(r'\.tmp-\d+(?:\.old)?(?=/|$)')
 _NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST)
 
 
@@ -178,7 +175,7 @@ def os_error_line(error: OSError, flag: str = '', folder: str = '') -> str:
   """errors.os_error_line in a tool's words: the path as meant (without the suffix of a temporary), and
   a fix that names the tool's `flag` (--out) for a path in the folder it writes (`folder`), never
   main.py's --workdir or config."""
-  path = _TEMPORARY.sub('', str(error.filename)) if error.filename else folder
+  path = atomic_io.meant_path(str(error.filename)) if error.filename else folder
   error = OSError(error.errno, error.strerror or one_line(error), path) if error.errno else error
   inside = bool(flag and folder) and _within(path, folder)
   reason, where = error.strerror, f' {path}' if path else ''
